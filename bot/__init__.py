@@ -1,0 +1,1 @@
+"""Composition of wa-access: configuration, the Flask app, the CLI."""

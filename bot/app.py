@@ -1,0 +1,41 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(runtime: Runtime) -> Flask:
+    app = Flask("wa_access")
+    app.extensions["wa_access"] = runtime
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        try:
+            runtime.db.ping()
+        except SQLAlchemyError:
+            log.warning("health check: database unreachable")
+            return jsonify(status="unavailable", database="unreachable"), 503
+        return jsonify(status="ok", database="ok"), 200
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        # HTTP callers get JSON, never an HTML error page.
+        return jsonify(error=exc.name.lower().replace(" ", "_"), message=exc.description), (
+            exc.code or 500
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("unhandled error")
+        return jsonify(error="internal_error", message="something went wrong"), 500
+
+    return app

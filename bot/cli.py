@@ -1,0 +1,231 @@
+"""`wa-access`: the operator's command line (SPEC §9).
+
+Exit codes: 0 success, 1 the operation failed or was refused, 2 usage error.
+Every refusal prints one clear line to stderr, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, TextIO
+
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from handlers.role_command import Reply
+from rbac_core import audit, migrate
+from rbac_core.values import parse_user_id
+
+from .config import SERVE_REQUIRES, ConfigError, Settings, load_settings
+from .runtime import Runtime, build_runtime
+
+OPERATOR = "operator"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _settings(require: Sequence[str] = ()) -> Settings:
+    try:
+        return load_settings(require=require)
+    except ConfigError as exc:
+        raise CliError("\n".join(exc.problems), 2) from None
+
+
+def _runtime(require: Sequence[str] = (), *, need_schema: bool = True) -> Runtime:
+    runtime = build_runtime(_settings(require))
+    if need_schema and not migrate.is_up_to_date(runtime.db):
+        raise CliError("the database is not migrated: run `wa-access migrate` first")
+    return runtime
+
+
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    runtime = _runtime(need_schema=False)
+    migrate.upgrade(runtime.db)
+    print(f"database at revision {migrate.current_revision(runtime.db)}", file=out)
+    return 0
+
+
+def _run_action(action: str, params: dict[str, object], out: TextIO) -> int:
+    runtime = _runtime()
+    outcome = runtime.gate.submit(OPERATOR, "cli", action, params)
+    if outcome.ok:
+        print(outcome.message, file=out)
+    else:
+        print(outcome.message, file=sys.stderr)
+    return outcome.exit_code
+
+
+def cmd_bootstrap_admin(args: argparse.Namespace, out: TextIO) -> int:
+    user = _user_arg(args.user)
+    return _run_action("system.bootstrap_admin", {"user": user}, out)
+
+
+def cmd_user_add(args: argparse.Namespace, out: TextIO) -> int:
+    user = _user_arg(args.user)
+    return _run_action("user.register", {"user": user, "name": args.name}, out)
+
+
+def _user_arg(value: str) -> str:
+    try:
+        return parse_user_id(value)
+    except Exception as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = None) -> int:
+    actor = _user_arg(args.as_user)
+    runtime = _runtime()
+    source = stdin or sys.stdin
+    interactive = source.isatty()
+    worst = 0
+    pending: str | None = None
+
+    def show(reply: Reply) -> None:
+        nonlocal pending, worst
+        text = reply.text
+        if reply.kind == "confirm":
+            pending = reply.pending_id
+            text += "\nType confirm or cancel."
+        print(text, file=out)
+        worst = max(worst, reply.exit_code)
+
+    while True:
+        if interactive:
+            print("wa-access> ", end="", file=out, flush=True)
+        line = source.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word = line.lower()
+        if word in ("confirm", "cancel"):
+            if pending is None:
+                show(Reply("usage", "There is nothing waiting for confirmation."))
+                continue
+            gate = runtime.gate
+            outcome = (gate.confirm if word == "confirm" else gate.cancel)(pending, actor, "cli")
+            pending = None
+            text = outcome.message
+            show(
+                Reply("text" if outcome.ok else "error", text, outcome=outcome)
+                if word == "confirm"
+                else Reply("text", text)
+            )
+            continue
+        command, _, rest = line.partition(" ")
+        if command == "/wa-role":
+            pending = None
+            show(runtime.roles.handle(actor, "cli", rest))
+        else:
+            show(Reply("usage", f"unknown command '{command}': the console knows /wa-role"))
+    return worst
+
+
+def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
+    runtime = _runtime()
+    with runtime.db.engine.connect() as conn:
+        result = audit.verify(conn)
+    if result.ok:
+        print(f"audit log intact: {result.entries} entries, head {result.head_hash}", file=out)
+        return 0
+    print(
+        f"audit log TAMPERED: first bad entry {result.first_bad_seq}: {result.problem}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def cmd_audit_export(args: argparse.Namespace, out: TextIO) -> int:
+    runtime = _runtime()
+    with runtime.db.engine.connect() as conn:
+        if args.output and args.output != "-":
+            with open(args.output, "w", encoding="utf-8", newline="") as handle:
+                count = audit.export(conn, handle, args.format)
+            print(f"exported {count} entries to {args.output}", file=sys.stderr)
+        else:
+            audit.export(conn, out, args.format)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from .server import serve
+
+    runtime = _runtime(SERVE_REQUIRES)
+    runtime.db.dispose()  # each gunicorn worker opens its own connections
+    serve(runtime.settings, host=args.host, port=args.port, workers=args.workers)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wa-access", description="Access control for a WhatsApp Business workspace."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the HTTP endpoints")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--workers", type=int, default=2)
+    serve.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
+        func=cmd_migrate
+    )
+
+    boot = sub.add_parser("bootstrap-admin", help="make the first admin (only while none exists)")
+    boot.add_argument("user", metavar="SLACK_USER_ID")
+    boot.set_defaults(func=cmd_bootstrap_admin)
+
+    user = sub.add_parser("user", help="people known to wa-access")
+    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="SUBCOMMAND")
+    add = user_sub.add_parser("add", help="register a Slack user id (gives no access)")
+    add.add_argument("user", metavar="SLACK_USER_ID")
+    add.add_argument("--name")
+    add.set_defaults(func=cmd_user_add)
+
+    console = sub.add_parser("console", help="run /wa-role commands from stdin as a user")
+    console.add_argument("--as", dest="as_user", required=True, metavar="SLACK_USER_ID")
+    console.set_defaults(func=cmd_console)
+
+    aud = sub.add_parser("audit", help="the audit log")
+    aud_sub = aud.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
+    aud_sub.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    exp = aud_sub.add_parser("export", help="export the log")
+    exp.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    exp.add_argument("--output", "-o", help="file to write (default: stdout)")
+    exp.set_defaults(func=cmd_audit_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace, TextIO], int] = args.func
+    try:
+        return func(args, out or sys.stdout)
+    except CliError as exc:
+        print(exc.message, file=sys.stderr)
+        return exc.code
+    except OperationalError as exc:
+        print(
+            f"cannot reach the database: {exc.orig.__class__.__name__}: "
+            f"{str(exc.orig).splitlines()[0] if exc.orig else ''}",
+            file=sys.stderr,
+        )
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"database error: {exc.__class__.__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Settings from the environment (SPEC §9), validated once at start-up.
+
+Every problem is reported on its own line naming the variable, all at once, so
+an operator fixes their configuration in one pass. Secrets are kept out of
+`repr`, so a logged Settings object leaks nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+DEFAULT_DATABASE_URL = "sqlite:///wa_access.db"
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_WHATSAPP_API_URL = "https://graph.facebook.com/v21.0"
+
+SERVE_REQUIRES = ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN")
+
+_CHANNEL = re.compile(r"[CGD][A-Z0-9]{2,20}")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    audit_channel: str | None = None
+    alert_channel: str | None = None
+    timezone: str = "UTC"
+    secret_key: str | None = field(default=None, repr=False)
+    whatsapp_app_secret: str | None = field(default=None, repr=False)
+    whatsapp_verify_token: str | None = field(default=None, repr=False)
+    whatsapp_access_token: str | None = field(default=None, repr=False)
+    whatsapp_waba_id: str | None = None
+    whatsapp_phone_number_id: str | None = None
+    whatsapp_api_url: str = DEFAULT_WHATSAPP_API_URL
+
+
+ENV_NAMES = {
+    "database_url": "DATABASE_URL",
+    "slack_signing_secret": "SLACK_SIGNING_SECRET",
+    "slack_bot_token": "SLACK_BOT_TOKEN",
+    "slack_api_url": "SLACK_API_URL",
+    "audit_channel": "WA_AUDIT_CHANNEL",
+    "alert_channel": "WA_ALERT_CHANNEL",
+    "timezone": "WA_TIMEZONE",
+    "secret_key": "WA_SECRET_KEY",
+    "whatsapp_app_secret": "WHATSAPP_APP_SECRET",
+    "whatsapp_verify_token": "WHATSAPP_VERIFY_TOKEN",
+    "whatsapp_access_token": "WHATSAPP_ACCESS_TOKEN",
+    "whatsapp_waba_id": "WHATSAPP_WABA_ID",
+    "whatsapp_phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
+    "whatsapp_api_url": "WHATSAPP_API_URL",
+}
+
+
+def read_environment(
+    environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")
+) -> dict[str, str]:
+    """The process environment over a `.env` file, if one is present."""
+    values: dict[str, str] = {}
+    if dotenv is not None and dotenv.is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return values
+
+
+def _check_url(name: str, value: str, problems: list[str]) -> None:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        problems.append(f"{name} is malformed: expected an http(s) URL, got '{value}'")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    require: Iterable[str] = (),
+    dotenv: Path | None = Path(".env"),
+) -> Settings:
+    env = read_environment(environ, dotenv)
+    problems: list[str] = []
+    values: dict[str, str] = {}
+    for attr in (f.name for f in fields(Settings)):
+        raw = env.get(ENV_NAMES[attr])
+        if raw is not None and raw.strip() != "":
+            values[attr] = raw.strip()
+    for name in require:
+        if not env.get(name, "").strip():
+            problems.append(f"{name} is required but not set")
+
+    url = values.get("database_url", DEFAULT_DATABASE_URL)
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgres", "postgresql") or "://" not in url:
+        problems.append(
+            "DATABASE_URL is malformed: expected sqlite:///FILE or postgresql://HOST/DB, "
+            f"got a URL starting '{scheme}:'"
+        )
+    for attr in ("slack_api_url", "whatsapp_api_url"):
+        if attr in values:
+            _check_url(ENV_NAMES[attr], values[attr], problems)
+    token = values.get("slack_bot_token")
+    if token is not None and not token.startswith("xoxb-"):
+        problems.append("SLACK_BOT_TOKEN is malformed: a bot token starts with xoxb-")
+    for attr in ("audit_channel", "alert_channel"):
+        channel = values.get(attr)
+        if channel is not None and not _CHANNEL.fullmatch(channel):
+            problems.append(
+                f"{ENV_NAMES[attr]} is malformed: expected a channel id like C0123ABC, "
+                f"got '{channel}'"
+            )
+    tz = values.get("timezone")
+    if tz is not None:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            problems.append(f"WA_TIMEZONE is malformed: '{tz}' is not an IANA time zone")
+    key = values.get("secret_key")
+    if key is not None and len(key) < 32:
+        problems.append("WA_SECRET_KEY is malformed: it must be at least 32 characters")
+    for attr in ("whatsapp_phone_number_id", "whatsapp_waba_id"):
+        ident = values.get(attr)
+        if ident is not None and not ident.isdigit():
+            problems.append(f"{ENV_NAMES[attr]} is malformed: expected digits, got '{ident}'")
+    if problems:
+        raise ConfigError(problems)
+    return Settings(**values)  # type: ignore[arg-type]

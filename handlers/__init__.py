@@ -1,0 +1,1 @@
+"""Surface adapters: turn Slack, WhatsApp, CLI and scheduler input into gate calls."""

@@ -1,0 +1,165 @@
+"""`/wa-role`: the grammar of SPEC §5 mapped onto the core's role actions.
+
+Surface-neutral: Slack and the operator console both call `RoleCommand.handle`
+and render the `Reply` their own way. Authorization is never decided here; the
+gate decides, this module only words the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rbac_core import Gate, Outcome
+
+from .grammar import Option, Subcommand, UsageError, parse
+
+COMMAND = "/wa-role"
+
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand(
+        "show",
+        "role.show",
+        "/wa-role show [@user]",
+        "grants and effective permissions",
+        positionals=(("user", "user", False),),
+    ),
+    Subcommand(
+        "list",
+        "role.list",
+        "/wa-role list",
+        "roles with their permissions",
+        permission="roles:view",
+    ),
+    Subcommand(
+        "assign",
+        "role.assign",
+        "/wa-role assign @user ROLE [--number N] [--for 30d] [--reason TEXT]",
+        "give someone a role, optionally for one number and for a time",
+        positionals=(("user", "user", True), ("role", "word", True)),
+        options=(Option("number"), Option("for"), Option("reason", "text")),
+        permission="roles:assign",
+    ),
+    Subcommand(
+        "revoke",
+        "role.revoke",
+        "/wa-role revoke @user ROLE [--number N] [--reason TEXT]",
+        "take a role away",
+        positionals=(("user", "user", True), ("role", "word", True)),
+        options=(Option("number"), Option("reason", "text")),
+        permission="roles:assign",
+    ),
+    Subcommand(
+        "create",
+        "role.create",
+        "/wa-role create NAME [--from ROLE] [--perms p1,p2] [--inherits R1,R2] [--2fa] "
+        "[--description TEXT]",
+        "create a custom role",
+        positionals=(("name", "word", True),),
+        options=(
+            Option("from"),
+            Option("perms", "list"),
+            Option("inherits", "list"),
+            Option("2fa", "flag"),
+            Option("description", "text"),
+        ),
+        permission="roles:manage",
+    ),
+    Subcommand(
+        "edit",
+        "role.edit",
+        "/wa-role edit NAME [--add p1,p2] [--remove p3] [--inherits R] [--uninherit R] "
+        "[--2fa on|off]",
+        "change a custom role",
+        positionals=(("name", "word", True),),
+        options=(
+            Option("add", "list"),
+            Option("remove", "list"),
+            Option("inherits", "list", "add_parents"),
+            Option("uninherit", "list", "remove_parents"),
+            Option("2fa", "toggle"),
+        ),
+        permission="roles:manage",
+    ),
+    Subcommand(
+        "delete",
+        "role.delete",
+        "/wa-role delete NAME",
+        "delete a custom role",
+        positionals=(("name", "word", True),),
+        permission="roles:manage",
+    ),
+    Subcommand(
+        "why",
+        "role.why",
+        "/wa-role why @user PERMISSION [--number N]",
+        "explain why someone may or may not do something",
+        positionals=(("user", "user", True), ("permission", "word", True)),
+        options=(Option("number"),),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What to tell the person, independent of how the surface shows it."""
+
+    kind: Literal["text", "confirm", "error", "usage"]
+    text: str
+    pending_id: str | None = None
+    outcome: Outcome | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.kind == "usage":
+            return 2
+        if self.outcome is not None:
+            return self.outcome.exit_code
+        return 1 if self.kind == "error" else 0
+
+
+class RoleCommand:
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+
+    def handle(self, actor: str, surface: str, text: str) -> Reply:
+        try:
+            parsed = parse(COMMAND, text, SUBCOMMANDS)
+        except UsageError as exc:
+            return Reply("usage", exc.render())
+        if parsed is None:
+            return Reply("text", self.help(actor))
+        outcome = self.gate.submit(actor, surface, parsed.subcommand.action, parsed.params)
+        return reply_for(outcome, parsed.subcommand.usage)
+
+    def help(self, actor: str) -> str:
+        """Only what the caller may do (SPEC §5): a denied subcommand is not listed."""
+        policy = self.gate.policy()
+        lines = ["*/wa-role* — who may do what in the WhatsApp workspace"]
+        for sub in SUBCOMMANDS:
+            if sub.permission is None or _allowed_somewhere(policy, actor, sub.permission):
+                lines.append(f"• `{sub.usage}` — {sub.summary}")
+        lines.append("• `/wa-role help` — this list")
+        return "\n".join(lines)
+
+
+def _allowed_somewhere(policy: Any, actor: str, permission: str) -> bool:
+    return any(permission in perms for perms in policy.effective_permissions(actor).values())
+
+
+def reply_for(outcome: Outcome, usage: str = "") -> Reply:
+    if outcome.status == "needs_confirmation":
+        return Reply(
+            "confirm",
+            outcome.message,
+            pending_id=outcome.pending_id,
+            outcome=outcome,
+            data=dict(outcome.data),
+        )
+    if outcome.status == "done":
+        return Reply("text", outcome.message, outcome=outcome, data=dict(outcome.data))
+    text = outcome.message
+    if outcome.status == "invalid" and usage:
+        text = f"{text}\nUsage: {usage}"
+    return Reply("error", text, outcome=outcome)

@@ -1,0 +1,36 @@
+"""wa-access's RBAC core: who may do what, decided, gated and audited.
+
+Imports nothing from Slack, Flask, httpx or WhatsApp code; every surface talks
+to it through `Gate`.
+"""
+
+from .clock import ManualClock, system_clock
+from .db import Database
+from .errors import RbacError
+from .gate import Action, Context, Gate, Outcome, Prepared, Result
+from .policy import Decision, Policy, PolicyCache
+from .role_actions import ROLE_ACTIONS
+
+
+def build_gate(db: Database, **kwargs: object) -> Gate:
+    """The gate with every action the core defines."""
+    return Gate(db, ROLE_ACTIONS, **kwargs)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "ROLE_ACTIONS",
+    "Action",
+    "Context",
+    "Database",
+    "Decision",
+    "Gate",
+    "ManualClock",
+    "Outcome",
+    "Policy",
+    "PolicyCache",
+    "Prepared",
+    "RbacError",
+    "Result",
+    "build_gate",
+    "system_clock",
+]

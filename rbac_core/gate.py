@@ -1,0 +1,467 @@
+"""The one gate: every action of every surface runs through `Gate.submit`.
+
+    prepare -> authorize -> rules -> step-up 2FA -> confirmation -> execute -> audit
+
+Each step can stop the action, and every stop is audited in the same
+transaction as the decision. Execution runs inside a savepoint, so an action
+that fails half way leaves nothing behind but the audit entry saying it failed.
+Confirmation stores a pending action bound to its actor; confirming it runs
+the whole gate again, so a grant revoked in between refuses the confirmation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import audit
+from .clock import Clock, system_clock, utcnow
+from .db import Database
+from .errors import InvalidInput, PendingActionError, PermissionDenied, RbacError
+from .models import PendingAction
+from .policy import Decision, Policy, PolicyCache, load_policy
+from .policy_store import bump_policy_version, lock_policy
+
+log = logging.getLogger(__name__)
+
+CONFIRMATION_TTL = timedelta(minutes=5)
+
+Status = Literal[
+    "done", "denied", "refused", "invalid", "needs_confirmation", "needs_2fa", "failed"
+]
+
+
+@dataclass
+class Context:
+    """What an action may use while it runs: the open transaction and the policy."""
+
+    session: Session
+    policy: Policy
+    actor: str
+    surface: str
+    now: datetime
+    clock: Clock
+
+    def reload_policy(self) -> None:
+        """See this transaction's own writes; never stored in the shared cache."""
+        self.policy = load_policy(self.session, version=-1, clock=self.clock)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An action's request after validation: what to authorise and how to describe it."""
+
+    params: Mapping[str, Any]
+    permission: str | None
+    scope: str
+    target: str
+    summary: str
+    sensitive: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Action(ABC):
+    """One thing a person can ask for. Subclasses hold no state."""
+
+    name: str
+    risky: bool = False
+    mutates_policy: bool = False
+
+    @abstractmethod
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        """Validate and canonicalise params; raise InvalidInput/NotFound/Conflict."""
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:  # noqa: B027
+        """Rules beyond the permission (escalation, self-grant, last admin); raise Forbidden."""
+
+    @abstractmethod
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        """Do it. Runs in a savepoint: raising undoes every write it made."""
+
+
+class StepUp(Protocol):
+    """Tells whether the actor has proved a second factor recently enough."""
+
+    def satisfied(self, session: Session, actor: str, now: datetime) -> bool: ...
+
+
+class NoStepUp:
+    """Until a second factor is configured, sensitive actions are refused (deny by default)."""
+
+    def satisfied(self, session: Session, actor: str, now: datetime) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    action: str
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None
+    pending_id: str | None = None
+    error_code: str | None = None
+    audit_seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "needs_confirmation")
+
+    @property
+    def exit_code(self) -> int:
+        if self.ok:
+            return 0
+        return 2 if self.status == "invalid" else 1
+
+
+class Gate:
+    def __init__(
+        self,
+        db: Database,
+        actions: Mapping[str, Action],
+        *,
+        clock: Clock = system_clock,
+        step_up: StepUp | None = None,
+        confirmation_ttl: timedelta = CONFIRMATION_TTL,
+    ) -> None:
+        self.db = db
+        self.actions = dict(actions)
+        self.clock = clock
+        self.step_up: StepUp = step_up or NoStepUp()
+        self.confirmation_ttl = confirmation_ttl
+        self.policies = PolicyCache(clock)
+
+    # -- public entry points -------------------------------------------------
+
+    def submit(self, actor: str, surface: str, action: str, params: Mapping[str, Any]) -> Outcome:
+        """Run `action` for `actor`; risky actions stop at a pending confirmation."""
+        handler = self.actions.get(action)
+        if handler is None:
+            raise KeyError(f"no action named {action!r}")
+        with self.db.write() as session:
+            ctx = self._context(session, actor, surface, handler)
+            return self._run(ctx, handler, params, confirmed=False)
+
+    def confirm(self, pending_id: str, actor: str, surface: str) -> Outcome:
+        """Confirm a pending action: only its actor, once, before it expires."""
+        with self.db.write() as session:
+            pending = self._claim(session, pending_id, actor, surface, "confirmed")
+            if isinstance(pending, Outcome):
+                return pending
+            handler = self.actions[pending.action]
+            ctx = self._context(session, actor, surface, handler)
+            params = json.loads(pending.params)
+            outcome = self._run(ctx, handler, params, confirmed=True, pending_id=pending.id)
+            if outcome.status != "done":
+                pending.status = "refused"
+            return outcome
+
+    def cancel(self, pending_id: str, actor: str, surface: str) -> Outcome:
+        with self.db.write() as session:
+            pending = self._claim(session, pending_id, actor, surface, "cancelled")
+            if isinstance(pending, Outcome):
+                return pending
+            seq = self._audit(
+                session,
+                actor,
+                surface,
+                pending.action,
+                pending.summary,
+                "deny",
+                "cancelled",
+                {"pending_id": pending.id},
+            )
+            return Outcome(
+                "refused",
+                pending.action,
+                f"Cancelled: {pending.summary}",
+                pending_id=pending.id,
+                error_code="cancelled",
+                audit_seq=seq,
+            )
+
+    def decide(self, user: str, permission: str, scope: str = "*") -> Decision:
+        """A read-only decision on fresh policy, for surfaces deciding what to show."""
+        with self.db.read() as session:
+            return self.policies.refresh(session).decide(user, permission, scope)
+
+    def policy(self) -> Policy:
+        with self.db.read() as session:
+            return self.policies.refresh(session)
+
+    # -- the pipeline ----------------------------------------------------------
+
+    def _context(self, session: Session, actor: str, surface: str, handler: Action) -> Context:
+        if handler.mutates_policy:
+            # Lock before reading policy: on PostgreSQL this waits for any other
+            # policy writer to commit, so the rules below see current data.
+            lock_policy(session)
+        policy = self.policies.refresh(session)
+        return Context(session, policy, actor, surface, utcnow(self.clock), self.clock)
+
+    def _run(
+        self,
+        ctx: Context,
+        handler: Action,
+        params: Mapping[str, Any],
+        *,
+        confirmed: bool,
+        pending_id: str | None = None,
+    ) -> Outcome:
+        name = handler.name
+        base: dict[str, Any] = {"params": _jsonable(params)}
+        if pending_id:
+            base["pending_id"] = pending_id
+
+        def stop(
+            status: Status,
+            message: str,
+            target: str,
+            outcome: str,
+            *,
+            decision: Decision | None = None,
+            code: str | None = None,
+            extra: Mapping[str, Any] | None = None,
+        ) -> Outcome:
+            details = {**base, **(extra or {})}
+            if decision is not None:
+                details["reason"] = decision.reason
+            if code:
+                details["error"] = code
+            seq = self._audit(
+                ctx.session, ctx.actor, ctx.surface, name, target, "deny", outcome, details
+            )
+            return Outcome(status, name, message, decision=decision, error_code=code, audit_seq=seq)
+
+        try:
+            prepared = handler.prepare(ctx, params)
+        except InvalidInput as exc:
+            return stop("invalid", exc.message, "-", "invalid", code=exc.code)
+        except RbacError as exc:
+            return stop("refused", exc.message, "-", "refused", code=exc.code)
+
+        decision: Decision | None = None
+        if prepared.permission is not None:
+            try:
+                decision = ctx.policy.decide(ctx.actor, prepared.permission, prepared.scope)
+            except Exception:
+                # A failure in the decision point denies (OWASP): never fall open.
+                log.exception("decision point failed for %s", name)
+                return stop(
+                    "failed",
+                    "The permission check failed, so the action was refused.",
+                    prepared.target,
+                    "error",
+                    code="decision_error",
+                )
+            if not decision.allowed:
+                return stop(
+                    "denied",
+                    f"You are not allowed to {prepared.summary}: you need "
+                    f"{prepared.permission}" + _in_scope(prepared.scope) + ". " + decision.reason,
+                    prepared.target,
+                    "refused",
+                    decision=decision,
+                    code=PermissionDenied.code,
+                )
+        try:
+            handler.check_rules(ctx, prepared)
+        except RbacError as exc:
+            return stop(
+                "refused", exc.message, prepared.target, "refused", code=exc.code, decision=decision
+            )
+
+        if prepared.sensitive and not self.step_up.satisfied(ctx.session, ctx.actor, ctx.now):
+            return stop(
+                "needs_2fa",
+                f"To {prepared.summary} you must verify a 2FA code first "
+                "(sensitive actions need a code verified in the last 10 minutes).",
+                prepared.target,
+                "needs_2fa",
+                decision=decision,
+                code="needs_2fa",
+            )
+
+        if handler.risky and not confirmed:
+            pending = self._create_pending(ctx, name, prepared)
+            details = {**base, "pending_id": pending.id}
+            if decision is not None:
+                details["reason"] = decision.reason
+            seq = self._audit(
+                ctx.session,
+                ctx.actor,
+                ctx.surface,
+                name,
+                prepared.target,
+                "allow",
+                "pending",
+                details,
+            )
+            return Outcome(
+                "needs_confirmation",
+                name,
+                f"Please confirm: {prepared.summary}",
+                data={"summary": prepared.summary, "expires_at": pending.expires_at.isoformat()},
+                decision=decision,
+                pending_id=pending.id,
+                audit_seq=seq,
+            )
+
+        savepoint = ctx.session.begin_nested()
+        try:
+            result = handler.execute(ctx, prepared)
+            if handler.mutates_policy:
+                bump_policy_version(ctx.session)
+            ctx.session.flush()
+            savepoint.commit()
+        except RbacError as exc:
+            savepoint.rollback()
+            return stop(
+                "refused", exc.message, prepared.target, "failed", code=exc.code, decision=decision
+            )
+        except Exception:
+            savepoint.rollback()
+            log.exception("action %s failed", name)
+            return stop(
+                "failed",
+                f"Something went wrong while trying to {prepared.summary}; nothing was changed.",
+                prepared.target,
+                "error",
+                code="internal_error",
+                decision=decision,
+            )
+        details = {**base, **result.details}
+        if decision is not None:
+            details["reason"] = decision.reason
+        seq = self._audit(
+            ctx.session, ctx.actor, ctx.surface, name, prepared.target, "allow", "done", details
+        )
+        return Outcome(
+            "done",
+            name,
+            result.message,
+            data=result.data,
+            decision=decision,
+            audit_seq=seq,
+            pending_id=pending_id,
+        )
+
+    # -- pending actions -------------------------------------------------------
+
+    def _create_pending(self, ctx: Context, name: str, prepared: Prepared) -> PendingAction:
+        pending = PendingAction(
+            id=secrets.token_urlsafe(24),
+            actor=ctx.actor,
+            surface=ctx.surface,
+            action=name,
+            params=json.dumps(_jsonable(prepared.params), sort_keys=True),
+            summary=prepared.summary[:1000],
+            status="pending",
+            created_at=ctx.now,
+            expires_at=ctx.now + self.confirmation_ttl,
+        )
+        ctx.session.add(pending)
+        ctx.session.flush()
+        return pending
+
+    def _claim(
+        self, session: Session, pending_id: str, actor: str, surface: str, new_status: str
+    ) -> PendingAction | Outcome:
+        """Move a pending action out of 'pending' exactly once, or explain why not."""
+        now = utcnow(self.clock)
+        pending = session.scalar(
+            select(PendingAction).where(PendingAction.id == pending_id).with_for_update()
+        )
+
+        def refuse(message: str, code: str, action: str = "pending.confirm") -> Outcome:
+            seq = self._audit(
+                session,
+                actor,
+                surface,
+                action,
+                f"pending:{pending_id[:12]}",
+                "deny",
+                "refused",
+                {"error": code},
+            )
+            return Outcome("refused", action, message, error_code=code, audit_seq=seq)
+
+        if pending is None:
+            return refuse(
+                "That confirmation does not exist (or has been cleaned up).", "pending_unknown"
+            )
+        if pending.actor != actor:
+            return refuse(
+                f"Only {pending.actor}, who asked for it, can confirm or cancel this action.",
+                "pending_not_yours",
+                pending.action,
+            )
+        if pending.status != "pending":
+            return refuse(
+                f"This action was already {pending.status}.", "pending_used", pending.action
+            )
+        if pending.expires_at <= now:
+            pending.status = "expired"
+            pending.resolved_at = now
+            return refuse(
+                "This confirmation has expired; run the command again if you still want it.",
+                "pending_expired",
+                pending.action,
+            )
+        claimed = session.execute(
+            update(PendingAction)
+            .where(PendingAction.id == pending_id, PendingAction.status == "pending")
+            .values(status=new_status, resolved_at=now)
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise PendingActionError("This action was already handled.")
+        pending.status = new_status
+        return pending
+
+    # -- audit -----------------------------------------------------------------
+
+    def _audit(
+        self,
+        session: Session,
+        actor: str,
+        surface: str,
+        action: str,
+        target: str,
+        decision: Literal["allow", "deny"],
+        outcome: str,
+        details: Mapping[str, Any],
+    ) -> int:
+        entry = audit.NewEntry(
+            actor=actor,
+            surface=surface,
+            action=action,
+            target=target,
+            decision=decision,
+            outcome=outcome,
+            details=details,
+            ts_us=audit.micros(self.clock()),
+        )
+        return audit.append(session, [entry])[0]
+
+
+def _in_scope(scope: str) -> str:
+    return "" if scope == "*" else f" for {scope}"
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}

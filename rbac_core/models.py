@@ -1,0 +1,213 @@
+"""The database schema, as SQLAlchemy 2.x typed ORM classes.
+
+Alembic migrations under `migrations/` create these tables; nothing in a
+production path calls `create_all`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: identical on SQLite and PostgreSQL.
+
+    The audit chain hashes timestamps, so a value must read back exactly as it
+    was written whatever the database or its session time zone.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class User(Base):
+    """A person wa-access knows, by Slack user id."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Role(Base):
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    description: Mapped[str] = mapped_column(String(500), default="")
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    requires_2fa: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str | None] = mapped_column(String(32))
+
+    permissions: Mapped[list[RolePermission]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="RolePermission.permission"
+    )
+    parents: Mapped[list[RoleParent]] = relationship(
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        foreign_keys="RoleParent.role",
+        order_by="RoleParent.parent",
+    )
+
+
+class RolePermission(Base):
+    __tablename__ = "role_permissions"
+
+    role: Mapped[str] = mapped_column(
+        ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True
+    )
+    permission: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class RoleParent(Base):
+    __tablename__ = "role_parents"
+
+    role: Mapped[str] = mapped_column(
+        ForeignKey("roles.name", ondelete="CASCADE"), primary_key=True
+    )
+    parent: Mapped[str] = mapped_column(
+        ForeignKey("roles.name", ondelete="RESTRICT"), primary_key=True
+    )
+
+
+class Number(Base):
+    """A WhatsApp number of the workspace: E.164 and its Graph phone-number id."""
+
+    __tablename__ = "numbers"
+
+    e164: Mapped[str] = mapped_column(String(16), primary_key=True)
+    phone_number_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+
+
+class Grant(Base):
+    __tablename__ = "grants"
+    __table_args__ = (
+        # One live grant per (user, role, scope); revoked rows stay as history.
+        Index(
+            "uq_grants_live",
+            "user_id",
+            "role",
+            "scope",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+        Index("ix_grants_role", "role"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
+    role: Mapped[str] = mapped_column(ForeignKey("roles.name", ondelete="RESTRICT"))
+    scope: Mapped[str] = mapped_column(String(32))
+    granted_by: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(32))
+    revoke_reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class PendingAction(Base):
+    """An action waiting for its actor's confirmation: single use, expiring."""
+
+    __tablename__ = "pending_actions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(32), index=True)
+    surface: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    params: Mapped[str] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One link of the hash chain. Rows are only ever inserted."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_actor_seq", "actor", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # Microseconds since the epoch, UTC: an integer hashes the same on every database.
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(64))
+    surface: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(8))
+    outcome: Mapped[str] = mapped_column(String(32))
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's last link, kept outside the log so truncation is detectable."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class PolicyState(Base):
+    """A counter bumped by every change of roles or grants.
+
+    Each process caches compiled policy; reading this one row per request tells
+    it whether another process changed something. Locking it also serialises
+    policy writes, which is what makes last-admin protection race-free.
+    """
+
+    __tablename__ = "policy_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,320 @@
+"""Compiled policy: who holds which permission in which scope, answered in microseconds.
+
+A `Policy` is an immutable snapshot of roles and live grants with every role's
+inheritance closure precomputed. Decisions are memoised per snapshot; a change
+of roles or grants produces a new snapshot (see `PolicyCache`), so the memo never
+needs invalidating entry by entry. Expiry is the one thing that changes without
+a write, so every memoised allow carries the instant it stops being true.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .clock import Clock, system_clock
+from .models import Grant, Role, RoleParent, RolePermission, User
+from .permissions import PERMISSIONS, check_permission
+from .policy_store import read_policy_version
+from .values import WILDCARD
+
+FOREVER = float("inf")
+_CACHE_LIMIT = 250_000
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSpec:
+    name: str
+    permissions: frozenset[str]
+    parents: tuple[str, ...] = ()
+    requires_2fa: bool = False
+    builtin: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GrantSpec:
+    id: int
+    user: str
+    role: str
+    scope: str
+    expires_at: float = FOREVER
+    granted_by: str = ""
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Allow or deny, with the reason a person can read."""
+
+    allowed: bool
+    user: str
+    permission: str
+    scope: str
+    reason: str
+    grant_id: int | None = None
+    role: str | None = None
+    via: tuple[str, ...] = ()
+    valid_until: float = field(default=FOREVER, compare=False)
+
+
+def _fmt_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _scope_text(scope: str) -> str:
+    return "the whole workspace" if scope == WILDCARD else scope
+
+
+def role_closure(roles: Mapping[str, RoleSpec]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """For each role, each permission it reaches and the shortest inheritance path to it.
+
+    Breadth-first with a visited set, so even a cycle that slipped into the data
+    terminates instead of hanging the decision point.
+    """
+    closure: dict[str, dict[str, tuple[str, ...]]] = {}
+    for name in roles:
+        reached: dict[str, tuple[str, ...]] = {}
+        frontier: list[tuple[str, tuple[str, ...]]] = [(name, (name,))]
+        seen = {name}
+        while frontier:
+            next_frontier: list[tuple[str, tuple[str, ...]]] = []
+            for role_name, path in frontier:
+                spec = roles.get(role_name)
+                if spec is None:
+                    continue
+                for perm in spec.permissions:
+                    reached.setdefault(perm, path)
+                for parent in spec.parents:
+                    if parent not in seen:
+                        seen.add(parent)
+                        next_frontier.append((parent, (*path, parent)))
+            frontier = next_frontier
+        closure[name] = reached
+    return closure
+
+
+class Policy:
+    """An immutable snapshot of roles and grants, with memoised decisions."""
+
+    def __init__(
+        self,
+        roles: Iterable[RoleSpec],
+        grants: Iterable[GrantSpec],
+        *,
+        version: int = 0,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.version = version
+        self.roles: dict[str, RoleSpec] = {r.name: r for r in roles}
+        self.closure = role_closure(self.roles)
+        by_user: dict[str, list[GrantSpec]] = {}
+        for grant in grants:
+            by_user.setdefault(grant.user, []).append(grant)
+        self.grants_by_user: dict[str, tuple[GrantSpec, ...]] = {
+            user: tuple(sorted(gs, key=lambda g: g.id)) for user, gs in by_user.items()
+        }
+        self._clock = clock
+        self._memo: dict[tuple[str, str, str], Decision] = {}
+        self._memo_lock = threading.Lock()
+
+    def decide(self, user: str, permission: str, scope: str = WILDCARD) -> Decision:
+        """Allow or deny `user` the `permission` in `scope`, with the reason.
+
+        The fast path is one dict probe and one clock read; everything else is
+        in `_decide_uncached`.
+        """
+        hit = self._memo.get((user, permission, scope))
+        if hit is not None and hit.valid_until > self._clock():
+            return hit
+        return self._decide_uncached(user, permission, scope)
+
+    def _decide_uncached(self, user: str, permission: str, scope: str) -> Decision:
+        check_permission(permission)
+        decision = self._compute(user, permission, scope, self._clock())
+        with self._memo_lock:
+            if len(self._memo) >= _CACHE_LIMIT:
+                self._memo.clear()
+            self._memo[(user, permission, scope)] = decision
+        return decision
+
+    def _compute(self, user: str, permission: str, scope: str, now: float) -> Decision:
+        grants = self.grants_by_user.get(user, ())
+        best: GrantSpec | None = None
+        best_key: tuple[float, bool, int] | None = None
+        expired: list[GrantSpec] = []
+        elsewhere: list[GrantSpec] = []
+        for grant in grants:
+            if permission not in self.closure.get(grant.role, {}):
+                continue
+            if grant.scope != WILDCARD and grant.scope != scope:
+                elsewhere.append(grant)
+                continue
+            if grant.expires_at <= now:
+                expired.append(grant)
+                continue
+            # Prefer the grant that stays valid longest, then the most specific.
+            key = (grant.expires_at, grant.scope == scope, -grant.id)
+            if best_key is None or key > best_key:
+                best, best_key = grant, key
+        if best is not None:
+            path = self.closure[best.role][permission]
+            via = f" (inherited through {' -> '.join(path)})" if len(path) > 1 else ""
+            until = "" if best.expires_at == FOREVER else f", until {_fmt_time(best.expires_at)}"
+            return Decision(
+                True,
+                user,
+                permission,
+                scope,
+                f"allowed by grant #{best.id}: role '{best.role}'{via} "
+                f"in {_scope_text(best.scope)}{until}",
+                grant_id=best.id,
+                role=best.role,
+                via=path,
+                valid_until=best.expires_at,
+            )
+        return Decision(
+            False,
+            user,
+            permission,
+            scope,
+            self._why_not(user, permission, scope, grants, expired, elsewhere),
+        )
+
+    @staticmethod
+    def _why_not(
+        user: str,
+        permission: str,
+        scope: str,
+        grants: tuple[GrantSpec, ...],
+        expired: list[GrantSpec],
+        elsewhere: list[GrantSpec],
+    ) -> str:
+        if not grants:
+            return f"{user} has no grants, and access is denied by default"
+        if expired:
+            g = max(expired, key=lambda e: e.expires_at)
+            return (
+                f"denied: grant #{g.id} (role '{g.role}') would allow {permission} "
+                f"but expired at {_fmt_time(g.expires_at)}"
+            )
+        if elsewhere:
+            scopes = ", ".join(sorted({g.scope for g in elsewhere}))
+            return (
+                f"denied: {permission} is granted only for {scopes}, not for {_scope_text(scope)}"
+            )
+        held = ", ".join(sorted({g.role for g in grants}))
+        return f"denied: none of {user}'s roles ({held}) includes {permission}"
+
+    def permissions_of_role(self, role: str) -> frozenset[str]:
+        return frozenset(self.closure.get(role, {}))
+
+    def live_grants(self, user: str) -> list[GrantSpec]:
+        now = self._clock()
+        return [g for g in self.grants_by_user.get(user, ()) if g.expires_at > now]
+
+    def effective_permissions(self, user: str) -> dict[str, frozenset[str]]:
+        """Scope -> permissions the user holds there now (global ones count everywhere)."""
+        result: dict[str, set[str]] = {}
+        for grant in self.live_grants(user):
+            result.setdefault(grant.scope, set()).update(self.closure.get(grant.role, {}))
+        global_perms = result.get(WILDCARD, set())
+        return {
+            scope: frozenset(perms | global_perms) if scope != WILDCARD else frozenset(perms)
+            for scope, perms in result.items()
+        }
+
+    def missing_permissions(self, user: str, wanted: Iterable[str], scope: str) -> set[str]:
+        """Which of `wanted` the user does not hold in `scope` (for escalation checks)."""
+        return {p for p in wanted if not self.decide(user, p, scope).allowed}
+
+    @property
+    def now(self) -> float:
+        return self._clock()
+
+
+def load_policy(session: Session, *, version: int, clock: Clock = system_clock) -> Policy:
+    """Read roles and every unrevoked grant of an active user into a new snapshot.
+
+    Expired grants are loaded too: they never allow anything, but they let a
+    denial say "your grant expired" instead of "you have no grant".
+    """
+    perms: dict[str, set[str]] = {}
+    for role_name, perm in session.execute(select(RolePermission.role, RolePermission.permission)):
+        if perm in PERMISSIONS:
+            perms.setdefault(role_name, set()).add(perm)
+    parents: dict[str, list[str]] = {}
+    for role_name, parent in session.execute(select(RoleParent.role, RoleParent.parent)):
+        parents.setdefault(role_name, []).append(parent)
+    roles = [
+        RoleSpec(
+            name=name,
+            permissions=frozenset(perms.get(name, ())),
+            parents=tuple(sorted(parents.get(name, ()))),
+            requires_2fa=requires_2fa,
+            builtin=builtin,
+            description=description,
+        )
+        for name, requires_2fa, builtin, description in session.execute(
+            select(Role.name, Role.requires_2fa, Role.builtin, Role.description)
+        )
+    ]
+    rows = session.execute(
+        select(
+            Grant.id,
+            Grant.user_id,
+            Grant.role,
+            Grant.scope,
+            Grant.expires_at,
+            Grant.granted_by,
+            Grant.reason,
+        )
+        .join(User, User.id == Grant.user_id)
+        .where(Grant.revoked_at.is_(None), User.active.is_(True))
+    )
+    grants = [
+        GrantSpec(
+            id=gid,
+            user=user,
+            role=role,
+            scope=scope,
+            expires_at=FOREVER if expires is None else expires.timestamp(),
+            granted_by=granted_by,
+            reason=reason,
+        )
+        for gid, user, role, scope, expires, granted_by, reason in rows
+    ]
+    return Policy(roles, grants, version=version, clock=clock)
+
+
+class PolicyCache:
+    """Holds the current snapshot for a process and reloads it when the version moves.
+
+    `refresh` costs one indexed single-row read, done once per gate call; that
+    is how a grant changed by another process is visible to the next decision.
+    """
+
+    def __init__(self, clock: Clock = system_clock) -> None:
+        self._clock = clock
+        self._policy: Policy | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self, session: Session) -> Policy:
+        version = read_policy_version(session)
+        policy = self._policy
+        if policy is not None and policy.version == version:
+            return policy
+        with self._lock:
+            policy = self._policy
+            if policy is None or policy.version != version:
+                policy = load_policy(session, version=version, clock=self._clock)
+                self._policy = policy
+            return policy
+
+    def invalidate(self) -> None:
+        self._policy = None

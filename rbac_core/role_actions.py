@@ -1,0 +1,674 @@
+"""The role and grant actions behind `/wa-role` and the operator CLI.
+
+Params arrive as plain JSON-able values from any surface; `prepare` turns them
+into canonical form and raises a specific error for anything wrong, so the gate
+can refuse before it asks anyone to confirm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .builtin_roles import ADMIN
+from .directory import ensure_user, require_user, resolve_scope
+from .errors import (
+    BuiltinRoleImmutable,
+    DuplicateGrant,
+    DuplicateRole,
+    InvalidInput,
+    RoleCycle,
+    RoleInUse,
+    SelfGrant,
+    UnknownGrant,
+    UnknownRole,
+)
+from .gate import Action, Context, Prepared, Result
+from .grants import active_admins, ensure_holds, ensure_not_last_admin, live_grant
+from .models import Grant, Role, RoleParent, RolePermission
+from .permissions import check_permission, check_permissions
+from .values import WILDCARD, format_duration, parse_duration, parse_role_name, parse_user_id
+
+REASON_MAX = 500
+
+
+def _fmt(moment: datetime | None) -> str:
+    return "never" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _scope_text(scope: str) -> str:
+    return "the whole workspace" if scope == WILDCARD else scope
+
+
+def _in(scope: str) -> str:
+    return "" if scope == WILDCARD else f" for {scope}"
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value if str(v).strip()]
+
+
+def _reason(params: Mapping[str, Any]) -> str | None:
+    reason = params.get("reason")
+    if reason is None:
+        return None
+    reason = str(reason).strip()
+    if len(reason) > REASON_MAX:
+        raise InvalidInput(f"the reason is too long ({len(reason)} characters, at most 500)")
+    return reason or None
+
+
+def get_role(session: Session, name: str) -> Role:
+    name = parse_role_name(name)
+    role = session.get(Role, name)
+    if role is None:
+        known = ", ".join(session.scalars(select(Role.name).order_by(Role.name)))
+        raise UnknownRole(f"unknown role '{name}' (roles: {known})")
+    return role
+
+
+def _user(params: Mapping[str, Any], key: str = "user") -> str:
+    value = params.get(key)
+    if not value:
+        raise InvalidInput("say which user, e.g. @alice")
+    return parse_user_id(str(value))
+
+
+class ShowAction(Action):
+    name = "role.show"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        user = parse_user_id(str(params.get("user") or ctx.actor))
+        if user != ctx.actor:
+            require_user(ctx.session, user)
+        # Rule 1: anyone may look at their own grants.
+        permission = None if user == ctx.actor else "roles:view"
+        return Prepared(
+            {"user": user}, permission, WILDCARD, f"user:{user}", f"see the grants of {user}"
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = prepared.params["user"]
+        grants = ctx.session.scalars(
+            select(Grant)
+            .where(Grant.user_id == user, Grant.revoked_at.is_(None))
+            .order_by(Grant.id)
+        ).all()
+        now = ctx.now
+        lines = [f"Grants of {user}:"]
+        rows = []
+        for g in grants:
+            expired = g.expires_at is not None and g.expires_at <= now
+            until = "" if g.expires_at is None else f", until {_fmt(g.expires_at)}"
+            state = " [EXPIRED]" if expired else ""
+            why = f"; reason: {g.reason}" if g.reason else ""
+            lines.append(
+                f"  #{g.id} {g.role} in {_scope_text(g.scope)}{state} "
+                f"(granted by {g.granted_by} on {_fmt(g.granted_at)}{until}{why})"
+            )
+            rows.append(
+                {
+                    "id": g.id,
+                    "role": g.role,
+                    "scope": g.scope,
+                    "expired": expired,
+                    "expires_at": g.expires_at.isoformat() if g.expires_at else None,
+                    "granted_by": g.granted_by,
+                    "reason": g.reason,
+                }
+            )
+        if not grants:
+            lines.append("  none: access is denied by default")
+        effective = ctx.policy.effective_permissions(user)
+        lines.append("Effective permissions:")
+        if not effective:
+            lines.append("  none")
+        for scope in sorted(effective, key=lambda s: (s != WILDCARD, s)):
+            lines.append(f"  {_scope_text(scope)}: {', '.join(sorted(effective[scope]))}")
+        return Result(
+            "\n".join(lines),
+            data={
+                "user": user,
+                "grants": rows,
+                "effective": {s: sorted(p) for s, p in effective.items()},
+            },
+        )
+
+
+class ListAction(Action):
+    name = "role.list"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        return Prepared({}, "roles:view", WILDCARD, "roles", "list roles")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        roles = ctx.session.scalars(select(Role).order_by(Role.builtin.desc(), Role.name)).all()
+        lines = ["Roles:"]
+        data = []
+        for role in roles:
+            flags = [f for f, on in (("built-in", role.builtin), ("2FA", role.requires_2fa)) if on]
+            own = sorted(p.permission for p in role.permissions)
+            parents = [p.parent for p in role.parents]
+            inherits = f"; inherits {', '.join(parents)}" if parents else ""
+            flag_text = f" ({', '.join(flags)})" if flags else ""
+            lines.append(f"• {role.name}{flag_text}: {role.description}{inherits}")
+            lines.append(f"    {', '.join(own) if own else 'no permissions of its own'}")
+            data.append(
+                {
+                    "name": role.name,
+                    "builtin": role.builtin,
+                    "requires_2fa": role.requires_2fa,
+                    "permissions": own,
+                    "parents": parents,
+                    "effective": sorted(ctx.policy.permissions_of_role(role.name)),
+                }
+            )
+        return Result("\n".join(lines), data={"roles": data})
+
+
+class AssignAction(Action):
+    name = "role.assign"
+    risky = True
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        user = _user(params)
+        role = get_role(ctx.session, str(params.get("role") or ""))
+        scope = resolve_scope(ctx.session, params.get("number"))
+        duration = parse_duration(str(params["for"])) if params.get("for") else None
+        reason = _reason(params)
+        require_user(ctx.session, user)
+        existing = live_grant(ctx.session, user, role.name, scope)
+        if existing is not None and (existing.expires_at is None or existing.expires_at > ctx.now):
+            until = "" if existing.expires_at is None else f", until {_fmt(existing.expires_at)}"
+            raise DuplicateGrant(
+                f"{user} already holds {role.name} in {_scope_text(scope)} "
+                f"(grant #{existing.id}{until}); revoke it first to change it"
+            )
+        span = f" for {format_duration(duration)}" if duration else ""
+        return Prepared(
+            {
+                "user": user,
+                "role": role.name,
+                "number": scope,
+                "for": format_duration(duration) if duration else None,
+                "reason": reason,
+            },
+            "roles:assign",
+            scope,
+            f"user:{user}",
+            f"assign {role.name} to {user} in {_scope_text(scope)}{span}",
+            sensitive=role.name == ADMIN or role.requires_2fa,
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        p = prepared.params
+        if p["user"] == ctx.actor:
+            raise SelfGrant("You cannot assign roles to yourself: ask another admin.")
+        ensure_holds(
+            ctx.policy,
+            ctx.actor,
+            ctx.policy.permissions_of_role(p["role"]),
+            p["number"],
+            f"assign {p['role']}{_in(p['number'])}",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        stale = live_grant(ctx.session, p["user"], p["role"], p["number"])
+        if stale is not None:
+            if stale.expires_at is None or stale.expires_at > ctx.now:
+                raise DuplicateGrant(f"{p['user']} already holds {p['role']} there")
+            stale.revoked_at = ctx.now
+            stale.revoked_by = "system"
+            stale.revoke_reason = "expired; replaced by a new grant"
+            ctx.session.flush()
+        expires = ctx.now + parse_duration(p["for"]) if p.get("for") else None
+        grant = Grant(
+            user_id=p["user"],
+            role=p["role"],
+            scope=p["number"],
+            granted_by=ctx.actor,
+            reason=p.get("reason"),
+            granted_at=ctx.now,
+            expires_at=expires,
+        )
+        ctx.session.add(grant)
+        ctx.session.flush()
+        until = f" until {_fmt(expires)}" if expires else ""
+        return Result(
+            f"Assigned {p['role']} to {p['user']} in {_scope_text(p['number'])}{until} "
+            f"(grant #{grant.id}).",
+            data={
+                "grant_id": grant.id,
+                "user": p["user"],
+                "role": p["role"],
+                "scope": p["number"],
+                "expires_at": expires.isoformat() if expires else None,
+                "reason": p.get("reason"),
+            },
+            details={"grant_id": grant.id},
+        )
+
+
+class RevokeAction(Action):
+    name = "role.revoke"
+    risky = True
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        user = _user(params)
+        role = get_role(ctx.session, str(params.get("role") or ""))
+        scope = resolve_scope(ctx.session, params.get("number"))
+        reason = _reason(params)
+        require_user(ctx.session, user)
+        grant = live_grant(ctx.session, user, role.name, scope)
+        if grant is None:
+            raise UnknownGrant(f"{user} holds no {role.name} grant in {_scope_text(scope)}")
+        own = user == ctx.actor
+        return Prepared(
+            {"user": user, "role": role.name, "number": scope, "reason": reason},
+            # Dropping your own grant needs no permission (SPEC §4 rule 5).
+            None if own else "roles:assign",
+            scope,
+            f"user:{user}",
+            f"revoke {role.name} from {user} in {_scope_text(scope)}",
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        p = prepared.params
+        if p["user"] != ctx.actor:
+            ensure_holds(
+                ctx.policy,
+                ctx.actor,
+                ctx.policy.permissions_of_role(p["role"]),
+                p["number"],
+                f"revoke {p['role']}{_in(p['number'])}",
+            )
+        if p["role"] == ADMIN and p["number"] == WILDCARD:
+            ensure_not_last_admin(ctx.session, p["user"], ctx.now, "revoking admin")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        grant = live_grant(ctx.session, p["user"], p["role"], p["number"])
+        if grant is None:
+            raise UnknownGrant(f"{p['user']} no longer holds {p['role']} there")
+        grant.revoked_at = ctx.now
+        grant.revoked_by = ctx.actor
+        grant.revoke_reason = p.get("reason")
+        ctx.session.flush()
+        return Result(
+            f"Revoked {p['role']} from {p['user']} in {_scope_text(p['number'])} "
+            f"(grant #{grant.id}).",
+            data={
+                "grant_id": grant.id,
+                "user": p["user"],
+                "role": p["role"],
+                "scope": p["number"],
+                "reason": p.get("reason"),
+            },
+            details={"grant_id": grant.id},
+        )
+
+
+def _check_parents(session: Session, role_name: str, parents: Iterable[str]) -> list[str]:
+    """Resolve parent roles and refuse any that would close a cycle through `role_name`."""
+    resolved = [get_role(session, p).name for p in parents]
+    edges: dict[str, list[str]] = {}
+    for child, parent in session.execute(select(RoleParent.role, RoleParent.parent)):
+        edges.setdefault(child, []).append(parent)
+    for parent in resolved:
+        stack, seen = [parent], set()
+        while stack:
+            current = stack.pop()
+            if current == role_name:
+                raise RoleCycle(
+                    f"{role_name} cannot inherit from {parent}: {parent} already inherits "
+                    f"from {role_name}, which would make a cycle"
+                )
+            if current not in seen:
+                seen.add(current)
+                stack.extend(edges.get(current, ()))
+    return resolved
+
+
+def _role_closure_perms(ctx: Context, own: set[str], parents: list[str]) -> set[str]:
+    result = set(own)
+    for parent in parents:
+        result |= ctx.policy.permissions_of_role(parent)
+    return result
+
+
+class CreateAction(Action):
+    name = "role.create"
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        name = parse_role_name(str(params.get("name") or ""))
+        if ctx.session.get(Role, name) is not None:
+            raise DuplicateRole(f"a role named '{name}' already exists")
+        perms = set(check_permissions(_as_list(params.get("perms"))))
+        parents = _as_list(params.get("inherits"))
+        requires_2fa = bool(params.get("2fa"))
+        source = params.get("from")
+        if source:
+            base = get_role(ctx.session, str(source))
+            perms |= {p.permission for p in base.permissions}
+            parents += [p.parent for p in base.parents]
+            requires_2fa = requires_2fa or base.requires_2fa
+        parents = sorted(set(_check_parents(ctx.session, name, parents)))
+        description = str(params.get("description") or "").strip()[:500]
+        if not perms and not parents:
+            raise InvalidInput(
+                "a role needs permissions: give --perms p1,p2, --from ROLE or --inherits ROLE"
+            )
+        return Prepared(
+            {
+                "name": name,
+                "perms": sorted(perms),
+                "inherits": parents,
+                "2fa": requires_2fa,
+                "description": description,
+                "from": source,
+            },
+            "roles:manage",
+            WILDCARD,
+            f"role:{name}",
+            f"create role {name}",
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        p = prepared.params
+        wanted = _role_closure_perms(ctx, set(p["perms"]), list(p["inherits"]))
+        ensure_holds(ctx.policy, ctx.actor, wanted, WILDCARD, f"create role {p['name']}")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        role = Role(
+            name=p["name"],
+            description=p["description"],
+            builtin=False,
+            requires_2fa=p["2fa"],
+            created_at=ctx.now,
+            created_by=ctx.actor,
+        )
+        role.permissions = [RolePermission(role=p["name"], permission=x) for x in p["perms"]]
+        role.parents = [RoleParent(role=p["name"], parent=x) for x in p["inherits"]]
+        ctx.session.add(role)
+        ctx.session.flush()
+        inherits = f", inheriting {', '.join(p['inherits'])}" if p["inherits"] else ""
+        return Result(
+            f"Created role {p['name']} with {len(p['perms'])} permissions{inherits}"
+            + (" (requires 2FA)" if p["2fa"] else "")
+            + ".",
+            data={"role": p["name"], "permissions": p["perms"], "inherits": p["inherits"]},
+        )
+
+
+def _mutable_role(session: Session, name: str) -> Role:
+    role = get_role(session, name)
+    if role.builtin:
+        raise BuiltinRoleImmutable(
+            f"{role.name} is a built-in role and cannot be changed or deleted; "
+            f"create a custom role instead (/wa-role create NAME --from {role.name})"
+        )
+    return role
+
+
+class EditAction(Action):
+    name = "role.edit"
+    risky = True
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        role = _mutable_role(ctx.session, str(params.get("name") or ""))
+        add = sorted(check_permissions(_as_list(params.get("add"))))
+        remove = sorted(check_permissions(_as_list(params.get("remove"))))
+        both = set(add) & set(remove)
+        if both:
+            raise InvalidInput(f"cannot both add and remove {', '.join(sorted(both))}")
+        add_parents = sorted(
+            set(_check_parents(ctx.session, role.name, _as_list(params.get("add_parents"))))
+        )
+        remove_parents = sorted(
+            get_role(ctx.session, r).name for r in _as_list(params.get("remove_parents"))
+        )
+        two_fa = params.get("2fa")
+        if not (add or remove or add_parents or remove_parents or two_fa is not None):
+            raise InvalidInput("nothing to change: give --add, --remove, --inherits or --2fa")
+        own = {p.permission for p in role.permissions}
+        unknown_removals = sorted(set(remove) - own)
+        if unknown_removals:
+            raise InvalidInput(f"{role.name} does not have {', '.join(unknown_removals)} to remove")
+        parts = []
+        if add:
+            parts.append(f"add {', '.join(add)}")
+        if remove:
+            parts.append(f"remove {', '.join(remove)}")
+        if add_parents:
+            parts.append(f"inherit {', '.join(add_parents)}")
+        if remove_parents:
+            parts.append(f"stop inheriting {', '.join(remove_parents)}")
+        if two_fa is not None:
+            parts.append("require 2FA" if two_fa else "stop requiring 2FA")
+        return Prepared(
+            {
+                "name": role.name,
+                "add": add,
+                "remove": remove,
+                "add_parents": add_parents,
+                "remove_parents": remove_parents,
+                "2fa": two_fa,
+            },
+            "roles:manage",
+            WILDCARD,
+            f"role:{role.name}",
+            f"edit role {role.name}: {'; '.join(parts)}",
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        p = prepared.params
+        wanted = _role_closure_perms(ctx, set(p["add"]), list(p["add_parents"]))
+        ensure_holds(ctx.policy, ctx.actor, wanted, WILDCARD, f"edit role {p['name']}")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        role = _mutable_role(ctx.session, p["name"])
+        perms = ({x.permission for x in role.permissions} | set(p["add"])) - set(p["remove"])
+        parents = ({x.parent for x in role.parents} | set(p["add_parents"])) - set(
+            p["remove_parents"]
+        )
+        _check_parents(ctx.session, role.name, p["add_parents"])
+        if not perms and not parents:
+            raise InvalidInput(f"{role.name} would have no permissions left; delete it instead")
+        role.permissions = [RolePermission(role=role.name, permission=x) for x in sorted(perms)]
+        role.parents = [RoleParent(role=role.name, parent=x) for x in sorted(parents)]
+        if p.get("2fa") is not None:
+            role.requires_2fa = bool(p["2fa"])
+        ctx.session.flush()
+        return Result(
+            f"Edited role {role.name}: now {len(perms)} permissions of its own"
+            + (f", inheriting {', '.join(sorted(parents))}" if parents else "")
+            + ".",
+            data={"role": role.name, "permissions": sorted(perms), "inherits": sorted(parents)},
+        )
+
+
+class DeleteAction(Action):
+    name = "role.delete"
+    risky = True
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        role = _mutable_role(ctx.session, str(params.get("name") or ""))
+        self._ensure_unused(ctx.session, role.name)
+        return Prepared(
+            {"name": role.name},
+            "roles:manage",
+            WILDCARD,
+            f"role:{role.name}",
+            f"delete role {role.name}",
+        )
+
+    @staticmethod
+    def _ensure_unused(session: Session, name: str) -> None:
+        holders = session.execute(
+            select(Grant.id, Grant.user_id, Grant.scope)
+            .where(Grant.role == name, Grant.revoked_at.is_(None))
+            .order_by(Grant.id)
+        ).all()
+        if holders:
+            listed = ", ".join(
+                f"#{gid} {user} in {_scope_text(scope)}" for gid, user, scope in holders[:10]
+            )
+            more = f" and {len(holders) - 10} more" if len(holders) > 10 else ""
+            raise RoleInUse(
+                f"role {name} is still held by {len(holders)} grant(s): {listed}{more}. "
+                "Revoke them first."
+            )
+        children = session.scalars(select(RoleParent.role).where(RoleParent.parent == name)).all()
+        if children:
+            raise RoleInUse(
+                f"role {name} is inherited by {', '.join(sorted(children))}; "
+                "remove it from them first"
+            )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        role = _mutable_role(ctx.session, prepared.params["name"])
+        self._ensure_unused(ctx.session, role.name)
+        ctx.session.delete(role)
+        ctx.session.flush()
+        return Result(f"Deleted role {role.name}.", data={"role": role.name})
+
+
+class WhyAction(Action):
+    name = "role.why"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        user = _user(params)
+        permission = check_permission(str(params.get("permission") or ""))
+        scope = resolve_scope(ctx.session, params.get("number"))
+        if user != ctx.actor:
+            require_user(ctx.session, user)
+        return Prepared(
+            {"user": user, "permission": permission, "number": scope},
+            None if user == ctx.actor else "roles:view",
+            WILDCARD,
+            f"user:{user}",
+            f"explain {user}'s access to {permission}",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        decision = ctx.policy.decide(p["user"], p["permission"], p["number"])
+        verdict = "may" if decision.allowed else "may not"
+        return Result(
+            f"{p['user']} {verdict} use {p['permission']} in {_scope_text(p['number'])}: "
+            f"{decision.reason}",
+            data={
+                "allowed": decision.allowed,
+                "reason": decision.reason,
+                "grant_id": decision.grant_id,
+                "role": decision.role,
+                "via": list(decision.via),
+                "user": p["user"],
+                "permission": p["permission"],
+                "scope": p["number"],
+            },
+            details={"allowed": decision.allowed},
+        )
+
+
+class BootstrapAdminAction(Action):
+    """The first admin: allowed only while no active admin exists."""
+
+    name = "system.bootstrap_admin"
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        user = _user(params)
+        return Prepared(
+            {"user": user}, None, WILDCARD, f"user:{user}", f"make {user} the first admin"
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        admins = active_admins(ctx.session, ctx.now)
+        if admins:
+            raise DuplicateGrant(
+                f"wa-access already has an admin ({', '.join(sorted(admins))}); "
+                "ask them to assign roles with /wa-role assign"
+            )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = prepared.params["user"]
+        ensure_user(ctx.session, user, ctx.now)
+        stale = live_grant(ctx.session, user, ADMIN, WILDCARD)
+        if stale is not None:
+            stale.revoked_at = ctx.now
+            stale.revoked_by = "system"
+            stale.revoke_reason = "expired; replaced by bootstrap"
+            ctx.session.flush()
+        grant = Grant(
+            user_id=user,
+            role=ADMIN,
+            scope=WILDCARD,
+            granted_by="bootstrap",
+            reason="first admin, created by the operator",
+            granted_at=ctx.now,
+        )
+        ctx.session.add(grant)
+        ctx.session.flush()
+        return Result(
+            f"{user} is now an admin (grant #{grant.id}).",
+            data={"grant_id": grant.id, "user": user},
+            details={"grant_id": grant.id},
+        )
+
+
+class RegisterUserAction(Action):
+    """An operator adds a person by Slack id; this gives them no access by itself."""
+
+    name = "user.register"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        if ctx.surface != "cli":
+            raise InvalidInput("users are registered from Slack automatically")
+        user = _user(params)
+        name = params.get("name")
+        return Prepared(
+            {"user": user, "name": name}, None, WILDCARD, f"user:{user}", f"register {user}"
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = ensure_user(
+            ctx.session, prepared.params["user"], ctx.now, prepared.params.get("name")
+        )
+        return Result(
+            f"{user.id} is known to wa-access (no roles until someone assigns one).",
+            data={"user": user.id},
+        )
+
+
+ROLE_ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        ShowAction(),
+        ListAction(),
+        AssignAction(),
+        RevokeAction(),
+        CreateAction(),
+        EditAction(),
+        DeleteAction(),
+        WhyAction(),
+        BootstrapAdminAction(),
+        RegisterUserAction(),
+    )
+}

@@ -1,0 +1,80 @@
+"""Parsing of the small values every surface passes to the core.
+
+Each parser either returns a canonical value or raises a specific InvalidInput,
+so "malformed number" and "malformed duration" read the same from Slack, the CLI
+or an HTTP caller.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from .errors import MalformedDuration, MalformedNumber, MalformedRoleName, MalformedUserId
+
+WILDCARD = "*"
+
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_PHONE_NUMBER_ID = re.compile(r"[0-9]{6,20}")
+_USER_ID = re.compile(r"[UW][A-Z0-9]{2,20}")
+_ROLE_NAME = re.compile(r"[a-z][a-z0-9_-]{1,39}")
+_DURATION = re.compile(r"([0-9]{1,6})([mhdw])")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_DURATION = timedelta(days=366)
+
+
+def parse_e164(text: str) -> str:
+    """Canonical E.164 (`+` and 7 to 15 digits); spaces, dots and dashes are tolerated."""
+    compact = re.sub(r"[\s().-]", "", text)
+    if _E164.fullmatch(compact):
+        return compact
+    raise MalformedNumber(
+        f"'{text}' is not a phone number: use E.164 with the country code, e.g. +15550001111"
+    )
+
+
+def is_phone_number_id(text: str) -> bool:
+    """True for what looks like a Graph phone-number id (digits only, no `+`)."""
+    return _PHONE_NUMBER_ID.fullmatch(text) is not None
+
+
+def parse_user_id(text: str) -> str:
+    """A Slack user id (`U…` or `W…`); display names are never accepted as identity."""
+    if _USER_ID.fullmatch(text):
+        return text
+    raise MalformedUserId(
+        f"'{text}' is not a Slack user id: mention the person (@name) or give an id like U0123ABC"
+    )
+
+
+def parse_role_name(text: str) -> str:
+    name = text.strip().lower()
+    if _ROLE_NAME.fullmatch(name):
+        return name
+    raise MalformedRoleName(
+        f"'{text}' is not a valid role name: 2-40 characters, starting with a letter, "
+        "then letters, digits, '-' or '_'"
+    )
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90m`, `4h`, `30d` or `2w`; zero and anything beyond a year are refused."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise MalformedDuration(
+            f"'{text}' is not a duration: use a number and a unit, e.g. 90m, 4h, 30d or 2w"
+        )
+    value = timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    if value <= timedelta(0):
+        raise MalformedDuration(f"'{text}' is not a duration: it must be longer than zero")
+    if value > MAX_DURATION:
+        raise MalformedDuration(f"'{text}' is too long: time-bound access is limited to 366 days")
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

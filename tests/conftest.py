@@ -1,0 +1,129 @@
+"""Fixtures: a migrated database per test, on SQLite by default or PostgreSQL.
+
+Set WA_TEST_DATABASE_URL=postgresql://… to run every store-touching test on
+PostgreSQL; each test session then works in a schema of its own, so parallel
+runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from rbac_core import Database, Gate, ManualClock, build_gate
+from rbac_core.audit import GENESIS_HASH
+from rbac_core.clock import utcnow
+from rbac_core.directory import ensure_user
+from rbac_core.migrate import sync_builtin_roles, upgrade
+
+PG_URL = os.environ.get("WA_TEST_DATABASE_URL", "").strip()
+START = 1_795_000_000.0  # 2026-11-18, a fixed instant: tests move the clock, never sleep
+
+TABLES = (
+    "role_parents",
+    "role_permissions",
+    "grants",
+    "pending_actions",
+    "audit_log",
+    "audit_head",
+    "policy_state",
+    "numbers",
+    "users",
+    "roles",
+)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    backend = make_url(PG_URL).render_as_string() if PG_URL else "SQLite"
+    return f"wa-access test database: {backend}"
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url() -> Iterator[str | None]:
+    if not PG_URL:
+        yield None
+        return
+    schema = f"wa_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(Database(PG_URL).url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(Database(PG_URL).url).update_query_dict({"options": f"-csearch_path={schema}"})
+    migrated = Database(url.render_as_string(hide_password=False))
+    upgrade(migrated)
+    migrated.dispose()
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    db = Database(f"sqlite:///{path}")
+    upgrade(db)
+    db.dispose()  # the last connection to close checkpoints the WAL into the file
+    assert not path.with_name("template.db-wal").exists()
+    return path
+
+
+@pytest.fixture
+def db_url(pg_schema_url: str | None, sqlite_template: Path, tmp_path: Path) -> str:
+    """A URL for a freshly migrated, empty database (built-in roles only)."""
+    if pg_schema_url is None:
+        target = tmp_path / "wa_access.db"
+        shutil.copyfile(sqlite_template, target)
+        return f"sqlite:///{target}"
+    reset = Database(pg_schema_url)
+    with reset.write() as session:
+        session.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        session.execute(text("INSERT INTO policy_state (id, version) VALUES (1, 1)"))
+        session.execute(
+            text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": GENESIS_HASH}
+        )
+        sync_builtin_roles(session, utcnow())
+    reset.dispose()
+    return pg_schema_url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def gate(db: Database, clock: ManualClock) -> Gate:
+    return build_gate(db, clock=clock)
+
+
+ADMIN = "U0ADMIN01"
+ALICE = "U0ALICE01"
+BOB = "U0BOB0001"
+CAROL = "U0CAROL01"
+
+
+@pytest.fixture
+def team(db: Database, gate: Gate, clock: ManualClock) -> dict[str, str]:
+    """A workspace with one admin (bootstrapped) and three known people without roles."""
+    outcome = gate.submit("operator", "cli", "system.bootstrap_admin", {"user": ADMIN})
+    assert outcome.status == "done", outcome
+    with db.write() as session:
+        for user in (ALICE, BOB, CAROL):
+            ensure_user(session, user, utcnow(clock))
+    return {"admin": ADMIN, "alice": ALICE, "bob": BOB, "carol": CAROL}
