@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .clock import Clock, system_clock
+from .errors import UnknownPermission
 from .models import Grant, Role, RoleParent, RolePermission, User
 from .permissions import PERMISSIONS, check_permission
 from .policy_store import read_policy_version
@@ -109,8 +110,10 @@ class Policy:
         *,
         version: int = 0,
         clock: Clock = system_clock,
+        catalogue: frozenset[str] = PERMISSIONS,
     ) -> None:
         self.version = version
+        self.catalogue = catalogue
         self.roles: dict[str, RoleSpec] = {r.name: r for r in roles}
         self.closure = role_closure(self.roles)
         by_user: dict[str, list[GrantSpec]] = {}
@@ -135,7 +138,9 @@ class Policy:
         return self._decide_uncached(user, permission, scope)
 
     def _decide_uncached(self, user: str, permission: str, scope: str) -> Decision:
-        check_permission(permission)
+        if permission not in self.catalogue:
+            check_permission(permission)  # raises UnknownPermission with a hint
+            raise UnknownPermission(f"unknown permission '{permission}'")
         decision = self._compute(user, permission, scope, self._clock())
         with self._memo_lock:
             if len(self._memo) >= _CACHE_LIMIT:
