@@ -1,0 +1,51 @@
+"""Structural promises: the core stays transport-free, and migrations match the models."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from rbac_core import Database
+from rbac_core.models import Base
+
+CORE = Path(__file__).resolve().parents[1] / "rbac_core"
+FORBIDDEN = (
+    "slack_bolt",
+    "slack_sdk",
+    "flask",
+    "werkzeug",
+    "httpx",
+    "requests",
+    "gunicorn",
+    "bot",
+    "handlers",
+    "pyotp_qr",
+)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_rbac_core_imports_nothing_from_slack_flask_http_or_whatsapp_code() -> None:
+    offenders = {
+        str(path.relative_to(CORE)): sorted(_imports(path) & set(FORBIDDEN))
+        for path in CORE.rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_migrations_build_exactly_the_models(db: Database) -> None:
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

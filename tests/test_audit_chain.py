@@ -1,0 +1,146 @@
+"""The audit log detects every kind of tampering, and concurrent writers never fork it."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import multiprocessing
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import text
+
+from bot.cli import main
+from rbac_core import Database, Gate, build_gate
+from rbac_core.audit import GENESIS_HASH, verify
+
+from .conftest import ADMIN, ALICE
+from .helpers import audit_count, audit_rows
+
+
+@pytest.fixture
+def log_of_ten(team: dict[str, str], gate: Gate, db: Database) -> Database:
+    """A log with 10 entries: bootstrap, then nine lookups."""
+    for _ in range(9):
+        gate.submit(ADMIN, "cli", "role.show", {"user": ADMIN})
+    assert audit_count(db) == 10
+    return db
+
+
+@pytest.fixture
+def cli(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> Callable[..., int]:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.chdir(str(tmp_path))
+
+    def invoke(*argv: str) -> int:
+        return main(list(argv), out=io.StringIO())
+
+    return invoke
+
+
+def _sql(db: Database, statements: str) -> None:
+    with db.write() as session:
+        for statement in statements.split(";"):
+            session.execute(text(statement))
+
+
+def test_an_intact_log_verifies(log_of_ten: Database, cli: Callable[..., int]) -> None:
+    with log_of_ten.engine.connect() as conn:
+        result = verify(conn)
+    assert result.ok and result.entries == 10 and result.head_seq == 10
+    assert cli("audit", "verify") == 0
+
+
+def test_entries_link_to_their_predecessor(log_of_ten: Database) -> None:
+    rows = audit_rows(log_of_ten)
+    assert rows[0].prev_hash == GENESIS_HASH
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
+
+
+TAMPERING = {
+    "edited": ("UPDATE audit_log SET details = '{\"params\":{}}' WHERE seq = 4", 4, "edited"),
+    "actor changed": ("UPDATE audit_log SET actor = 'U0EVIL001' WHERE seq = 6", 6, "edited"),
+    "deleted": ("DELETE FROM audit_log WHERE seq = 5", 5, "missing"),
+    "reordered": (
+        "UPDATE audit_log SET seq = -3 WHERE seq = 3; "
+        "UPDATE audit_log SET seq = 3 WHERE seq = 7; "
+        "UPDATE audit_log SET seq = 7 WHERE seq = -3",
+        3,
+        "link",
+    ),
+    "truncated": ("DELETE FROM audit_log WHERE seq > 8", 9, "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_tampering_is_detected_and_the_first_bad_entry_named(
+    case: str, log_of_ten: Database, cli: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    statement, first_bad, word = TAMPERING[case]
+    _sql(log_of_ten, statement)
+    with log_of_ten.engine.connect() as conn:
+        result = verify(conn)
+    assert not result.ok
+    assert result.first_bad_seq == first_bad
+    assert word in (result.problem or "")
+    capsys.readouterr()
+    assert cli("audit", "verify") == 1
+    assert f"first bad entry {first_bad}" in capsys.readouterr().err
+
+
+def test_rewriting_the_whole_tail_consistently_is_still_caught_by_the_head(
+    log_of_ten: Database,
+) -> None:
+    """Deleting the tail and its head row together is the only way past; a head that moved on
+    while the log did not is truncation."""
+    _sql(log_of_ten, "DELETE FROM audit_log WHERE seq = 10")
+    with log_of_ten.engine.connect() as conn:
+        result = verify(conn)
+    assert not result.ok and result.first_bad_seq == 10
+
+
+def test_export_streams_every_entry_as_jsonl_and_csv(
+    log_of_ten: Database, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.chdir(str(tmp_path))
+    out = io.StringIO()
+    assert main(["audit", "export", "--format", "jsonl"], out=out) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, 11))
+    assert lines[0]["action"] == "system.bootstrap_admin"
+    assert lines[1]["details"]["params"] == {"user": ADMIN}
+    assert lines[0]["time"].endswith("Z")
+    out = io.StringIO()
+    assert main(["audit", "export", "--format", "csv"], out=out) == 0
+    csv_lines = out.getvalue().splitlines()
+    assert csv_lines[0].startswith("seq,time,actor,surface,action")
+    assert len(csv_lines) == 11
+
+
+def _writer(url: str, worker: int, count: int) -> None:
+    db = Database(url)
+    gate = build_gate(db)
+    for _ in range(count):
+        outcome = gate.submit(ADMIN, "cli", "role.show", {"user": ALICE})
+        assert outcome.status == "done", outcome.message
+    db.dispose()
+
+
+def test_concurrent_writers_in_several_processes_never_fork_the_chain(
+    team: dict[str, str], db: Database, db_url: str
+) -> None:
+    before = audit_count(db)
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_writer, args=(db_url, n, 40)) for n in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    assert audit_count(db) == before + 160
+    with db.engine.connect() as conn:
+        result = verify(conn)
+    assert result.ok, result.problem
+    assert result.entries == before + 160

@@ -1,0 +1,193 @@
+"""The operator CLI: commands, console grammar, exit codes and configuration errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from rbac_core import Database
+
+from .conftest import ADMIN, ALICE, BOB
+from .helpers import live_grants
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> Cli:
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        out = io.StringIO()
+        capsys.readouterr()
+        code = main(list(argv), out=out)
+        return code, out.getvalue(), capsys.readouterr().err
+
+    return invoke
+
+
+@pytest.fixture
+def staffed(cli: Cli) -> Cli:
+    assert cli("bootstrap-admin", ADMIN)[0] == 0
+    assert cli("user", "add", ALICE, "--name", "alice")[0] == 0
+    assert cli("user", "add", BOB)[0] == 0
+    return cli
+
+
+def test_migrate_is_idempotent(cli: Cli) -> None:
+    code, out, _ = cli("migrate")
+    assert code == 0 and "revision 0001" in out
+    assert cli("migrate")[0] == 0
+
+
+def test_bootstrap_admin_works_once(cli: Cli) -> None:
+    code, out, _ = cli("bootstrap-admin", ADMIN)
+    assert code == 0 and "is now an admin" in out
+    code, _, err = cli("bootstrap-admin", ALICE)
+    assert code == 1 and "already has an admin" in err
+
+
+def test_bootstrap_admin_rejects_a_malformed_user_id(cli: Cli) -> None:
+    code, _, err = cli("bootstrap-admin", "alice")
+    assert code == 2 and "not a Slack user id" in err
+
+
+def test_console_runs_commands_and_waits_for_confirmation(staffed: Cli, db: Database) -> None:
+    script = (
+        f"/wa-role assign <@{ALICE}|alice> agent --number +15550001111 --for 30d "
+        "--reason covering the night shift\n"
+        "confirm\n"
+        f"/wa-role assign <@{BOB}> analyst\n"
+        "cancel\n"
+        f"/wa-role why <@{ALICE}> messages:send_text --number +15550001111\n"
+    )
+    code, out, _ = staffed("console", "--as", ADMIN, stdin=script)
+    assert code == 0, out
+    assert "Please confirm: assign agent to U0ALICE01 in +15550001111 for 30d" in out
+    assert "Type confirm or cancel." in out
+    assert "Assigned agent to U0ALICE01 in +15550001111" in out
+    assert "Cancelled: assign analyst to U0BOB0001" in out
+    assert "U0ALICE01 may use messages:send_text in +15550001111" in out
+    assert live_grants(db) == [(ADMIN, "admin", "*"), (ALICE, "agent", "+15550001111")]
+
+
+def test_console_help_hides_what_the_caller_may_not_do(staffed: Cli) -> None:
+    _, admin_help, _ = staffed("console", "--as", ADMIN, stdin="/wa-role help\n")
+    _, user_help, _ = staffed("console", "--as", ALICE, stdin="/wa-role\n")
+    assert "/wa-role assign" in admin_help and "/wa-role delete" in admin_help
+    assert "/wa-role show" in user_help and "/wa-role why" in user_help
+    assert "/wa-role assign" not in user_help and "/wa-role list" not in user_help
+
+
+@pytest.mark.parametrize(
+    ("line", "message", "code"),
+    [
+        ("/wa-role frobnicate", "unknown subcommand 'frobnicate'", 2),
+        ("/wa-role assign", "missing USER", 2),
+        ("/wa-role assign @alice agent", "is not a mention", 2),
+        (f"/wa-role assign <@{ALICE}> agent --colour red", "unknown option --colour", 2),
+        (f"/wa-role assign <@{ALICE}> agent --for", "--for needs a value", 2),
+        (f'/wa-role assign <@{ALICE}> agent --reason "unclosed', "not closed", 2),
+        (f"/wa-role assign <@{ALICE}> agent --for 3", "not a duration", 2),
+        (f"/wa-role assign <@{ALICE}> agent --number 12", "not a phone number", 2),
+        (f"/wa-role assign <@{ALICE}> wizard", "unknown role 'wizard'", 1),
+        ("/wa-role assign <@U0NOBODY9> agent", "unknown user U0NOBODY9", 1),
+        ("/wa-role why <@U0ALICE01> messages:teleport", "unknown permission", 1),
+        ("/wa-role delete admin", "built-in role", 1),
+        ("/wa-send +15550001111 hi", "unknown command '/wa-send'", 2),
+        ("confirm", "nothing waiting", 2),
+    ],
+)
+def test_console_bad_input_gets_a_specific_message_and_exit_code(
+    staffed: Cli, line: str, message: str, code: int
+) -> None:
+    got, out, _ = staffed("console", "--as", ADMIN, stdin=line + "\n")
+    assert message in out
+    assert got == code
+    assert "Traceback" not in out
+
+
+def test_console_refusals_exit_1(staffed: Cli) -> None:
+    code, out, _ = staffed("console", "--as", ALICE, stdin="/wa-role list\n")
+    assert code == 1 and "not allowed to list roles" in out
+
+
+def test_console_rejects_a_malformed_actor(staffed: Cli) -> None:
+    code, _, err = staffed("console", "--as", "root")
+    assert code == 2 and "not a Slack user id" in err
+
+
+def test_commands_refuse_an_unmigrated_database(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["audit", "verify"], out=io.StringIO()) == 1
+    assert "run `wa-access migrate`" in capsys.readouterr().err
+
+
+def test_serve_names_each_missing_setting_on_its_own_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN", "WA_TIMEZONE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    monkeypatch.setenv("WA_TIMEZONE", "Mars/Olympus")
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve"], out=io.StringIO()) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "SLACK_SIGNING_SECRET is required but not set",
+        "SLACK_BOT_TOKEN is required but not set",
+        "WA_TIMEZONE is malformed: 'Mars/Olympus' is not an IANA time zone",
+    ]
+
+
+def test_an_unreachable_database_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+    monkeypatch.chdir(tmp_path)
+    assert main(["migrate"], out=io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cannot reach the database") and "Traceback" not in err
+
+
+def test_the_installed_console_script_runs_end_to_end(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("wa-access")
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'e2e.db'}"}
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(script), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+
+    assert run("migrate").returncode == 0
+    assert run("bootstrap-admin", ADMIN).returncode == 0
+    assert run("user", "add", ALICE).returncode == 0
+    console = run("console", "--as", ADMIN, stdin=f"/wa-role assign <@{ALICE}> support\nconfirm\n")
+    assert console.returncode == 0, console.stdout + console.stderr
+    assert "Assigned support" in console.stdout
+    verified = run("audit", "verify")
+    assert verified.returncode == 0 and "intact: 4 entries" in verified.stdout
+    assert run("frobnicate").returncode == 2

@@ -1,0 +1,158 @@
+"""The one gate: confirmation, re-authorization, step-up, failure and audit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
+from rbac_core.models import Grant, PendingAction
+from rbac_core.role_actions import ROLE_ACTIONS
+
+from .conftest import ADMIN, ALICE, BOB
+from .helpers import audit_rows, live_grants, run
+
+
+@pytest.fixture(autouse=True)
+def _team(team: dict[str, str]) -> None:
+    """One bootstrapped admin and three people."""
+
+
+def _pending(db: Database, pending_id: str) -> PendingAction:
+    with db.read() as session:
+        row = session.get(PendingAction, pending_id)
+        assert row is not None
+        return row
+
+
+def test_only_the_actor_can_confirm(gate: Gate, db: Database) -> None:
+    asked = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    other = gate.confirm(asked.pending_id or "", BOB, "cli")
+    assert other.error_code == "pending_not_yours"
+    assert live_grants(db, ALICE) == []
+    assert gate.confirm(asked.pending_id or "", ADMIN, "cli").status == "done"
+
+
+def test_a_confirmation_is_single_use(gate: Gate, db: Database) -> None:
+    asked = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    assert gate.confirm(asked.pending_id or "", ADMIN, "cli").status == "done"
+    again = gate.confirm(asked.pending_id or "", ADMIN, "cli")
+    assert again.error_code == "pending_used"
+    assert "already confirmed" in again.message
+
+
+def test_a_confirmation_expires_after_five_minutes(
+    gate: Gate, db: Database, clock: ManualClock
+) -> None:
+    asked = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    clock.advance(5 * 60 + 1)
+    late = gate.confirm(asked.pending_id or "", ADMIN, "cli")
+    assert late.error_code == "pending_expired"
+    assert live_grants(db, ALICE) == []
+    assert _pending(db, asked.pending_id or "").status == "expired"
+
+
+def test_a_cancelled_action_cannot_be_confirmed(gate: Gate, db: Database) -> None:
+    asked = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    assert gate.cancel(asked.pending_id or "", ADMIN, "cli").error_code == "cancelled"
+    assert gate.confirm(asked.pending_id or "", ADMIN, "cli").error_code == "pending_used"
+    assert live_grants(db, ALICE) == []
+
+
+def test_confirming_checks_the_permission_again(gate: Gate, db: Database) -> None:
+    """A grant revoked between the request and the click refuses the click (rule 3)."""
+    assert run(
+        gate, ADMIN, "role.create", name="assigner", perms=["roles:assign"], inherits=["agent"]
+    ).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="assigner").ok
+    asked = gate.submit(ALICE, "cli", "role.assign", {"user": BOB, "role": "support"})
+    assert asked.status == "needs_confirmation"
+    assert run(gate, ADMIN, "role.revoke", user=ALICE, role="assigner").ok
+    click = gate.confirm(asked.pending_id or "", ALICE, "cli")
+    assert click.status == "denied"
+    assert live_grants(db, BOB) == []
+    assert _pending(db, asked.pending_id or "").status == "refused"
+
+
+def test_confirming_revalidates_the_request(gate: Gate, db: Database) -> None:
+    first = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    second = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    assert gate.confirm(first.pending_id or "", ADMIN, "cli").status == "done"
+    dup = gate.confirm(second.pending_id or "", ADMIN, "cli")
+    assert dup.error_code == "duplicate_grant"
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+
+
+def test_every_decision_is_audited_allowed_or_denied(gate: Gate, db: Database) -> None:
+    before = len(audit_rows(db))
+    gate.submit(BOB, "cli", "role.list", {})
+    asked = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    gate.confirm(asked.pending_id or "", ADMIN, "cli")
+    rows = audit_rows(db)[before:]
+    assert [(r.actor, r.action, r.decision, r.outcome) for r in rows] == [
+        (BOB, "role.list", "deny", "refused"),
+        (ADMIN, "role.assign", "allow", "pending"),
+        (ADMIN, "role.assign", "allow", "done"),
+    ]
+    assert "no grants" in rows[0].details
+    assert rows[2].target == f"user:{ALICE}"
+
+
+class _AlwaysVerified:
+    def satisfied(self, session: Session, actor: str, now: datetime) -> bool:
+        return True
+
+
+def test_sensitive_actions_pass_once_the_second_factor_is_satisfied(
+    db: Database, clock: ManualClock
+) -> None:
+    gate = Gate(db, ROLE_ACTIONS, clock=clock, step_up=_AlwaysVerified())
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="developer").status == "done"
+
+
+class _Explodes(Action):
+    """Writes a grant, then fails: the gate must leave no trace but the audit entry."""
+
+    name = "test.explodes"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        return Prepared(dict(params), "roles:assign", "*", "user:U0ALICE01", "explode")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        ctx.session.add(
+            Grant(user_id=ALICE, role="agent", scope="*", granted_by=ctx.actor, granted_at=ctx.now)
+        )
+        ctx.session.flush()
+        raise RuntimeError("disk on fire")
+
+
+def test_a_failing_action_writes_nothing_but_its_audit_entry(
+    db: Database, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = Gate(db, {**ROLE_ACTIONS, "test.explodes": _Explodes()}, clock=clock)
+    outcome = gate.submit(ADMIN, "cli", "test.explodes", {})
+    assert outcome.status == "failed"
+    assert "nothing was changed" in outcome.message
+    assert "disk on fire" not in outcome.message
+    with db.read() as session:
+        assert session.scalars(select(Grant).where(Grant.user_id == ALICE)).all() == []
+    last = audit_rows(db)[-1]
+    assert (last.action, last.outcome) == ("test.explodes", "error")
+
+
+def test_a_failing_decision_point_denies(db: Database, clock: ManualClock) -> None:
+    gate = Gate(db, ROLE_ACTIONS, clock=clock)
+    policy = gate.policy()
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("corrupt cache")
+
+    policy.decide = broken  # type: ignore[method-assign]
+    outcome = gate.submit(ADMIN, "cli", "role.list", {})
+    assert outcome.status == "failed"
+    assert outcome.error_code == "decision_error"

@@ -1,0 +1,276 @@
+"""Assigning, revoking and defining roles through the gate, and every refusal."""
+
+from __future__ import annotations
+
+import pytest
+
+from rbac_core import Database, Gate, ManualClock
+from rbac_core.directory import register_number
+
+from .conftest import ADMIN, ALICE, BOB, CAROL
+from .helpers import audit_rows, live_grants, role_names, run
+
+NUMBER = "+15550001111"
+OTHER = "+15550002222"
+
+
+@pytest.fixture(autouse=True)
+def _team(team: dict[str, str]) -> None:
+    """Every test here starts with one bootstrapped admin and three people."""
+
+
+def test_admin_assigns_a_role_after_confirming(gate: Gate, db: Database) -> None:
+    first = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    assert first.status == "needs_confirmation"
+    assert live_grants(db, ALICE) == []  # nothing happens before the click
+    done = gate.confirm(first.pending_id or "", ADMIN, "cli")
+    assert done.status == "done", done.message
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+    assert gate.decide(ALICE, "messages:send_text").allowed
+
+
+def test_a_number_scoped_grant_applies_only_to_that_number(gate: Gate) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", number=NUMBER).status == "done"
+    assert gate.decide(ALICE, "messages:send_text", NUMBER).allowed
+    assert not gate.decide(ALICE, "messages:send_text", OTHER).allowed
+    denied = gate.decide(ALICE, "messages:send_text", "*")
+    assert not denied.allowed
+    assert NUMBER in denied.reason
+
+
+def test_a_phone_number_id_resolves_to_its_number(gate: Gate, db: Database) -> None:
+    with db.write() as session:
+        register_number(session, NUMBER, phone_number_id="106540352242922")
+    assert (
+        run(gate, ADMIN, "role.assign", user=ALICE, role="support", number="106540352242922").status
+        == "done"
+    )
+    assert live_grants(db, ALICE) == [(ALICE, "support", NUMBER)]
+
+
+def test_time_bound_grants_stop_counting_when_they_expire(gate: Gate, clock: ManualClock) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", **{"for": "4h"}).ok
+    assert gate.decide(ALICE, "messages:send_text").allowed
+    clock.advance(4 * 3600 + 1)
+    decision = gate.decide(ALICE, "messages:send_text")
+    assert not decision.allowed
+    assert "expired" in decision.reason
+
+
+def test_an_expired_grant_can_be_granted_again(
+    gate: Gate, clock: ManualClock, db: Database
+) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", **{"for": "1h"}).ok
+    clock.advance(7200)
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+    assert gate.decide(ALICE, "messages:send_text").allowed
+
+
+def test_revoking_takes_effect_on_the_next_decision(gate: Gate) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    assert gate.decide(ALICE, "messages:send_text").allowed
+    assert run(gate, ADMIN, "role.revoke", user=ALICE, role="agent", reason="left").ok
+    assert not gate.decide(ALICE, "messages:send_text").allowed
+
+
+def test_a_change_by_another_process_is_seen_by_the_next_decision(
+    gate: Gate, db: Database, clock: ManualClock
+) -> None:
+    from rbac_core import build_gate
+
+    other_process = build_gate(Database(db.url), clock=clock)
+    assert not other_process.decide(ALICE, "analytics:view").allowed  # warms its cache
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="analyst").ok
+    assert other_process.decide(ALICE, "analytics:view").allowed
+    other_process.db.dispose()
+
+
+def test_users_may_drop_their_own_grants(gate: Gate, db: Database) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="analyst").ok
+    assert run(gate, ALICE, "role.revoke", user=ALICE, role="analyst").ok
+    assert live_grants(db, ALICE) == []
+
+
+def test_nobody_assigns_themselves_a_role(gate: Gate, db: Database) -> None:
+    outcome = gate.submit(ADMIN, "cli", "role.assign", {"user": ADMIN, "role": "agent"})
+    assert outcome.status == "refused"
+    assert outcome.error_code == "self_grant"
+    assert live_grants(db, ADMIN) == [(ADMIN, "admin", "*")]
+
+
+def test_no_privilege_escalation_when_granting(gate: Gate, db: Database) -> None:
+    # Alice may assign roles, but only holds the analyst permissions besides.
+    assert run(gate, ADMIN, "role.create", name="assigner", perms=["roles:assign", "roles:view"]).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="assigner").ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="analyst").ok
+    ok = run(gate, ALICE, "role.assign", user=BOB, role="analyst")
+    assert ok.status == "done", ok.message
+    refused = gate.submit(ALICE, "cli", "role.assign", {"user": BOB, "role": "agent"})
+    assert refused.error_code == "privilege_escalation"
+    assert "messages:send_text" in refused.message
+    assert live_grants(db, BOB) == [(BOB, "analyst", "*")]
+
+
+def test_a_number_scoped_assigner_can_only_grant_on_that_number(gate: Gate) -> None:
+    assert run(
+        gate, ADMIN, "role.create", name="lead", perms=["roles:assign"], inherits=["agent"]
+    ).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="lead", number=NUMBER).ok
+    assert run(gate, ALICE, "role.assign", user=BOB, role="agent", number=NUMBER).ok
+    elsewhere = gate.submit(
+        ALICE, "cli", "role.assign", {"user": BOB, "role": "agent", "number": OTHER}
+    )
+    assert elsewhere.status == "denied"
+    everywhere = gate.submit(ALICE, "cli", "role.assign", {"user": BOB, "role": "agent"})
+    assert everywhere.status == "denied"
+
+
+def test_nobody_builds_a_role_with_permissions_they_lack(gate: Gate, db: Database) -> None:
+    assert run(
+        gate,
+        ADMIN,
+        "role.create",
+        name="rolesmith",
+        perms=["roles:manage", "roles:view", "analytics:view"],
+    ).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="rolesmith").ok
+    assert run(gate, ALICE, "role.create", name="viewer", perms=["analytics:view"]).ok
+    for attempt in (
+        {"name": "sneaky", "perms": ["billing:manage"]},
+        {"name": "sneaky", "from": "admin"},
+        {"name": "sneaky", "perms": ["analytics:view"], "inherits": ["agent"]},
+    ):
+        refused = gate.submit(ALICE, "cli", "role.create", attempt)
+        assert refused.error_code == "privilege_escalation", attempt
+    adding = gate.submit(ALICE, "cli", "role.edit", {"name": "viewer", "add": ["billing:manage"]})
+    assert adding.error_code == "privilege_escalation"
+    assert "sneaky" not in role_names(db)
+
+
+def test_the_last_admin_cannot_be_revoked(gate: Gate, db: Database) -> None:
+    outcome = gate.submit(ADMIN, "cli", "role.revoke", {"user": ADMIN, "role": "admin"})
+    assert outcome.error_code == "last_admin"
+    assert live_grants(db, ADMIN) == [(ADMIN, "admin", "*")]
+
+
+def test_deny_by_default(gate: Gate) -> None:
+    outcome = gate.submit(CAROL, "cli", "role.list", {})
+    assert outcome.status == "denied"
+    assert "no grants" in outcome.message
+    assert gate.submit(CAROL, "cli", "role.show", {}).status == "done"  # own grants: always
+
+
+def test_looking_at_someone_else_needs_roles_view(gate: Gate) -> None:
+    assert gate.submit(CAROL, "cli", "role.show", {"user": ALICE}).status == "denied"
+    assert run(gate, ADMIN, "role.assign", user=CAROL, role="support").ok
+    shown = gate.submit(CAROL, "cli", "role.show", {"user": ALICE})
+    assert shown.status == "done"
+
+
+def test_why_explains_which_grant_and_role_allowed_it(gate: Gate) -> None:
+    assert run(
+        gate,
+        ADMIN,
+        "role.create",
+        name="campaign",
+        perms=["reports:generate"],
+        inherits=["analyst"],
+    ).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="campaign", number=NUMBER).ok
+    why = gate.submit(
+        ADMIN, "cli", "role.why", {"user": ALICE, "permission": "analytics:view", "number": NUMBER}
+    )
+    assert why.data["allowed"] is True
+    assert why.data["via"] == ["campaign", "analyst"]
+    assert "inherited through campaign -> analyst" in why.message
+    no = gate.submit(ADMIN, "cli", "role.why", {"user": ALICE, "permission": "billing:manage"})
+    assert no.data["allowed"] is False
+    assert "includes billing:manage" in no.message
+
+
+def test_custom_roles_can_be_cloned_edited_and_deleted(gate: Gate, db: Database) -> None:
+    assert run(gate, ADMIN, "role.create", name="night-shift", **{"from": "support"}).ok
+    assert gate.policy().permissions_of_role("night-shift") == gate.policy().permissions_of_role(
+        "support"
+    )
+    assert run(
+        gate,
+        ADMIN,
+        "role.edit",
+        name="night-shift",
+        add=["escalations:resolve"],
+        remove=["chatbots:use"],
+    ).ok
+    perms = gate.policy().permissions_of_role("night-shift")
+    assert "escalations:resolve" in perms and "chatbots:use" not in perms
+    assert run(gate, ADMIN, "role.delete", name="night-shift").ok
+    assert "night-shift" not in role_names(db)
+
+
+def test_a_role_in_use_cannot_be_deleted_and_says_who_holds_it(gate: Gate, db: Database) -> None:
+    assert run(gate, ADMIN, "role.create", name="temp", perms=["analytics:view"]).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="temp", number=NUMBER).ok
+    refused = gate.submit(ADMIN, "cli", "role.delete", {"name": "temp"})
+    assert refused.error_code == "role_in_use"
+    assert ALICE in refused.message and NUMBER in refused.message
+    assert "temp" in role_names(db)
+
+
+def test_role_inheritance_cannot_form_a_cycle(gate: Gate) -> None:
+    assert run(gate, ADMIN, "role.create", name="base-role", perms=["analytics:view"]).ok
+    assert run(
+        gate, ADMIN, "role.create", name="mid-role", perms=["usage:view"], inherits=["base-role"]
+    ).ok
+    cycle = gate.submit(
+        ADMIN, "cli", "role.edit", {"name": "base-role", "add_parents": ["mid-role"]}
+    )
+    assert cycle.error_code == "role_cycle"
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "code"),
+    [
+        ("role.assign", {"user": ALICE, "role": "wizard"}, "unknown_role"),
+        ("role.assign", {"user": "U0NOBODY1", "role": "agent"}, "unknown_user"),
+        ("role.assign", {"user": ALICE, "role": "agent", "number": "555-1234"}, "malformed_number"),
+        ("role.assign", {"user": ALICE, "role": "agent", "for": "forever"}, "malformed_duration"),
+        ("role.assign", {"user": ALICE, "role": "agent", "number": "999999999"}, "unknown_number"),
+        ("role.assign", {"user": "alice", "role": "agent"}, "malformed_user"),
+        ("role.create", {"name": "bad", "perms": ["messages:teleport"]}, "unknown_permission"),
+        ("role.why", {"user": ALICE, "permission": "nope:nope"}, "unknown_permission"),
+        ("role.delete", {"name": "admin"}, "builtin_role"),
+        ("role.edit", {"name": "agent", "add": ["billing:manage"]}, "builtin_role"),
+        ("role.revoke", {"user": ALICE, "role": "agent"}, "unknown_grant"),
+        ("role.create", {"name": "agent", "perms": ["roles:view"]}, "duplicate_role"),
+    ],
+)
+def test_bad_input_is_refused_specifically_and_leaves_nothing_behind(
+    gate: Gate, db: Database, action: str, params: dict[str, object], code: str
+) -> None:
+    before_grants = live_grants(db)
+    before_roles = role_names(db)
+    outcome = gate.submit(ADMIN, "cli", action, params)
+    assert outcome.error_code == code, outcome.message
+    assert outcome.exit_code in (1, 2)
+    assert outcome.message
+    assert live_grants(db) == before_grants
+    assert role_names(db) == before_roles
+    last = audit_rows(db)[-1]
+    assert (last.action, last.decision) == (action, "deny")
+
+
+def test_a_duplicate_grant_is_refused(gate: Gate, db: Database) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    again = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    assert again.error_code == "duplicate_grant"
+    assert "already holds agent" in again.message
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+
+
+def test_assigning_a_role_that_requires_2fa_asks_for_a_second_factor(
+    gate: Gate, db: Database
+) -> None:
+    outcome = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "developer"})
+    assert outcome.status == "needs_2fa"
+    assert live_grants(db, ALICE) == []
