@@ -4,17 +4,17 @@ Imports nothing from Slack, Flask, httpx or WhatsApp code; every surface talks
 to it through `Gate`.
 """
 
-from .clock import ManualClock, system_clock
+from .clock import Clock, ManualClock, system_clock
 from .db import Database
 from .errors import RbacError
-from .gate import Action, Context, Gate, Outcome, Prepared, Result
+from .gate import Action, Context, Gate, Outcome, Prepared, Result, StepUp
 from .policy import Decision, Policy, PolicyCache
 from .role_actions import ROLE_ACTIONS
 
 
-def build_gate(db: Database, **kwargs: object) -> Gate:
+def build_gate(db: Database, *, clock: Clock = system_clock, step_up: StepUp | None = None) -> Gate:
     """The gate with every action the core defines."""
-    return Gate(db, ROLE_ACTIONS, **kwargs)  # type: ignore[arg-type]
+    return Gate(db, ROLE_ACTIONS, clock=clock, step_up=step_up)
 
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Prepared",
     "RbacError",
     "Result",
+    "StepUp",
     "build_gate",
     "system_clock",
 ]

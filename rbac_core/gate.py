@@ -28,7 +28,7 @@ from .clock import Clock, system_clock, utcnow
 from .db import Database
 from .errors import InvalidInput, PendingActionError, PermissionDenied, RbacError
 from .models import PendingAction
-from .policy import Decision, Policy, PolicyCache, load_policy
+from .policy import Decision, Policy, PolicyCache
 from .policy_store import bump_policy_version, lock_policy
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,6 @@ class Context:
     surface: str
     now: datetime
     clock: Clock
-
-    def reload_policy(self) -> None:
-        """See this transaction's own writes; never stored in the shared cache."""
-        self.policy = load_policy(self.session, version=-1, clock=self.clock)
 
 
 @dataclass(frozen=True)

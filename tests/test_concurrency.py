@@ -1,0 +1,85 @@
+"""Rules that must hold when requests race: last admin, single-use confirmations."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from rbac_core import Database, ManualClock, Outcome, build_gate
+from rbac_core.clock import utcnow
+from rbac_core.errors import SeparationOfDuties
+from rbac_core.grants import active_admins, ensure_separate_duties
+from rbac_core.models import Grant
+from rbac_core.policy_store import bump_policy_version
+
+from .conftest import ADMIN, ALICE
+from .helpers import live_grants
+
+
+def _make_admin(db: Database, user: str, clock: ManualClock) -> None:
+    """A second admin, written directly: assigning admin through the gate needs 2FA."""
+    with db.write() as session:
+        session.add(
+            Grant(user_id=user, role="admin", scope="*", granted_by=ADMIN, granted_at=utcnow(clock))
+        )
+        bump_policy_version(session)
+
+
+def _race(calls: list[Callable[[], Outcome]]) -> list[Outcome]:
+    barrier = threading.Barrier(len(calls))
+    results: list[Outcome | None] = [None] * len(calls)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def test_two_admins_revoking_each_other_at_once_leave_one_admin(
+    team: dict[str, str], db: Database, db_url: str, clock: ManualClock
+) -> None:
+    """Policy writers are serialised: the second confirmation re-checks and finds its actor
+    is no longer an admin."""
+    _make_admin(db, ALICE, clock)
+    gates = [build_gate(Database(db_url), clock=clock) for _ in range(2)]
+    a = gates[0].submit(ADMIN, "cli", "role.revoke", {"user": ALICE, "role": "admin"})
+    b = gates[1].submit(ALICE, "cli", "role.revoke", {"user": ADMIN, "role": "admin"})
+    assert a.status == b.status == "needs_confirmation"
+    results = _race(
+        [
+            lambda: gates[0].confirm(a.pending_id or "", ADMIN, "cli"),
+            lambda: gates[1].confirm(b.pending_id or "", ALICE, "cli"),
+        ]
+    )
+    assert sorted(r.error_code or r.status for r in results) == ["done", "permission_denied"]
+    with db.read() as session:
+        assert len(active_admins(session, utcnow(clock))) == 1
+    for g in gates:
+        g.db.dispose()
+
+
+def test_a_confirmation_clicked_twice_at_once_runs_once(
+    team: dict[str, str], db: Database, db_url: str, clock: ManualClock
+) -> None:
+    gates = [build_gate(Database(db_url), clock=clock) for _ in range(3)]
+    asked = gates[0].submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
+    results = _race([(lambda g=g: g.confirm(asked.pending_id or "", ADMIN, "cli")) for g in gates])
+    assert sorted(r.status for r in results) == ["done", "refused", "refused"]
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+    for g in gates:
+        g.db.dispose()
+
+
+def test_separation_of_duties_is_available_to_callers() -> None:
+    with pytest.raises(SeparationOfDuties, match="someone else must approve"):
+        ensure_separate_duties(ALICE, ALICE, "approve this template")
+    ensure_separate_duties(ADMIN, ALICE, "approve this template")
