@@ -560,7 +560,9 @@ class WhyAction(Action):
             require_user(ctx.session, user)
         return Prepared(
             {"user": user, "permission": permission, "number": scope},
-            None if user == ctx.actor else "roles:view",
+            # Unlike `show` on oneself, rule 1 does not exempt `why`: it needs roles:view,
+            # which every built-in role carries.
+            "roles:view",
             WILDCARD,
             f"user:{user}",
             f"explain {user}'s access to {permission}",
@@ -657,6 +659,41 @@ class RegisterUserAction(Action):
         )
 
 
+class DeactivateUserAction(Action):
+    """Someone left: their grants stop counting at once (the rows stay as history)."""
+
+    name = "user.deactivate"
+    risky = True
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        user = require_user(ctx.session, _user(params))
+        if not user.active:
+            raise InvalidInput(f"{user.id} is already deactivated")
+        return Prepared(
+            {"user": user.id, "reason": _reason(params)},
+            "roles:assign",
+            WILDCARD,
+            f"user:{user.id}",
+            f"deactivate {user.id} and suspend all their grants",
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        user = prepared.params["user"]
+        if user == ctx.actor:
+            raise SelfGrant("You cannot deactivate yourself: ask another admin.")
+        ensure_not_last_admin(ctx.session, user, ctx.now, "deactivating them")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = require_user(ctx.session, prepared.params["user"])
+        user.active = False
+        user.deactivated_at = ctx.now
+        ctx.session.flush()
+        return Result(
+            f"Deactivated {user.id}: none of their grants count any more.", data={"user": user.id}
+        )
+
+
 ROLE_ACTIONS: dict[str, Action] = {
     a.name: a
     for a in (
@@ -670,5 +707,6 @@ ROLE_ACTIONS: dict[str, Action] = {
         WhyAction(),
         BootstrapAdminAction(),
         RegisterUserAction(),
+        DeactivateUserAction(),
     )
 }

@@ -274,3 +274,29 @@ def test_assigning_a_role_that_requires_2fa_asks_for_a_second_factor(
     outcome = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "developer"})
     assert outcome.status == "needs_2fa"
     assert live_grants(db, ALICE) == []
+
+
+def test_why_needs_roles_view_even_about_oneself(gate: Gate) -> None:
+    """Rule 1 exempts only help, show on oneself and 2FA enrolment."""
+    refused = gate.submit(CAROL, "cli", "role.why", {"user": CAROL, "permission": "roles:view"})
+    assert refused.status == "denied"
+    assert run(gate, ADMIN, "role.assign", user=CAROL, role="support").ok
+    assert gate.submit(CAROL, "cli", "role.why", {"user": CAROL, "permission": "roles:view"}).ok
+
+
+def test_a_deactivated_user_loses_every_grant_at_once(gate: Gate, db: Database) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", number=NUMBER).ok
+    assert run(gate, ADMIN, "user.deactivate", user=ALICE, reason="left the company").ok
+    assert not gate.decide(ALICE, "messages:send_text", NUMBER).allowed
+    assert live_grants(db, ALICE) == [(ALICE, "agent", NUMBER)]  # kept as history
+    again = gate.submit(ADMIN, "cli", "user.deactivate", {"user": ALICE})
+    assert again.status == "invalid"
+
+
+def test_the_last_admin_cannot_be_deactivated(gate: Gate, db: Database) -> None:
+    assert gate.submit(ADMIN, "cli", "user.deactivate", {"user": ADMIN}).error_code == "self_grant"
+    assert run(gate, ADMIN, "role.create", name="people-ops", perms=["roles:assign"]).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="people-ops").ok
+    refused = gate.submit(ALICE, "cli", "user.deactivate", {"user": ADMIN})
+    assert refused.error_code == "last_admin"
+    assert gate.decide(ADMIN, "roles:assign").allowed
