@@ -250,6 +250,16 @@ class Gate:
             return stop("invalid", exc.message, "-", "invalid", code=exc.code)
         except RbacError as exc:
             return stop("refused", exc.message, "-", "refused", code=exc.code)
+        except Exception:
+            # A bug or malformed value a surface let through: refuse, audit, never fall open.
+            log.exception("preparing %s failed", name)
+            return stop(
+                "failed",
+                "That request could not be understood, so nothing was done.",
+                "-",
+                "error",
+                code="internal_error",
+            )
 
         decision: Decision | None = None
         if prepared.permission is not None:
@@ -280,6 +290,16 @@ class Gate:
         except RbacError as exc:
             return stop(
                 "refused", exc.message, prepared.target, "refused", code=exc.code, decision=decision
+            )
+        except Exception:
+            log.exception("checking the rules of %s failed", name)
+            return stop(
+                "failed",
+                "The permission check failed, so the action was refused.",
+                prepared.target,
+                "error",
+                code="decision_error",
+                decision=decision,
             )
 
         if prepared.sensitive and not self.step_up.satisfied(ctx.session, ctx.actor, ctx.now):

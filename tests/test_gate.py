@@ -156,3 +156,11 @@ def test_a_failing_decision_point_denies(db: Database, clock: ManualClock) -> No
     outcome = gate.submit(ADMIN, "cli", "role.list", {})
     assert outcome.status == "failed"
     assert outcome.error_code == "decision_error"
+
+
+def test_values_of_the_wrong_type_are_refused_not_crashed_on(gate: Gate, db: Database) -> None:
+    outcome = gate.submit(ADMIN, "api", "role.assign", {"user": ALICE, "role": {"$ne": 1}})
+    assert outcome.status in ("invalid", "refused", "failed")
+    assert outcome.exit_code in (1, 2)
+    assert live_grants(db, ALICE) == []
+    assert audit_rows(db)[-1].decision == "deny"
