@@ -130,7 +130,7 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
 
 def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
     runtime = _runtime()
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.snapshot() as conn:
         result = audit.verify(conn)
     if result.ok:
         print(f"audit log intact: {result.entries} entries, head {result.head_hash}", file=out)
@@ -144,7 +144,7 @@ def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_audit_export(args: argparse.Namespace, out: TextIO) -> int:
     runtime = _runtime()
-    with runtime.db.engine.connect() as conn:
+    with runtime.db.snapshot() as conn:
         if args.output and args.output != "-":
             with open(args.output, "w", encoding="utf-8", newline="") as handle:
                 count = audit.export(conn, handle, args.format)

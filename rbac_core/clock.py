@@ -10,8 +10,8 @@ Clock = Callable[[], float]
 """Seconds since the epoch, like time.time; tests pass a clock they can move."""
 
 
-def system_clock() -> float:
-    return time.time()
+# time.time itself, not a wrapper: the clock is read on every memoised decision.
+system_clock: Clock = time.time
 
 
 def utcnow(clock: Clock = system_clock) -> datetime:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,6 +77,22 @@ class Database:
         """A read-only transaction that never takes SQLite's write lock."""
         with self._reads() as session, session.begin():
             yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only connection seeing one consistent snapshot until it closes.
+
+        For reads that must agree with themselves across statements (the audit
+        head and the log it heads) while writers carry on: WAL readers on SQLite
+        keep their snapshot and take no write lock; PostgreSQL needs REPEATABLE READ.
+        """
+        options: dict[str, Any] = {_READ_ONLY: True}
+        if not self.is_sqlite:
+            options["isolation_level"] = "REPEATABLE READ"
+        with self.engine.connect() as conn:
+            conn.execution_options(**options)
+            with conn.begin():
+                yield conn
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import multiprocessing
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -46,7 +47,7 @@ def _sql(db: Database, statements: str) -> None:
 
 
 def test_an_intact_log_verifies(log_of_ten: Database, cli: Callable[..., int]) -> None:
-    with log_of_ten.engine.connect() as conn:
+    with log_of_ten.snapshot() as conn:
         result = verify(conn)
     assert result.ok and result.entries == 10 and result.head_seq == 10
     assert cli("audit", "verify") == 0
@@ -79,7 +80,7 @@ def test_tampering_is_detected_and_the_first_bad_entry_named(
 ) -> None:
     statement, first_bad, word = TAMPERING[case]
     _sql(log_of_ten, statement)
-    with log_of_ten.engine.connect() as conn:
+    with log_of_ten.snapshot() as conn:
         result = verify(conn)
     assert not result.ok
     assert result.first_bad_seq == first_bad
@@ -95,7 +96,7 @@ def test_rewriting_the_whole_tail_consistently_is_still_caught_by_the_head(
     """Deleting the tail and its head row together is the only way past; a head that moved on
     while the log did not is truncation."""
     _sql(log_of_ten, "DELETE FROM audit_log WHERE seq = 10")
-    with log_of_ten.engine.connect() as conn:
+    with log_of_ten.snapshot() as conn:
         result = verify(conn)
     assert not result.ok and result.first_bad_seq == 10
 
@@ -140,7 +141,97 @@ def test_concurrent_writers_in_several_processes_never_fork_the_chain(
         w.join(120)
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
     assert audit_count(db) == before + 160
-    with db.engine.connect() as conn:
+    with db.snapshot() as conn:
         result = verify(conn)
     assert result.ok, result.problem
     assert result.entries == before + 160
+
+
+def test_verify_sees_one_snapshot_while_writers_carry_on(log_of_ten: Database, gate: Gate) -> None:
+    """A verify in progress neither blocks the gate nor mistakes a new entry for tampering."""
+    with log_of_ten.snapshot() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 10
+        done: list[str] = []
+        writer = threading.Thread(
+            target=lambda: done.append(gate.submit(ADMIN, "cli", "role.list", {}).status)
+        )
+        writer.start()
+        writer.join(30)
+        assert done == ["done"]
+        result = verify(conn)
+        assert result.ok and result.entries == 10
+    assert audit_count(log_of_ten) == 11
+
+
+def test_the_hashed_payload_is_the_fields_joined_by_unit_separators() -> None:
+    from rbac_core.audit import _payload
+
+    payload = _payload(
+        7,
+        1_795_000_000_123_456,
+        "U0ADMIN01",
+        "slack",
+        "role.show",
+        "user:U0ALICE01",
+        "allow",
+        "done",
+        '{"k":"é"}',
+        "ab" * 32,
+    )
+    assert payload == "\x1f".join(
+        [
+            "7",
+            "1795000000123456",
+            "U0ADMIN01",
+            "slack",
+            "role.show",
+            "user:U0ALICE01",
+            "allow",
+            "done",
+            '{"k":"é"}',
+            "ab" * 32,
+        ]
+    ).encode("utf-8")
+
+
+def test_a_separator_smuggled_into_a_field_cannot_shift_content_between_fields(
+    log_of_ten: Database,
+) -> None:
+    """Moving text across a field boundary keeps the joined bytes; verify must still object."""
+    with log_of_ten.read() as session:
+        actor, surface = session.execute(
+            text("SELECT actor, surface FROM audit_log WHERE seq = 3")
+        ).one()
+    with log_of_ten.write() as session:
+        session.execute(
+            text("UPDATE audit_log SET actor = :actor, surface = :surface WHERE seq = 3"),
+            {"actor": actor[:-2], "surface": actor[-2:] + "\x1f" + surface},
+        )
+    with log_of_ten.snapshot() as conn:
+        result = verify(conn)
+    assert not result.ok and result.first_bad_seq == 3
+
+
+def test_writers_cannot_put_a_separator_into_the_log(team: dict[str, str], db: Database) -> None:
+    from rbac_core.audit import NewEntry, append
+
+    with db.write() as session:
+        append(
+            session,
+            [
+                NewEntry(
+                    "U0ADMIN01",
+                    "cli",
+                    "odd\x1faction",
+                    "t\x1f\x00",
+                    "deny",
+                    "refused",
+                    {"why": "a\x1fb"},
+                    1,
+                )
+            ],
+        )
+    with db.snapshot() as conn:
+        assert verify(conn).ok
+    last = audit_rows(db)[-1]
+    assert "\x1f" not in last.action and "\x00" not in last.target

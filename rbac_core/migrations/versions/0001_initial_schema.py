@@ -36,7 +36,12 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit_log",
-        sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=False,
+            nullable=False,
+        ),
         sa.Column("ts_us", sa.BigInteger(), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
         sa.Column("surface", sa.String(length=16), nullable=False),
