@@ -219,6 +219,26 @@ class Policy:
     def permissions_of_role(self, role: str) -> frozenset[str]:
         return frozenset(self.closure.get(role, {}))
 
+    def requires_2fa(self, role: str) -> bool:
+        """True if the role or any role it inherits from requires 2FA.
+
+        Inherited, or a custom role that merely inherits admin would hand out
+        admin's power without the second factor admin itself demands.
+        """
+        stack, seen = [role], set()
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            spec = self.roles.get(name)
+            if spec is None:
+                continue
+            if spec.requires_2fa:
+                return True
+            stack.extend(spec.parents)
+        return False
+
     def live_grants(self, user: str) -> list[GrantSpec]:
         now = self._clock()
         return [g for g in self.grants_by_user.get(user, ()) if g.expires_at > now]

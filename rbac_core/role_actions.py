@@ -206,7 +206,7 @@ class AssignAction(Action):
             scope,
             f"user:{user}",
             f"assign {role.name} to {user} in {_scope_text(scope)}{span}",
-            sensitive=role.name == ADMIN or role.requires_2fa,
+            sensitive=role.name == ADMIN or ctx.policy.requires_2fa(role.name),
         )
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
@@ -682,6 +682,16 @@ class DeactivateUserAction(Action):
         user = prepared.params["user"]
         if user == ctx.actor:
             raise SelfGrant("You cannot deactivate yourself: ask another admin.")
+        # Deactivating takes away every grant at once: allowed only to someone who
+        # could have revoked each of them (no escalation by the back door).
+        for grant in ctx.policy.live_grants(user):
+            ensure_holds(
+                ctx.policy,
+                ctx.actor,
+                ctx.policy.permissions_of_role(grant.role),
+                grant.scope,
+                f"deactivate {user}, who holds {grant.role}",
+            )
         ensure_not_last_admin(ctx.session, user, ctx.now, "deactivating them")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:

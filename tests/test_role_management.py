@@ -294,9 +294,30 @@ def test_a_deactivated_user_loses_every_grant_at_once(gate: Gate, db: Database) 
 
 
 def test_the_last_admin_cannot_be_deactivated(gate: Gate, db: Database) -> None:
+    from rbac_core.permissions import PERMISSIONS
+
     assert gate.submit(ADMIN, "cli", "user.deactivate", {"user": ADMIN}).error_code == "self_grant"
-    assert run(gate, ADMIN, "role.create", name="people-ops", perms=["roles:assign"]).ok
-    assert run(gate, ADMIN, "role.assign", user=ALICE, role="people-ops").ok
+    # Someone holding every permission, but not the admin role itself.
+    assert run(gate, ADMIN, "role.create", name="superuser", perms=sorted(PERMISSIONS)).ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="superuser").ok
     refused = gate.submit(ALICE, "cli", "user.deactivate", {"user": ADMIN})
     assert refused.error_code == "last_admin"
     assert gate.decide(ADMIN, "roles:assign").allowed
+
+
+def test_a_role_inheriting_a_2fa_role_also_needs_the_second_factor(
+    gate: Gate, db: Database
+) -> None:
+    assert run(gate, ADMIN, "role.create", name="ops", inherits=["admin"]).ok
+    outcome = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "ops"})
+    assert outcome.status == "needs_2fa"
+    assert live_grants(db, ALICE) == []
+
+
+def test_deactivating_someone_needs_every_permission_they_hold(gate: Gate, db: Database) -> None:
+    assert run(gate, ADMIN, "role.create", name="people-ops", perms=["roles:assign"]).ok
+    assert run(gate, ADMIN, "role.assign", user=BOB, role="people-ops").ok
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    refused = gate.submit(BOB, "cli", "user.deactivate", {"user": ALICE})
+    assert refused.error_code == "privilege_escalation"
+    assert gate.decide(ALICE, "messages:send_text").allowed
