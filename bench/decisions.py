@@ -247,8 +247,7 @@ def _warm(
 
     `policy` and `table` must already hold every query (memo warmed, answers
     precomputed). The default-clock policy is measured too because it is what
-    `PolicyCache` builds in production: `system_clock` wraps `time.time` in a
-    Python function, which costs one extra frame per decision.
+    `PolicyCache` builds in production, so the figure is the one a request sees.
     """
     default_clock_policy = workload.policy(clock=system_clock)
     for query in workload.queries:

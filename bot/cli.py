@@ -7,8 +7,10 @@ Every refusal prints one clear line to stderr, never a stack trace.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, TextIO
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -71,6 +73,11 @@ def cmd_user_add(args: argparse.Namespace, out: TextIO) -> int:
     return _run_action("user.register", {"user": user, "name": args.name}, out)
 
 
+def cmd_number_add(args: argparse.Namespace, out: TextIO) -> int:
+    params = {"number": args.number, "phone_number_id": args.id, "label": args.label}
+    return _run_action("number.register", params, out)
+
+
 def _user_arg(value: str) -> str:
     try:
         return parse_user_id(value)
@@ -82,6 +89,8 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
     actor = _user_arg(args.as_user)
     runtime = _runtime()
     source = stdin or sys.stdin
+    if isinstance(source, io.TextIOWrapper):
+        source.reconfigure(errors="replace")  # a stray byte must not end the session
     interactive = source.isatty()
     worst = 0
     pending: str | None = None
@@ -144,13 +153,22 @@ def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_audit_export(args: argparse.Namespace, out: TextIO) -> int:
     runtime = _runtime()
-    with runtime.db.snapshot() as conn:
-        if args.output and args.output != "-":
-            with open(args.output, "w", encoding="utf-8", newline="") as handle:
-                count = audit.export(conn, handle, args.format)
-            print(f"exported {count} entries to {args.output}", file=sys.stderr)
-        else:
+    if not args.output or args.output == "-":
+        with runtime.db.snapshot() as conn:
             audit.export(conn, out, args.format)
+        return 0
+    target = Path(args.output)
+    # Written beside the target and renamed at the end: a failed export never
+    # leaves a file that looks complete.
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with runtime.db.snapshot() as conn, partial.open("w", encoding="utf-8", newline="") as fh:
+            count = audit.export(conn, fh, args.format)
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+    print(f"exported {count} entries to {target}", file=sys.stderr)
     return 0
 
 
@@ -190,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name")
     add.set_defaults(func=cmd_user_add)
 
+    number = sub.add_parser("number", help="WhatsApp numbers of the workspace")
+    number_sub = number.add_subparsers(dest="number_command", required=True, metavar="SUBCOMMAND")
+    nadd = number_sub.add_parser("add", help="register a number and its Graph phone-number id")
+    nadd.add_argument("number", metavar="E164")
+    nadd.add_argument("--id", metavar="PHONE_NUMBER_ID")
+    nadd.add_argument("--label")
+    nadd.set_defaults(func=cmd_number_add)
+
     console = sub.add_parser("console", help="run /wa-role commands from stdin as a user")
     console.add_argument("--as", dest="as_user", required=True, metavar="SLACK_USER_ID")
     console.set_defaults(func=cmd_console)
@@ -214,11 +240,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         print(exc.message, file=sys.stderr)
         return exc.code
     except OperationalError as exc:
-        print(
-            f"cannot reach the database: {exc.orig.__class__.__name__}: "
-            f"{str(exc.orig).splitlines()[0] if exc.orig else ''}",
-            file=sys.stderr,
-        )
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__
+        print(f"database unavailable: {reason}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
         print(f"database error: {exc.__class__.__name__}", file=sys.stderr)

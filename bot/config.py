@@ -16,6 +16,10 @@ from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from rbac_core.db import normalize_url
 
 DEFAULT_DATABASE_URL = "sqlite:///wa_access.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
@@ -85,6 +89,17 @@ def _check_url(name: str, value: str, problems: list[str]) -> None:
         problems.append(f"{name} is malformed: expected an http(s) URL, got '{value}'")
 
 
+def _check_database_url(url: str, problems: list[str]) -> None:
+    expected = "expected sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
+    try:
+        parsed = make_url(normalize_url(url))
+        if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+            raise ValueError(parsed.drivername)
+        parsed.port  # noqa: B018 - a non-numeric port raises here
+    except (ArgumentError, ValueError):
+        problems.append(f"DATABASE_URL is malformed: {expected}")
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     *,
@@ -102,13 +117,7 @@ def load_settings(
         if not env.get(name, "").strip():
             problems.append(f"{name} is required but not set")
 
-    url = values.get("database_url", DEFAULT_DATABASE_URL)
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme not in ("sqlite", "postgres", "postgresql") or "://" not in url:
-        problems.append(
-            "DATABASE_URL is malformed: expected sqlite:///FILE or postgresql://HOST/DB, "
-            f"got a URL starting '{scheme}:'"
-        )
+    _check_database_url(values.get("database_url", DEFAULT_DATABASE_URL), problems)
     for attr in ("slack_api_url", "whatsapp_api_url"):
         if attr in values:
             _check_url(ENV_NAMES[attr], values[attr], problems)

@@ -9,9 +9,8 @@ nothing here raises anything else, whatever the text.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 OptionKind = Literal["value", "text", "flag", "list", "toggle"]
@@ -20,6 +19,7 @@ _MENTION = re.compile(r"<@([UW][A-Z0-9]{2,20})(?:\|[^>]*)?>")
 _BARE_ID = re.compile(r"@?([UW][A-Z0-9]{2,20})")
 # Slack clients may turn typed quotes into typographic ones.
 _SMART_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
+_TOKEN = re.compile(r'(?:[^\s"]|"[^"]*")+')
 MAX_TEXT = 4000
 
 
@@ -53,7 +53,6 @@ class Subcommand:
     positionals: tuple[tuple[str, Literal["user", "word"], bool], ...] = ()
     options: tuple[Option, ...] = ()
     permission: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,13 +75,17 @@ def parse_user(token: str) -> str:
 
 
 def tokenize(text: str) -> list[str]:
+    """Split on whitespace; only double quotes group words.
+
+    Apostrophes are ordinary letters ("covering Bob's shift") and backslashes
+    are kept as typed: this is chat text, not a shell.
+    """
     if len(text) > MAX_TEXT:
         raise UsageError(f"the command is too long ({len(text)} characters, at most {MAX_TEXT})")
     cleaned = text.translate(_SMART_QUOTES).replace("\x00", "")
-    try:
-        return shlex.split(cleaned)
-    except ValueError:
-        raise UsageError("a quotation mark is not closed") from None
+    if cleaned.count('"') % 2:
+        raise UsageError("a quotation mark is not closed")
+    return [token.replace('"', "") for token in _TOKEN.findall(cleaned)]
 
 
 def parse(command: str, text: str, subcommands: Sequence[Subcommand]) -> Parsed | None:
@@ -102,7 +105,7 @@ def parse(command: str, text: str, subcommands: Sequence[Subcommand]) -> Parsed 
 
 def _parse_args(sub: Subcommand, tokens: list[str]) -> dict[str, object]:
     options = {o.name: o for o in sub.options}
-    params: dict[str, object] = dict(sub.extra)
+    params: dict[str, object] = {}
     positionals: list[str] = []
     i = 0
     while i < len(tokens):
@@ -112,7 +115,7 @@ def _parse_args(sub: Subcommand, tokens: list[str]) -> dict[str, object]:
             option = options.get(name.lower())
             if option is None:
                 raise UsageError(f"unknown option --{name} for {sub.name}", sub.usage)
-            if option.key in params and option.key not in sub.extra:
+            if option.key in params:
                 raise UsageError(f"--{option.name} is given twice", sub.usage)
             i += 1
             if option.kind == "flag":

@@ -96,6 +96,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         "explain why someone may or may not do something",
         positionals=(("user", "user", True), ("permission", "word", True)),
         options=(Option("number"),),
+        permission="roles:view",
     ),
 )
 

@@ -26,7 +26,7 @@ from .models import AuditEntry, AuditHead
 GENESIS_HASH = "0" * 64
 SURFACES = frozenset({"slack", "whatsapp", "api", "scheduler", "cli"})
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=repr)
 SEP = "\x1f"
 _SEP_BYTES = SEP.encode("ascii")
 _FIELDS_SEPARATORS = 9
@@ -46,8 +46,20 @@ _COLUMNS = (
 
 
 def canonical_details(details: Mapping[str, Any]) -> str:
-    """Details as stored and hashed: sorted keys, no whitespace, UTF-8 kept as is."""
-    return _JSON.encode(dict(details))
+    """Details as stored and hashed: sorted keys, no whitespace, UTF-8 kept as is.
+
+    Never fails: a value JSON cannot hold is stored as its repr, and text that
+    is not valid Unicode (a lone surrogate) has the offending code points replaced.
+    """
+    return _valid_unicode(_JSON.encode(dict(details)))
+
+
+def _valid_unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _payload(
@@ -66,9 +78,9 @@ def _payload(
 
     Unambiguous because no stored field may contain U+001F (`append` replaces
     it, `details` is JSON which escapes it, and `verify` refuses a payload with
-    more than nine separators). Chosen over a JSON array because SQLite's
-    printf can build it while reading, so `verify` hashes bytes straight off
-    the cursor without decoding, escaping or joining anything in Python.
+    more than nine separators). Chosen over a JSON array because `verify` can
+    rebuild it with one join of the bytes SQLite hands back, without decoding
+    or escaping anything, which halves its cost per entry.
     """
     return SEP.join(
         (
@@ -105,11 +117,11 @@ def entry_hash(
 
 
 def _clean(value: str) -> str:
-    """No separator (it would make the payload ambiguous) and no NUL (SQLite's
-    printf stops at one) ever reaches the log."""
+    """No separator (it would make the payload ambiguous) and no NUL (C tools
+    reading the database would stop at one) ever reaches the log."""
     if SEP in value or "\x00" in value:
-        return value.replace(SEP, "\ufffd").replace("\x00", "\ufffd")
-    return value
+        value = value.replace(SEP, "\ufffd").replace("\x00", "\ufffd")
+    return _valid_unicode(value)
 
 
 @dataclass(frozen=True)
@@ -212,22 +224,21 @@ class VerifyResult:
 _SELECT_LOG = select(*(_LOG.c[name] for name in _COLUMNS)).order_by(_LOG.c.seq)
 
 
-# SQLite formats each payload itself, in one printf per row: fewer Python objects
-# per entry is most of what keeps `verify` of a million entries inside ten seconds.
-_PAYLOAD_FORMAT = SEP.join(["%d", "%d"] + ["%s"] * 8)
-_RAW_SELECT_PAYLOADS = (
-    f"SELECT seq, printf(?, {', '.join(_COLUMNS[:10])}), prev_hash, hash "
-    f"FROM {AuditEntry.__tablename__} ORDER BY seq"
+# Integers come back as their decimal text, so each payload is one C-level join of
+# the row's bytes. (SQLite's printf would be faster still, but stops at a NUL,
+# which would let an edit hide text behind one.)
+_RAW_SELECT_FIELDS = (
+    "SELECT seq, CAST(seq AS TEXT), CAST(ts_us AS TEXT), "
+    f"{', '.join(_COLUMNS[2:])} FROM {AuditEntry.__tablename__} ORDER BY seq"
 )
 
 
 def _stream_payloads(conn: Connection, batch: int) -> Iterator[tuple[Any, ...]]:
     """(seq, payload bytes, prev_hash bytes, hash bytes) in seq order, `batch` rows at a time.
 
-    On SQLite the DB-API cursor is read directly with `text_factory=bytes` and
-    printf builds the payload, so nothing is decoded only to be encoded again;
-    on PostgreSQL a server-side cursor keeps memory flat and the payload is
-    joined here.
+    On SQLite the DB-API cursor is read directly with `text_factory=bytes`, so
+    nothing is decoded only to be encoded again; on PostgreSQL a server-side
+    cursor keeps memory flat.
     """
     if conn.dialect.name == "sqlite":
         conn.execute(select(1))  # open the snapshot transaction on this connection
@@ -237,9 +248,15 @@ def _stream_payloads(conn: Connection, batch: int) -> Iterator[tuple[Any, ...]]:
         raw.text_factory = bytes
         cursor = raw.cursor()
         try:
-            cursor.execute(_RAW_SELECT_PAYLOADS, (_PAYLOAD_FORMAT,))
+            cursor.execute(_RAW_SELECT_FIELDS)
+            join = _SEP_BYTES.join
             while rows := cursor.fetchmany(batch):
-                yield from rows
+                for row in rows:
+                    try:
+                        payload: bytes | None = join(row[1:11])
+                    except TypeError:  # a NULL where text belongs
+                        payload = None
+                    yield row[0], payload, row[10], row[11]
         finally:
             cursor.close()
             raw.text_factory = previous
@@ -353,7 +370,10 @@ def export(conn: Connection, out: IO[str], fmt: Literal["csv", "jsonl"]) -> int:
     else:
         for record in iter_entries(conn):
             item = {f: record[f] for f in EXPORT_FIELDS}
-            item["details"] = json.loads(record["details"])
+            try:
+                item["details"] = json.loads(record["details"])
+            except ValueError:  # an edited row: export it as found, verify will say so
+                item["details"] = record["details"]
             out.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
             count += 1
     return count

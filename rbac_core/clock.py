@@ -18,10 +18,6 @@ def utcnow(clock: Clock = system_clock) -> datetime:
     return datetime.fromtimestamp(clock(), UTC)
 
 
-def to_epoch(value: datetime) -> float:
-    return value.timestamp()
-
-
 class ManualClock:
     """A clock that moves only when told to: for tests and simulations."""
 

@@ -54,7 +54,9 @@ class Database:
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"future": True}
+        # hide_parameters: bound values (reasons, names, one day secrets) stay out of
+        # exception messages and therefore out of logs.
+        kwargs: dict[str, Any] = {"future": True, "hide_parameters": True}
         if not self.is_sqlite:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
         kwargs.update(engine_kwargs)
@@ -94,8 +96,12 @@ class Database:
             with conn.begin():
                 yield conn
 
+    def connect_read(self) -> Connection:
+        """A plain read-only connection (no write lock on SQLite)."""
+        return self.engine.connect().execution_options(**{_READ_ONLY: True})
+
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.connect_read() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:

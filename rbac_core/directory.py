@@ -37,11 +37,11 @@ def require_user(session: Session, user_id: str) -> User:
     return user
 
 
-def resolve_scope(session: Session, text: str | None) -> str:
+def resolve_scope(session: Session, value: object) -> str:
     """`*`, an E.164 number, or a registered Graph phone-number id -> canonical scope."""
-    if text is None or text.strip() in ("", WILDCARD):
+    text = "" if value is None else str(value).strip()
+    if text in ("", WILDCARD):
         return WILDCARD
-    text = text.strip()
     if is_phone_number_id(text):
         number = session.scalar(select(Number.e164).where(Number.phone_number_id == text))
         if number is None:

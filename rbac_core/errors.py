@@ -86,6 +86,10 @@ class RoleInUse(Conflict):
     code = "role_in_use"
 
 
+class AdminExists(Conflict):
+    code = "admin_exists"
+
+
 class BuiltinRoleImmutable(Conflict):
     code = "builtin_role"
 
@@ -110,6 +114,12 @@ class PrivilegeEscalation(Forbidden):
 
 class SelfGrant(Forbidden):
     code = "self_grant"
+
+
+class OperatorOnly(Forbidden):
+    """Actions for the operator at the server's command line, never for a chat surface."""
+
+    code = "operator_only"
 
 
 class LastAdmin(Forbidden):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -26,7 +27,8 @@ from sqlalchemy.orm import Session
 from . import audit
 from .clock import Clock, system_clock, utcnow
 from .db import Database
-from .errors import InvalidInput, PendingActionError, PermissionDenied, RbacError
+from .directory import resolve_scope
+from .errors import InvalidInput, PermissionDenied, RbacError
 from .models import PendingAction
 from .policy import Decision, Policy, PolicyCache
 from .policy_store import bump_policy_version, lock_policy
@@ -36,8 +38,18 @@ log = logging.getLogger(__name__)
 CONFIRMATION_TTL = timedelta(minutes=5)
 
 Status = Literal[
-    "done", "denied", "refused", "invalid", "needs_confirmation", "needs_2fa", "failed"
+    "done",
+    "cancelled",
+    "denied",
+    "refused",
+    "invalid",
+    "needs_confirmation",
+    "needs_2fa",
+    "failed",
 ]
+
+_ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,63}")
+REDACTED = "[redacted]"
 
 
 @dataclass
@@ -77,6 +89,8 @@ class Action(ABC):
     name: str
     risky: bool = False
     mutates_policy: bool = False
+    secret_params: frozenset[str] = frozenset()
+    """Params never written to the audit log or a pending action (codes, keys)."""
 
     @abstractmethod
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
@@ -116,7 +130,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status in ("done", "needs_confirmation")
+        return self.status in ("done", "cancelled", "needs_confirmation")
 
     @property
     def exit_code(self) -> int:
@@ -145,21 +159,29 @@ class Gate:
     # -- public entry points -------------------------------------------------
 
     def submit(self, actor: str, surface: str, action: str, params: Mapping[str, Any]) -> Outcome:
-        """Run `action` for `actor`; risky actions stop at a pending confirmation."""
-        handler = self.actions.get(action)
-        if handler is None:
-            raise KeyError(f"no action named {action!r}")
+        """Run `action` for `actor`; risky actions stop at a pending confirmation.
+
+        Raises ValueError for a caller's programming error (unknown action or
+        surface, params not a mapping); everything a person typed becomes an
+        audited Outcome instead.
+        """
+        handler = self._handler(action, surface)
+        if not isinstance(params, Mapping):
+            raise ValueError("params must be a mapping")
         with self.db.write() as session:
-            ctx = self._context(session, actor, surface, handler)
+            ctx = self._context(session, _actor(actor), surface, handler)
+            if ctx.actor != actor:
+                return self._invalid_actor(ctx, action)
             return self._run(ctx, handler, params, confirmed=False)
 
     def confirm(self, pending_id: str, actor: str, surface: str) -> Outcome:
         """Confirm a pending action: only its actor, once, before it expires."""
+        actor = _actor(actor)
         with self.db.write() as session:
             pending = self._claim(session, pending_id, actor, surface, "confirmed")
             if isinstance(pending, Outcome):
                 return pending
-            handler = self.actions[pending.action]
+            handler = self.actions[pending.action]  # _claim made sure it exists
             ctx = self._context(session, actor, surface, handler)
             params = json.loads(pending.params)
             outcome = self._run(ctx, handler, params, confirmed=True, pending_id=pending.id)
@@ -168,6 +190,7 @@ class Gate:
             return outcome
 
     def cancel(self, pending_id: str, actor: str, surface: str) -> Outcome:
+        actor = _actor(actor)
         with self.db.write() as session:
             pending = self._claim(session, pending_id, actor, surface, "cancelled")
             if isinstance(pending, Outcome):
@@ -183,24 +206,55 @@ class Gate:
                 {"pending_id": pending.id},
             )
             return Outcome(
-                "refused",
+                "cancelled",
                 pending.action,
                 f"Cancelled: {pending.summary}",
                 pending_id=pending.id,
-                error_code="cancelled",
                 audit_seq=seq,
             )
 
     def decide(self, user: str, permission: str, scope: str = "*") -> Decision:
-        """A read-only decision on fresh policy, for surfaces deciding what to show."""
+        """A read-only decision on fresh policy, for surfaces deciding what to show.
+
+        `scope` may be `*`, an E.164 number in any common spelling, or a
+        registered Graph phone-number id; a malformed one raises MalformedNumber.
+        """
         with self.db.read() as session:
-            return self.policies.refresh(session).decide(user, permission, scope)
+            canonical = resolve_scope(session, scope)
+            return self.policies.refresh(session).decide(user, permission, canonical)
 
     def policy(self) -> Policy:
         with self.db.read() as session:
             return self.policies.refresh(session)
 
     # -- the pipeline ----------------------------------------------------------
+
+    def _handler(self, action: str, surface: str) -> Action:
+        handler = self.actions.get(action)
+        if handler is None:
+            raise ValueError(f"no action named {action!r}")
+        if surface not in audit.SURFACES:
+            raise ValueError(f"unknown surface {surface!r}")
+        return handler
+
+    def _invalid_actor(self, ctx: Context, action: str) -> Outcome:
+        seq = self._audit(
+            ctx.session,
+            ctx.actor,
+            ctx.surface,
+            action,
+            "-",
+            "deny",
+            "invalid",
+            {"error": "malformed_actor"},
+        )
+        return Outcome(
+            "invalid",
+            action,
+            "That request names no valid user.",
+            error_code="malformed_actor",
+            audit_seq=seq,
+        )
 
     def _context(self, session: Session, actor: str, surface: str, handler: Action) -> Context:
         if handler.mutates_policy:
@@ -220,7 +274,7 @@ class Gate:
         pending_id: str | None = None,
     ) -> Outcome:
         name = handler.name
-        base: dict[str, Any] = {"params": _jsonable(params)}
+        base: dict[str, Any] = {"params": _redacted(params, handler.secret_params)}
         if pending_id:
             base["pending_id"] = pending_id
 
@@ -232,9 +286,8 @@ class Gate:
             *,
             decision: Decision | None = None,
             code: str | None = None,
-            extra: Mapping[str, Any] | None = None,
         ) -> Outcome:
-            details = {**base, **(extra or {})}
+            details = dict(base)
             if decision is not None:
                 details["reason"] = decision.reason
             if code:
@@ -314,7 +367,7 @@ class Gate:
             )
 
         if handler.risky and not confirmed:
-            pending = self._create_pending(ctx, name, prepared)
+            pending = self._create_pending(ctx, handler, prepared)
             details = {**base, "pending_id": pending.id}
             if decision is not None:
                 details["reason"] = decision.reason
@@ -379,12 +432,14 @@ class Gate:
 
     # -- pending actions -------------------------------------------------------
 
-    def _create_pending(self, ctx: Context, name: str, prepared: Prepared) -> PendingAction:
+    def _create_pending(self, ctx: Context, handler: Action, prepared: Prepared) -> PendingAction:
+        if handler.secret_params & set(prepared.params):
+            raise ValueError(f"{handler.name} cannot both hold secrets and wait for confirmation")
         pending = PendingAction(
             id=secrets.token_urlsafe(24),
             actor=ctx.actor,
             surface=ctx.surface,
-            action=name,
+            action=handler.name,
             params=json.dumps(_jsonable(prepared.params), sort_keys=True),
             summary=prepared.summary[:1000],
             status="pending",
@@ -404,7 +459,9 @@ class Gate:
             select(PendingAction).where(PendingAction.id == pending_id).with_for_update()
         )
 
-        def refuse(message: str, code: str, action: str = "pending.confirm") -> Outcome:
+        verb = "pending.confirm" if new_status == "confirmed" else "pending.cancel"
+
+        def refuse(message: str, code: str, action: str = verb) -> Outcome:
             seq = self._audit(
                 session,
                 actor,
@@ -431,6 +488,10 @@ class Gate:
             return refuse(
                 f"This action was already {pending.status}.", "pending_used", pending.action
             )
+        if pending.action not in self.actions:
+            return refuse(
+                "This action is no longer supported; nothing was done.", "pending_unsupported"
+            )
         if pending.expires_at <= now:
             pending.status = "expired"
             pending.resolved_at = now
@@ -445,7 +506,8 @@ class Gate:
             .values(status=new_status, resolved_at=now)
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            raise PendingActionError("This action was already handled.")
+            # Unreachable under the row lock; kept so a bug can never run an action twice.
+            return refuse("This action was already handled.", "pending_used", pending.action)
         pending.status = new_status
         return pending
 
@@ -481,3 +543,29 @@ def _in_scope(scope: str) -> str:
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
+
+
+def _redacted(params: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
+    """Params as the audit log may keep them: secrets masked, odd values made text."""
+    return {
+        str(k): REDACTED if k in secret else _auditable(v)
+        for k, v in params.items()
+        if v is not None
+    }
+
+
+def _auditable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_auditable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _auditable(v) for k, v in value.items()}
+    return repr(value)[:200]
+
+
+def _actor(actor: object) -> str:
+    """The actor as audited: itself if well-formed, else a bounded placeholder."""
+    if isinstance(actor, str) and _ACTOR.fullmatch(actor):
+        return actor
+    return "invalid-actor"

@@ -1,4 +1,4 @@
-"""Rules about grants that do not depend on who is asking: last admin, live grants."""
+"""Rules about grants shared by several actions: live grants, last admin, escalation."""
 
 from __future__ import annotations
 
@@ -26,8 +26,13 @@ def live_grant(session: Session, user: str, role: str, scope: str) -> Grant | No
     )
 
 
-def active_admins(session: Session, now: datetime) -> set[str]:
-    """Active users holding an unexpired workspace-wide admin grant."""
+def active_admins(session: Session, now: datetime, *, permanent: bool = False) -> set[str]:
+    """Active users holding an unexpired workspace-wide admin grant (or a non-expiring one)."""
+    still_valid = (
+        Grant.expires_at.is_(None)
+        if permanent
+        else or_(Grant.expires_at.is_(None), Grant.expires_at > now)
+    )
     rows = session.scalars(
         select(Grant.user_id)
         .join(User, User.id == Grant.user_id)
@@ -35,7 +40,7 @@ def active_admins(session: Session, now: datetime) -> set[str]:
             Grant.role == ADMIN,
             Grant.scope == WILDCARD,
             Grant.revoked_at.is_(None),
-            or_(Grant.expires_at.is_(None), Grant.expires_at > now),
+            still_valid,
             User.active.is_(True),
         )
         .distinct()
@@ -44,9 +49,15 @@ def active_admins(session: Session, now: datetime) -> set[str]:
 
 
 def ensure_not_last_admin(session: Session, user: str, now: datetime, doing: str) -> None:
-    """Refuse to remove the admin standing of the last active admin (SPEC §4 rule 6)."""
-    admins = active_admins(session, now)
-    if admins == {user}:
+    """Refuse to remove the admin standing of the last active admin (SPEC §4 rule 6).
+
+    Admins whose grant will expire do not count while a permanent one remains:
+    otherwise a temporary admin could remove the permanent one and, an hour
+    later, leave nobody able to manage access.
+    """
+    permanent = active_admins(session, now, permanent=True)
+    last = permanent == {user} or (not permanent and active_admins(session, now) == {user})
+    if last:
         raise LastAdmin(
             f"{user} is the last active admin: {doing} would leave nobody able to manage "
             "access. Assign admin to someone else first."

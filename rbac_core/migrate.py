@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from .builtin_roles import BUILTIN_ROLES
@@ -19,6 +19,7 @@ from .models import Role, RoleParent, RolePermission
 from .policy_store import bump_policy_version
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x7761_6163  # "waac": an arbitrary, fixed advisory-lock key
 
 
 def alembic_config() -> Config:
@@ -32,7 +33,7 @@ def head_revision() -> str | None:
 
 
 def current_revision(db: Database) -> str | None:
-    with db.engine.connect() as conn:
+    with db.connect_read() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -44,6 +45,10 @@ def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema to `revision`, then make the built-in roles match the code."""
     config = alembic_config()
     with db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas started together must not migrate at once; SQLite's
+            # BEGIN IMMEDIATE already serialises them.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
     if revision == "head":

@@ -141,7 +141,10 @@ class Grant(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
-    role: Mapped[str] = mapped_column(ForeignKey("roles.name", ondelete="RESTRICT"))
+    # No foreign key: revoked grants are history and keep the name of a custom
+    # role deleted since. Live grants block deletion in code (role.delete), under
+    # the policy lock.
+    role: Mapped[str] = mapped_column(String(40))
     scope: Mapped[str] = mapped_column(String(32))
     granted_by: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(String(500))

@@ -68,3 +68,17 @@ def check_permission(name: str) -> str:
 
 def check_permissions(names: Iterable[str]) -> frozenset[str]:
     return frozenset(check_permission(n) for n in names)
+
+
+SENSITIVE_PERMISSIONS: frozenset[str] = frozenset(
+    {
+        # SPEC §4 rule 8: managing API keys, exporting or erasing customer data,
+        # resetting 2FA, changing numbers or billing.
+        "apikeys:manage",
+        "customers:export",
+        "customers:erase",
+        "security:reset_2fa",
+        "numbers:manage",
+        "billing:manage",
+    }
+)

@@ -9,10 +9,10 @@ a write, so every memoised allow carries the instant it stops being true.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +22,9 @@ from .errors import UnknownPermission
 from .models import Grant, Role, RoleParent, RolePermission, User
 from .permissions import PERMISSIONS, check_permission
 from .policy_store import read_policy_version
-from .values import WILDCARD
+from .values import WILDCARD, format_moment, scope_text
+
+log = logging.getLogger(__name__)
 
 FOREVER = float("inf")
 _CACHE_LIMIT = 250_000
@@ -62,14 +64,6 @@ class Decision:
     role: str | None = None
     via: tuple[str, ...] = ()
     valid_until: float = field(default=FOREVER, compare=False)
-
-
-def _fmt_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _scope_text(scope: str) -> str:
-    return "the whole workspace" if scope == WILDCARD else scope
 
 
 def role_closure(roles: Mapping[str, RoleSpec]) -> dict[str, dict[str, tuple[str, ...]]]:
@@ -170,14 +164,16 @@ class Policy:
         if best is not None:
             path = self.closure[best.role][permission]
             via = f" (inherited through {' -> '.join(path)})" if len(path) > 1 else ""
-            until = "" if best.expires_at == FOREVER else f", until {_fmt_time(best.expires_at)}"
+            until = (
+                "" if best.expires_at == FOREVER else f", until {format_moment(best.expires_at)}"
+            )
             return Decision(
                 True,
                 user,
                 permission,
                 scope,
                 f"allowed by grant #{best.id}: role '{best.role}'{via} "
-                f"in {_scope_text(best.scope)}{until}",
+                f"in {scope_text(best.scope)}{until}",
                 grant_id=best.id,
                 role=best.role,
                 via=path,
@@ -206,25 +202,19 @@ class Policy:
             g = max(expired, key=lambda e: e.expires_at)
             return (
                 f"denied: grant #{g.id} (role '{g.role}') would allow {permission} "
-                f"but expired at {_fmt_time(g.expires_at)}"
+                f"but expired at {format_moment(g.expires_at)}"
             )
         if elsewhere:
             scopes = ", ".join(sorted({g.scope for g in elsewhere}))
-            return (
-                f"denied: {permission} is granted only for {scopes}, not for {_scope_text(scope)}"
-            )
+            return f"denied: {permission} is granted only for {scopes}, not for {scope_text(scope)}"
         held = ", ".join(sorted({g.role for g in grants}))
         return f"denied: none of {user}'s roles ({held}) includes {permission}"
 
     def permissions_of_role(self, role: str) -> frozenset[str]:
         return frozenset(self.closure.get(role, {}))
 
-    def requires_2fa(self, role: str) -> bool:
-        """True if the role or any role it inherits from requires 2FA.
-
-        Inherited, or a custom role that merely inherits admin would hand out
-        admin's power without the second factor admin itself demands.
-        """
+    def ancestors(self, role: str) -> frozenset[str]:
+        """The role and every role it inherits from, directly or not."""
         stack, seen = [role], set()
         while stack:
             name = stack.pop()
@@ -232,12 +222,28 @@ class Policy:
                 continue
             seen.add(name)
             spec = self.roles.get(name)
-            if spec is None:
-                continue
-            if spec.requires_2fa:
-                return True
-            stack.extend(spec.parents)
-        return False
+            if spec is not None:
+                stack.extend(spec.parents)
+        return frozenset(seen)
+
+    def requires_2fa(self, role: str) -> bool:
+        """True if the role or any role it inherits from requires 2FA.
+
+        Inherited, or a custom role that merely inherits admin would hand out
+        admin's power without the second factor admin itself demands.
+        """
+        return any(
+            spec.requires_2fa
+            for spec in (self.roles.get(name) for name in self.ancestors(role))
+            if spec is not None
+        )
+
+    def roles_held(self, user: str) -> frozenset[str]:
+        """Every role the user holds now, directly or through inheritance, in any scope."""
+        held: set[str] = set()
+        for grant in self.live_grants(user):
+            held |= self.ancestors(grant.role)
+        return frozenset(held)
 
     def live_grants(self, user: str) -> list[GrantSpec]:
         now = self._clock()
@@ -258,10 +264,6 @@ class Policy:
         """Which of `wanted` the user does not hold in `scope` (for escalation checks)."""
         return {p for p in wanted if not self.decide(user, p, scope).allowed}
 
-    @property
-    def now(self) -> float:
-        return self._clock()
-
 
 def load_policy(session: Session, *, version: int, clock: Clock = system_clock) -> Policy:
     """Read roles and every unrevoked grant of an active user into a new snapshot.
@@ -273,6 +275,9 @@ def load_policy(session: Session, *, version: int, clock: Clock = system_clock) 
     for role_name, perm in session.execute(select(RolePermission.role, RolePermission.permission)):
         if perm in PERMISSIONS:
             perms.setdefault(role_name, set()).add(perm)
+        else:
+            # Only possible if the catalogue shrank under existing data: it grants nothing.
+            log.warning("role %s holds %s, which is not in the catalogue", role_name, perm)
     parents: dict[str, list[str]] = {}
     for role_name, parent in session.execute(select(RoleParent.role, RoleParent.parent)):
         parents.setdefault(role_name, []).append(parent)
@@ -340,6 +345,3 @@ class PolicyCache:
                 policy = load_policy(session, version=version, clock=self._clock)
                 self._policy = policy
             return policy
-
-    def invalidate(self) -> None:
-        self._policy = None

@@ -8,19 +8,21 @@ can refuse before it asks anyone to confirm.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .builtin_roles import ADMIN
-from .directory import ensure_user, require_user, resolve_scope
+from .directory import ensure_user, register_number, require_user, resolve_scope
 from .errors import (
+    AdminExists,
     BuiltinRoleImmutable,
+    Conflict,
     DuplicateGrant,
     DuplicateRole,
     InvalidInput,
+    OperatorOnly,
     RoleCycle,
     RoleInUse,
     SelfGrant,
@@ -29,41 +31,67 @@ from .errors import (
 )
 from .gate import Action, Context, Prepared, Result
 from .grants import active_admins, ensure_holds, ensure_not_last_admin, live_grant
-from .models import Grant, Role, RoleParent, RolePermission
-from .permissions import check_permission, check_permissions
-from .values import WILDCARD, format_duration, parse_duration, parse_role_name, parse_user_id
+from .models import Grant, Number, Role, RoleParent, RolePermission
+from .permissions import SENSITIVE_PERMISSIONS, check_permission, check_permissions
+from .policy import Policy
+from .values import (
+    WILDCARD,
+    clean_text,
+    for_scope,
+    format_duration,
+    format_moment,
+    is_phone_number_id,
+    parse_duration,
+    parse_e164,
+    parse_flag,
+    parse_role_name,
+    parse_user_id,
+    scope_text,
+)
 
 REASON_MAX = 500
 
 
-def _fmt(moment: datetime | None) -> str:
-    return "never" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _scope_text(scope: str) -> str:
-    return "the whole workspace" if scope == WILDCARD else scope
-
-
-def _in(scope: str) -> str:
-    return "" if scope == WILDCARD else f" for {scope}"
-
-
-def _as_list(value: Any) -> list[str]:
+def _as_list(value: Any, field: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v).strip() for v in value if str(v).strip()]
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    raise InvalidInput(f"{field} must be a list of names")
 
 
 def _reason(params: Mapping[str, Any]) -> str | None:
-    reason = params.get("reason")
-    if reason is None:
-        return None
-    reason = str(reason).strip()
-    if len(reason) > REASON_MAX:
-        raise InvalidInput(f"the reason is too long ({len(reason)} characters, at most 500)")
-    return reason or None
+    return clean_text(params.get("reason"), "reason", REASON_MAX)
+
+
+def _sensitive_role(policy: Policy, role: str) -> bool:
+    """Assigning it needs step-up 2FA (SPEC §4 rule 8): admin, a role that requires
+    2FA (itself or by inheritance), or one carrying a sensitive permission."""
+    return (
+        role == ADMIN
+        or policy.requires_2fa(role)
+        or bool(policy.permissions_of_role(role) & SENSITIVE_PERMISSIONS)
+    )
+
+
+def _operator_only(ctx: Context, what: str) -> None:
+    if ctx.surface != "cli":
+        raise OperatorOnly(f"Only an operator at the server's command line can {what}.")
+
+
+def _replace_expired(ctx: Context, user: str, role: str, scope: str, why: str) -> None:
+    """Retire an expired-but-unrevoked grant so a new one can take its place."""
+    stale = live_grant(ctx.session, user, role, scope)
+    if stale is None:
+        return
+    if stale.expires_at is None or stale.expires_at > ctx.now:
+        raise DuplicateGrant(f"{user} already holds {role} in {scope_text(scope)}")
+    stale.revoked_at = ctx.now
+    stale.revoked_by = "system"
+    stale.revoke_reason = why
+    ctx.session.flush()
 
 
 def get_role(session: Session, name: str) -> Role:
@@ -107,12 +135,12 @@ class ShowAction(Action):
         rows = []
         for g in grants:
             expired = g.expires_at is not None and g.expires_at <= now
-            until = "" if g.expires_at is None else f", until {_fmt(g.expires_at)}"
+            until = "" if g.expires_at is None else f", until {format_moment(g.expires_at)}"
             state = " [EXPIRED]" if expired else ""
             why = f"; reason: {g.reason}" if g.reason else ""
             lines.append(
-                f"  #{g.id} {g.role} in {_scope_text(g.scope)}{state} "
-                f"(granted by {g.granted_by} on {_fmt(g.granted_at)}{until}{why})"
+                f"  #{g.id} {g.role} in {scope_text(g.scope)}{state} "
+                f"(granted by {g.granted_by} on {format_moment(g.granted_at)}{until}{why})"
             )
             rows.append(
                 {
@@ -132,7 +160,7 @@ class ShowAction(Action):
         if not effective:
             lines.append("  none")
         for scope in sorted(effective, key=lambda s: (s != WILDCARD, s)):
-            lines.append(f"  {_scope_text(scope)}: {', '.join(sorted(effective[scope]))}")
+            lines.append(f"  {scope_text(scope)}: {', '.join(sorted(effective[scope]))}")
         return Result(
             "\n".join(lines),
             data={
@@ -188,9 +216,13 @@ class AssignAction(Action):
         require_user(ctx.session, user)
         existing = live_grant(ctx.session, user, role.name, scope)
         if existing is not None and (existing.expires_at is None or existing.expires_at > ctx.now):
-            until = "" if existing.expires_at is None else f", until {_fmt(existing.expires_at)}"
+            until = (
+                ""
+                if existing.expires_at is None
+                else f", until {format_moment(existing.expires_at)}"
+            )
             raise DuplicateGrant(
-                f"{user} already holds {role.name} in {_scope_text(scope)} "
+                f"{user} already holds {role.name} in {scope_text(scope)} "
                 f"(grant #{existing.id}{until}); revoke it first to change it"
             )
         span = f" for {format_duration(duration)}" if duration else ""
@@ -205,8 +237,8 @@ class AssignAction(Action):
             "roles:assign",
             scope,
             f"user:{user}",
-            f"assign {role.name} to {user} in {_scope_text(scope)}{span}",
-            sensitive=role.name == ADMIN or ctx.policy.requires_2fa(role.name),
+            f"assign {role.name} to {user} in {scope_text(scope)}{span}",
+            sensitive=_sensitive_role(ctx.policy, role.name),
         )
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
@@ -218,19 +250,12 @@ class AssignAction(Action):
             ctx.actor,
             ctx.policy.permissions_of_role(p["role"]),
             p["number"],
-            f"assign {p['role']}{_in(p['number'])}",
+            f"assign {p['role']}{for_scope(p['number'])}",
         )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params
-        stale = live_grant(ctx.session, p["user"], p["role"], p["number"])
-        if stale is not None:
-            if stale.expires_at is None or stale.expires_at > ctx.now:
-                raise DuplicateGrant(f"{p['user']} already holds {p['role']} there")
-            stale.revoked_at = ctx.now
-            stale.revoked_by = "system"
-            stale.revoke_reason = "expired; replaced by a new grant"
-            ctx.session.flush()
+        _replace_expired(ctx, p["user"], p["role"], p["number"], "expired; replaced by a new grant")
         expires = ctx.now + parse_duration(p["for"]) if p.get("for") else None
         grant = Grant(
             user_id=p["user"],
@@ -243,9 +268,9 @@ class AssignAction(Action):
         )
         ctx.session.add(grant)
         ctx.session.flush()
-        until = f" until {_fmt(expires)}" if expires else ""
+        until = f" until {format_moment(expires)}" if expires else ""
         return Result(
-            f"Assigned {p['role']} to {p['user']} in {_scope_text(p['number'])}{until} "
+            f"Assigned {p['role']} to {p['user']} in {scope_text(p['number'])}{until} "
             f"(grant #{grant.id}).",
             data={
                 "grant_id": grant.id,
@@ -272,7 +297,7 @@ class RevokeAction(Action):
         require_user(ctx.session, user)
         grant = live_grant(ctx.session, user, role.name, scope)
         if grant is None:
-            raise UnknownGrant(f"{user} holds no {role.name} grant in {_scope_text(scope)}")
+            raise UnknownGrant(f"{user} holds no {role.name} grant in {scope_text(scope)}")
         own = user == ctx.actor
         return Prepared(
             {"user": user, "role": role.name, "number": scope, "reason": reason},
@@ -280,7 +305,7 @@ class RevokeAction(Action):
             None if own else "roles:assign",
             scope,
             f"user:{user}",
-            f"revoke {role.name} from {user} in {_scope_text(scope)}",
+            f"revoke {role.name} from {user} in {scope_text(scope)}",
         )
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
@@ -291,7 +316,7 @@ class RevokeAction(Action):
                 ctx.actor,
                 ctx.policy.permissions_of_role(p["role"]),
                 p["number"],
-                f"revoke {p['role']}{_in(p['number'])}",
+                f"revoke {p['role']}{for_scope(p['number'])}",
             )
         if p["role"] == ADMIN and p["number"] == WILDCARD:
             ensure_not_last_admin(ctx.session, p["user"], ctx.now, "revoking admin")
@@ -306,7 +331,7 @@ class RevokeAction(Action):
         grant.revoke_reason = p.get("reason")
         ctx.session.flush()
         return Result(
-            f"Revoked {p['role']} from {p['user']} in {_scope_text(p['number'])} "
+            f"Revoked {p['role']} from {p['user']} in {scope_text(p['number'])} "
             f"(grant #{grant.id}).",
             data={
                 "grant_id": grant.id,
@@ -355,9 +380,9 @@ class CreateAction(Action):
         name = parse_role_name(str(params.get("name") or ""))
         if ctx.session.get(Role, name) is not None:
             raise DuplicateRole(f"a role named '{name}' already exists")
-        perms = set(check_permissions(_as_list(params.get("perms"))))
-        parents = _as_list(params.get("inherits"))
-        requires_2fa = bool(params.get("2fa"))
+        perms = set(check_permissions(_as_list(params.get("perms"), "perms")))
+        parents = _as_list(params.get("inherits"), "inherits")
+        requires_2fa = bool(parse_flag(params.get("2fa"), "--2fa"))
         source = params.get("from")
         if source:
             base = get_role(ctx.session, str(source))
@@ -365,7 +390,7 @@ class CreateAction(Action):
             parents += [p.parent for p in base.parents]
             requires_2fa = requires_2fa or base.requires_2fa
         parents = sorted(set(_check_parents(ctx.session, name, parents)))
-        description = str(params.get("description") or "").strip()[:500]
+        description = clean_text(params.get("description"), "description", 500) or ""
         if not perms and not parents:
             raise InvalidInput(
                 "a role needs permissions: give --perms p1,p2, --from ROLE or --inherits ROLE"
@@ -430,18 +455,27 @@ class EditAction(Action):
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         role = _mutable_role(ctx.session, str(params.get("name") or ""))
-        add = sorted(check_permissions(_as_list(params.get("add"))))
-        remove = sorted(check_permissions(_as_list(params.get("remove"))))
+        add = sorted(check_permissions(_as_list(params.get("add"), "add")))
+        remove = sorted(check_permissions(_as_list(params.get("remove"), "remove")))
         both = set(add) & set(remove)
         if both:
             raise InvalidInput(f"cannot both add and remove {', '.join(sorted(both))}")
         add_parents = sorted(
-            set(_check_parents(ctx.session, role.name, _as_list(params.get("add_parents"))))
+            set(
+                _check_parents(
+                    ctx.session, role.name, _as_list(params.get("add_parents"), "inherits")
+                )
+            )
         )
         remove_parents = sorted(
-            get_role(ctx.session, r).name for r in _as_list(params.get("remove_parents"))
+            get_role(ctx.session, r).name
+            for r in _as_list(params.get("remove_parents"), "uninherit")
         )
-        two_fa = params.get("2fa")
+        current_parents = {p.parent for p in role.parents}
+        not_parents = sorted(set(remove_parents) - current_parents)
+        if not_parents:
+            raise InvalidInput(f"{role.name} does not inherit {', '.join(not_parents)}")
+        two_fa = parse_flag(params.get("2fa"), "--2fa")
         if not (add or remove or add_parents or remove_parents or two_fa is not None):
             raise InvalidInput("nothing to change: give --add, --remove, --inherits or --2fa")
         own = {p.permission for p in role.permissions}
@@ -472,10 +506,20 @@ class EditAction(Action):
             WILDCARD,
             f"role:{role.name}",
             f"edit role {role.name}: {'; '.join(parts)}",
+            # Holders gain sensitive power, or lose the 2FA requirement: step up first.
+            sensitive=bool(_role_closure_perms(ctx, set(add), add_parents) & SENSITIVE_PERMISSIONS)
+            or any(ctx.policy.requires_2fa(parent) for parent in add_parents)
+            or (two_fa is False and role.requires_2fa),
         )
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         p = prepared.params
+        adds = bool(p["add"] or p["add_parents"] or p.get("2fa") is False)
+        if adds and p["name"] in ctx.policy.roles_held(ctx.actor):
+            raise SelfGrant(
+                f"You hold {p['name']}, so adding to it would change your own grants; "
+                "ask another admin."
+            )
         wanted = _role_closure_perms(ctx, set(p["add"]), list(p["add_parents"]))
         ensure_holds(ctx.policy, ctx.actor, wanted, WILDCARD, f"edit role {p['name']}")
 
@@ -527,7 +571,7 @@ class DeleteAction(Action):
         ).all()
         if holders:
             listed = ", ".join(
-                f"#{gid} {user} in {_scope_text(scope)}" for gid, user, scope in holders[:10]
+                f"#{gid} {user} in {scope_text(scope)}" for gid, user, scope in holders[:10]
             )
             more = f" and {len(holders) - 10} more" if len(holders) > 10 else ""
             raise RoleInUse(
@@ -573,7 +617,7 @@ class WhyAction(Action):
         decision = ctx.policy.decide(p["user"], p["permission"], p["number"])
         verdict = "may" if decision.allowed else "may not"
         return Result(
-            f"{p['user']} {verdict} use {p['permission']} in {_scope_text(p['number'])}: "
+            f"{p['user']} {verdict} use {p['permission']} in {scope_text(p['number'])}: "
             f"{decision.reason}",
             data={
                 "allowed": decision.allowed,
@@ -596,6 +640,7 @@ class BootstrapAdminAction(Action):
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        _operator_only(ctx, "make the first admin")
         user = _user(params)
         return Prepared(
             {"user": user}, None, WILDCARD, f"user:{user}", f"make {user} the first admin"
@@ -604,20 +649,16 @@ class BootstrapAdminAction(Action):
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         admins = active_admins(ctx.session, ctx.now)
         if admins:
-            raise DuplicateGrant(
+            raise AdminExists(
                 f"wa-access already has an admin ({', '.join(sorted(admins))}); "
                 "ask them to assign roles with /wa-role assign"
             )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         user = prepared.params["user"]
-        ensure_user(ctx.session, user, ctx.now)
-        stale = live_grant(ctx.session, user, ADMIN, WILDCARD)
-        if stale is not None:
-            stale.revoked_at = ctx.now
-            stale.revoked_by = "system"
-            stale.revoke_reason = "expired; replaced by bootstrap"
-            ctx.session.flush()
+        person = ensure_user(ctx.session, user, ctx.now)
+        person.active, person.deactivated_at = True, None
+        _replace_expired(ctx, user, ADMIN, WILDCARD, "expired; replaced by bootstrap")
         grant = Grant(
             user_id=user,
             role=ADMIN,
@@ -641,10 +682,9 @@ class RegisterUserAction(Action):
     name = "user.register"
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        if ctx.surface != "cli":
-            raise InvalidInput("users are registered from Slack automatically")
+        _operator_only(ctx, "register users (Slack registers them automatically)")
         user = _user(params)
-        name = params.get("name")
+        name = clean_text(params.get("name"), "name", 200)
         return Prepared(
             {"user": user, "name": name}, None, WILDCARD, f"user:{user}", f"register {user}"
         )
@@ -657,6 +697,43 @@ class RegisterUserAction(Action):
             f"{user.id} is known to wa-access (no roles until someone assigns one).",
             data={"user": user.id},
         )
+
+
+class RegisterNumberAction(Action):
+    """An operator declares a WhatsApp number and its Graph phone-number id.
+
+    Once known, grants can name the number by either form.
+    """
+
+    name = "number.register"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        _operator_only(ctx, "register numbers")
+        e164 = parse_e164(str(params.get("number") or ""))
+        phone_number_id = clean_text(params.get("phone_number_id"), "phone-number id", 32)
+        if phone_number_id is not None and not is_phone_number_id(phone_number_id):
+            raise InvalidInput(f"'{phone_number_id}' is not a Graph phone-number id (digits only)")
+        label = clean_text(params.get("label"), "label", 200)
+        return Prepared(
+            {"number": e164, "phone_number_id": phone_number_id, "label": label},
+            None,
+            WILDCARD,
+            f"number:{e164}",
+            f"register {e164}",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        clash = ctx.session.scalar(
+            select(Number.e164).where(
+                Number.phone_number_id == p["phone_number_id"], Number.e164 != p["number"]
+            )
+        )
+        if p["phone_number_id"] and clash:
+            raise Conflict(f"phone-number id {p['phone_number_id']} belongs to {clash}")
+        register_number(ctx.session, p["number"], p["phone_number_id"], p["label"])
+        ident = f" (phone-number id {p['phone_number_id']})" if p["phone_number_id"] else ""
+        return Result(f"{p['number']}{ident} is registered.", data=dict(p))
 
 
 class DeactivateUserAction(Action):
@@ -717,6 +794,7 @@ ROLE_ACTIONS: dict[str, Action] = {
         WhyAction(),
         BootstrapAdminAction(),
         RegisterUserAction(),
+        RegisterNumberAction(),
         DeactivateUserAction(),
     )
 }

@@ -8,9 +8,15 @@ or an HTTP caller.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from .errors import MalformedDuration, MalformedNumber, MalformedRoleName, MalformedUserId
+from .errors import (
+    InvalidInput,
+    MalformedDuration,
+    MalformedNumber,
+    MalformedRoleName,
+    MalformedUserId,
+)
 
 WILDCARD = "*"
 
@@ -25,7 +31,7 @@ MAX_DURATION = timedelta(days=366)
 
 def parse_e164(text: str) -> str:
     """Canonical E.164 (`+` and 7 to 15 digits); spaces, dots and dashes are tolerated."""
-    compact = re.sub(r"[\s().-]", "", text)
+    compact = re.sub(r"[\s().-]", "", str(text))
     if _E164.fullmatch(compact):
         return compact
     raise MalformedNumber(
@@ -40,7 +46,7 @@ def is_phone_number_id(text: str) -> bool:
 
 def parse_user_id(text: str) -> str:
     """A Slack user id (`U…` or `W…`); display names are never accepted as identity."""
-    if _USER_ID.fullmatch(text):
+    if isinstance(text, str) and _USER_ID.fullmatch(text):
         return text
     raise MalformedUserId(
         f"'{text}' is not a Slack user id: mention the person (@name) or give an id like U0123ABC"
@@ -48,7 +54,7 @@ def parse_user_id(text: str) -> str:
 
 
 def parse_role_name(text: str) -> str:
-    name = text.strip().lower()
+    name = str(text).strip().lower()
     if _ROLE_NAME.fullmatch(name):
         return name
     raise MalformedRoleName(
@@ -78,3 +84,64 @@ def format_duration(value: timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_text(value: object, field: str, max_length: int) -> str | None:
+    """Free text (a reason, a description, a name): trimmed, bounded, printable.
+
+    Refused rather than silently cut, and control characters refused because
+    they behave differently on SQLite and PostgreSQL (PostgreSQL rejects NUL).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"the {field} must be text")
+    text = value.strip()
+    if len(text) > max_length:
+        raise InvalidInput(
+            f"the {field} is too long ({len(text)} characters, at most {max_length})"
+        )
+    if _CONTROL.search(text):
+        raise InvalidInput(f"the {field} contains control characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"the {field} is not valid text") from None
+    return text or None
+
+
+_TRUE = frozenset({"true", "on", "yes", "1"})
+_FALSE = frozenset({"false", "off", "no", "0"})
+
+
+def parse_flag(value: object, field: str) -> bool | None:
+    """A yes/no option from any surface: a real bool, or on/off, true/false, yes/no."""
+    if value is None or isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise InvalidInput(f"{field} takes on or off, not '{value}'")
+
+
+def scope_text(scope: str) -> str:
+    """A scope as people read it."""
+    return "the whole workspace" if scope == WILDCARD else scope
+
+
+def for_scope(scope: str) -> str:
+    """' for +1555…', or nothing for the whole workspace: to append to a sentence."""
+    return "" if scope == WILDCARD else f" for {scope}"
+
+
+def format_moment(moment: datetime | float | None) -> str:
+    if moment is None:
+        return "never"
+    if not isinstance(moment, datetime):
+        moment = datetime.fromtimestamp(moment, UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")

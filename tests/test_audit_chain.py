@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from bot.cli import main
 from rbac_core import Database, Gate, build_gate
@@ -235,3 +236,36 @@ def test_writers_cannot_put_a_separator_into_the_log(team: dict[str, str], db: D
         assert verify(conn).ok
     last = audit_rows(db)[-1]
     assert "\x1f" not in last.action and "\x00" not in last.target
+
+
+@pytest.mark.parametrize(
+    ("statement", "params"),
+    [
+        (
+            "UPDATE audit_log SET target = target || :tail WHERE seq = 2",
+            {"tail": "\x00 and U0EVIL001 too"},
+        ),
+        ("UPDATE audit_log SET ts_us = ts_us + 0.25 WHERE seq = 2", {}),
+    ],
+    ids=["text hidden behind a NUL", "time stored as a fraction"],
+)
+def test_edits_that_only_sqlite_can_store_are_caught(
+    log_of_ten: Database, statement: str, params: dict[str, str]
+) -> None:
+    """SQLite keeps what PostgreSQL refuses (NUL in text) or rounds (a REAL in a bigint);
+    whichever the database does, the edit never passes unnoticed."""
+    try:
+        with log_of_ten.write() as session:
+            changed = session.execute(text(statement), params)
+            stored = session.execute(
+                text("SELECT target, ts_us FROM audit_log WHERE seq = 2")
+            ).one()
+            assert changed.rowcount == 1  # type: ignore[attr-defined]
+    except DBAPIError:
+        return  # the database refused the edit outright
+    with log_of_ten.snapshot() as conn:
+        result = verify(conn)
+    original_kept = "\x00" not in stored.target and isinstance(stored.ts_us, int)
+    assert result.ok == original_kept
+    if not result.ok:
+        assert result.first_bad_seq == 2

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
 from rbac_core.models import Grant, PendingAction
 from rbac_core.role_actions import ROLE_ACTIONS
 
 from .conftest import ADMIN, ALICE, BOB
-from .helpers import audit_rows, live_grants, run
+from .helpers import AlwaysVerified, audit_rows, live_grants, run
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +57,7 @@ def test_a_confirmation_expires_after_five_minutes(
 
 def test_a_cancelled_action_cannot_be_confirmed(gate: Gate, db: Database) -> None:
     asked = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})
-    assert gate.cancel(asked.pending_id or "", ADMIN, "cli").error_code == "cancelled"
+    assert gate.cancel(asked.pending_id or "", ADMIN, "cli").status == "cancelled"
     assert gate.confirm(asked.pending_id or "", ADMIN, "cli").error_code == "pending_used"
     assert live_grants(db, ALICE) == []
 
@@ -103,15 +101,10 @@ def test_every_decision_is_audited_allowed_or_denied(gate: Gate, db: Database) -
     assert rows[2].target == f"user:{ALICE}"
 
 
-class _AlwaysVerified:
-    def satisfied(self, session: Session, actor: str, now: datetime) -> bool:
-        return True
-
-
 def test_sensitive_actions_pass_once_the_second_factor_is_satisfied(
     db: Database, clock: ManualClock
 ) -> None:
-    gate = Gate(db, ROLE_ACTIONS, clock=clock, step_up=_AlwaysVerified())
+    gate = Gate(db, ROLE_ACTIONS, clock=clock, step_up=AlwaysVerified())
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="developer").status == "done"
 
 

@@ -8,7 +8,7 @@ from rbac_core import Database, Gate, ManualClock
 from rbac_core.directory import register_number
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
-from .helpers import audit_rows, live_grants, role_names, run
+from .helpers import AlwaysVerified, audit_rows, live_grants, role_names, run
 
 NUMBER = "+15550001111"
 OTHER = "+15550002222"
@@ -293,9 +293,11 @@ def test_a_deactivated_user_loses_every_grant_at_once(gate: Gate, db: Database) 
     assert again.status == "invalid"
 
 
-def test_the_last_admin_cannot_be_deactivated(gate: Gate, db: Database) -> None:
+def test_the_last_admin_cannot_be_deactivated(db: Database, clock: ManualClock) -> None:
     from rbac_core.permissions import PERMISSIONS
+    from rbac_core.role_actions import ROLE_ACTIONS
 
+    gate = Gate(db, ROLE_ACTIONS, clock=clock, step_up=AlwaysVerified())
     assert gate.submit(ADMIN, "cli", "user.deactivate", {"user": ADMIN}).error_code == "self_grant"
     # Someone holding every permission, but not the admin role itself.
     assert run(gate, ADMIN, "role.create", name="superuser", perms=sorted(PERMISSIONS)).ok

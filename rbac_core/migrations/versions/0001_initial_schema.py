@@ -125,9 +125,6 @@ def upgrade() -> None:
         sa.Column("revoked_by", sa.String(length=32), nullable=True),
         sa.Column("revoke_reason", sa.String(length=500), nullable=True),
         sa.ForeignKeyConstraint(
-            ["role"], ["roles.name"], name=op.f("fk_grants_role_roles"), ondelete="RESTRICT"
-        ),
-        sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_grants_user_id_users"), ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_grants")),
