@@ -32,6 +32,7 @@ from .errors import InvalidInput, PermissionDenied, RbacError
 from .models import PendingAction
 from .policy import Decision, Policy, PolicyCache
 from .policy_store import bump_policy_version, lock_policy
+from .values import for_scope
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ class Gate:
                 return stop(
                     "denied",
                     f"You are not allowed to {prepared.summary}: you need "
-                    f"{prepared.permission}" + _in_scope(prepared.scope) + ". " + decision.reason,
+                    f"{prepared.permission}" + for_scope(prepared.scope) + ". " + decision.reason,
                     prepared.target,
                     "refused",
                     decision=decision,
@@ -535,10 +536,6 @@ class Gate:
             ts_us=audit.micros(self.clock()),
         )
         return audit.append(session, [entry])[0]
-
-
-def _in_scope(scope: str) -> str:
-    return "" if scope == "*" else f" for {scope}"
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
