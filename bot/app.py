@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -25,6 +25,17 @@ def create_app(runtime: Runtime) -> Flask:
             log.warning("health check: database unreachable")
             return jsonify(status="unavailable", database="unreachable"), 503
         return jsonify(status="ok", database="ok"), 200
+
+    if runtime.settings.slack_signing_secret and runtime.settings.slack_bot_token:
+        from slack_bolt.adapter.flask import SlackRequestHandler
+
+        from .slack_app import build_slack_app
+
+        slack = SlackRequestHandler(build_slack_app(runtime))
+
+        @app.post("/slack/events")
+        def slack_events() -> Response:
+            return slack.handle(request)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

@@ -61,6 +61,11 @@ class Parsed:
     params: dict[str, object]
 
 
+def mentioned_users(text: str) -> set[str]:
+    """Every user id mentioned in escaped form (`<@U…>` or `<@U…|name>`) in `text`."""
+    return {m.group(1) for m in _MENTION.finditer(text)}
+
+
 def parse_user(token: str) -> str:
     """An escaped Slack mention or a bare user id; display names are refused."""
     match = _MENTION.fullmatch(token) or _BARE_ID.fullmatch(token)

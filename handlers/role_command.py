@@ -7,6 +7,7 @@ gate decides, this module only words the answer.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -124,13 +125,26 @@ class RoleCommand:
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
 
-    def handle(self, actor: str, surface: str, text: str) -> Reply:
+    def handle(
+        self,
+        actor: str,
+        surface: str,
+        text: str,
+        before_submit: Callable[[Mapping[str, object]], None] | None = None,
+    ) -> Reply:
+        """Parse and run one command line.
+
+        `before_submit` lets a surface look up people the command names (Slack
+        asks users.info) before the gate checks they exist.
+        """
         try:
             parsed = parse(COMMAND, text, SUBCOMMANDS)
         except UsageError as exc:
             return Reply("usage", exc.render())
         if parsed is None:
             return Reply("text", self.help(actor))
+        if before_submit is not None:
+            before_submit(parsed.params)
         outcome = self.gate.submit(actor, surface, parsed.subcommand.action, parsed.params)
         return reply_for(outcome, parsed.subcommand.usage)
 

@@ -1,0 +1,83 @@
+"""Block Kit rendering of surface-neutral replies, within Slack's limits."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from .role_command import Reply
+
+CONFIRM_ACTION = "wa_confirm"
+CANCEL_ACTION = "wa_cancel"
+SECTION_LIMIT = 3000  # characters of mrkdwn in one section block
+BLOCK_LIMIT = 50  # blocks in one message
+
+_USER_ID = re.compile(r"(?<![<@\w])([UW][A-Z0-9]{6,20})\b")
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn needs &, < and > escaped, or user text could forge a mention or link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def mention_users(text: str, users: Iterable[str]) -> str:
+    """Turn the given user ids into mentions; other capitalised words are left alone."""
+    known = set(users)
+    if not known:
+        return text
+    return _USER_ID.sub(lambda m: f"<@{m.group(1)}>" if m.group(1) in known else m.group(1), text)
+
+
+def _chunks(text: str, limit: int) -> list[str]:
+    """Split at line ends where possible, so no section exceeds Slack's limit."""
+    pieces = [
+        line[i : i + limit] for line in text.split("\n") for i in range(0, max(len(line), 1), limit)
+    ]
+    chunks: list[str] = []
+    current = ""
+    for piece in pieces:
+        candidate = f"{current}\n{piece}" if current else piece
+        if current and len(candidate) > limit:
+            chunks.append(current)
+            current = piece
+        else:
+            current = candidate
+    if current.strip():
+        chunks.append(current)
+    return chunks or [" "]
+
+
+def message(reply: Reply, users: Iterable[str] = ()) -> dict[str, Any]:
+    """An ephemeral message for `reply`; a confirmation gets Confirm / Cancel buttons."""
+    text = mention_users(escape(reply.text), users)
+    sections = _chunks(text, SECTION_LIMIT)
+    room = BLOCK_LIMIT - (1 if reply.kind == "confirm" else 0)
+    if len(sections) > room:
+        sections = [*sections[: room - 1], "_…cut short: the rest did not fit in one message_"]
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": chunk}} for chunk in sections
+    ]
+    if reply.kind == "confirm" and reply.pending_id:
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "wa_confirmation",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": CONFIRM_ACTION,
+                        "text": {"type": "plain_text", "text": "Confirm"},
+                        "style": "primary",
+                        "value": reply.pending_id,
+                    },
+                    {
+                        "type": "button",
+                        "action_id": CANCEL_ACTION,
+                        "text": {"type": "plain_text", "text": "Cancel"},
+                        "value": reply.pending_id,
+                    },
+                ],
+            }
+        )
+    return {"response_type": "ephemeral", "text": text[:SECTION_LIMIT], "blocks": blocks}

@@ -1,0 +1,115 @@
+"""Slack listeners for `/wa-role` and its confirmation buttons.
+
+Thin by design: each listener turns the payload into one gate call and the
+outcome into one message. Bolt has verified the request signature and its
+timestamp before any of this runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from slack_bolt import Ack, App, Respond
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from rbac_core import Database, Gate
+from rbac_core.clock import utcnow
+from rbac_core.directory import ensure_user
+from rbac_core.models import User
+
+from .grammar import mentioned_users
+from .role_command import Reply, RoleCommand, reply_for
+from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, message
+
+log = logging.getLogger(__name__)
+
+TROUBLE = "Something went wrong on our side and nothing was done; please try again."
+
+
+class SlackDirectory:
+    """Makes sure people named in a command are known, asking Slack about newcomers."""
+
+    def __init__(self, db: Database, client: WebClient, clock: Callable[[], float]) -> None:
+        self.db = db
+        self.client = client
+        self.clock = clock
+
+    def ensure(self, user_id: str, name: str | None = None) -> None:
+        with self.db.write() as session:
+            if session.get(User, user_id) is None:
+                ensure_user(session, user_id, utcnow(self.clock), name)
+
+    def lookup_new(self, params: Mapping[str, object]) -> None:
+        """Register the command's target if Slack knows them; otherwise the gate will
+        answer "unknown user"."""
+        user_id = params.get("user")
+        if not isinstance(user_id, str):
+            return
+        with self.db.read() as session:
+            if session.get(User, user_id) is not None:
+                return
+        try:
+            answer = self.client.users_info(user=user_id)
+        except SlackApiError as exc:
+            log.info("users.info refused %s: %s", user_id, exc.response.get("error"))
+            return
+        except Exception:  # network trouble: the gate refuses an unknown user anyway
+            log.warning("users.info failed for %s", user_id, exc_info=True)
+            return
+        user = answer.get("user") or {}
+        if user.get("deleted") or user.get("is_bot"):
+            return
+        self.ensure(user_id, user.get("name"))
+
+
+def _users(reply: Reply, actor: str) -> set[str]:
+    users = {actor}
+    for source in (reply.data, reply.outcome.data if reply.outcome else {}):
+        value = source.get("user") if isinstance(source, Mapping) else None
+        if isinstance(value, str):
+            users.add(value)
+    return users
+
+
+def register(app: App, gate: Gate, roles: RoleCommand, directory: SlackDirectory) -> None:
+    @app.command("/wa-role")
+    def role_command(ack: Ack, command: dict[str, Any]) -> None:
+        actor = command.get("user_id", "")
+        try:
+            directory.ensure(actor, command.get("user_name"))
+            reply = roles.handle(actor, "slack", command.get("text") or "", directory.lookup_new)
+            users = _users(reply, actor) | mentioned_users(command.get("text") or "")
+            ack(**message(reply, users))
+        except Exception:
+            log.exception("/wa-role failed")
+            ack(response_type="ephemeral", text=TROUBLE)
+
+    def on_button(confirm: bool) -> Callable[..., None]:
+        def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+            ack()
+            actor = body.get("user", {}).get("id", "")
+            pending_id = str((body.get("actions") or [{}])[0].get("value") or "")
+            try:
+                outcome = (gate.confirm if confirm else gate.cancel)(pending_id, actor, "slack")
+            except Exception:
+                log.exception("confirmation failed")
+                respond(response_type="ephemeral", replace_original=False, text=TROUBLE)
+                return
+            reply = (
+                reply_for(outcome)
+                if outcome.status != "cancelled"
+                else Reply("text", outcome.message, outcome=outcome)
+            )
+            if outcome.error_code == "pending_not_yours":
+                # Someone else's click: tell them, leave the original alone.
+                respond(replace_original=False, **message(reply, {actor}))
+                return
+            respond(replace_original=True, **message(reply, _users(reply, actor)))
+
+        return listener
+
+    app.action(CONFIRM_ACTION)(on_button(confirm=True))
+    app.action(CANCEL_ACTION)(on_button(confirm=False))

@@ -1,0 +1,113 @@
+"""A fake Slack Web API on 127.0.0.1 that records every call, so tests assert what users see.
+
+It answers the methods wa-access uses with the shapes of Slack's documentation,
+and also stands in for `response_url` endpoints (`/response/<id>`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+
+@dataclass
+class Call:
+    method: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeSlack:
+    """Start with `start()`; `url` is the Web API base (ends with /api/)."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    team_id: str = "T0WA0ACCESS"
+    bot_user_id: str = "U0WABOT01"
+
+    def start(self) -> FakeSlack:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode("utf-8")
+                if self.headers.get("Content-Type", "").startswith("application/json"):
+                    body = json.loads(raw or "{}")
+                else:
+                    body = {k: v[0] for k, v in parse_qs(raw).items()}
+                name = self.path.split("?")[0].removeprefix("/api/").strip("/")
+                fake.calls.append(Call(name, body, dict(self.headers)))
+                answer = fake.answer(name, body)
+                data = json.dumps(answer).encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def base(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/api/"
+
+    def response_url(self, name: str = "r1") -> str:
+        return f"{self.base}/response/{name}"
+
+    def answer(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        if method == "auth.test":
+            return {
+                "ok": True,
+                "url": "https://wa.slack.com/",
+                "team": "WA",
+                "user": "wa-access",
+                "team_id": self.team_id,
+                "user_id": self.bot_user_id,
+                "bot_id": "B0WABOT01",
+            }
+        if method == "users.info":
+            user = self.users.get(str(body.get("user")))
+            if user is None:
+                return {"ok": False, "error": "user_not_found"}
+            return {"ok": True, "user": user}
+        if method.startswith("response/"):
+            return {"ok": True}
+        return {"ok": True}
+
+    def add_user(self, user_id: str, name: str, *, deleted: bool = False) -> None:
+        self.users[user_id] = {
+            "id": user_id,
+            "team_id": self.team_id,
+            "name": name,
+            "deleted": deleted,
+            "real_name": name.title(),
+            "is_bot": False,
+        }
+
+    def named(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def responses(self) -> list[dict[str, Any]]:
+        """Bodies posted to response_url endpoints, oldest first."""
+        return [c.body for c in self.calls if c.method.startswith("response/")]

@@ -1,0 +1,230 @@
+"""/wa-role from Slack: signed requests in, Block Kit out, buttons that re-check."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from bot.app import create_app
+from bot.config import Settings
+from bot.runtime import build_runtime
+from rbac_core import Database, ManualClock
+
+from .conftest import ADMIN, ALICE, BOB
+from .fake_slack import FakeSlack
+from .helpers import audit_rows, live_grants, run
+from .slack_requests import SIGNING_SECRET, block_action, signed_headers, slash_command
+
+CAROL_NEW = "U0NEWCAROL"
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    fake.add_user(CAROL_NEW, "carol")
+    fake.add_user("U0GONE001", "gone", deleted=True)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def client(db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock) -> FlaskClient:
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+    )
+    runtime = build_runtime(settings, clock=clock)
+    return create_app(runtime).test_client()
+
+
+def post(client: FlaskClient, body: str, **header_overrides: Any) -> Any:
+    headers = signed_headers(body)
+    headers.update(header_overrides)
+    return client.post("/slack/events", data=body, headers=headers)
+
+
+def command(client: FlaskClient, slack: FakeSlack, user: str, text: str) -> dict[str, Any]:
+    response = post(client, slash_command(user, text, slack.response_url()))
+    assert response.status_code == 200
+    return json.loads(response.data)
+
+
+def click(
+    client: FlaskClient, slack: FakeSlack, user: str, action: str, pending: str, name: str = "r1"
+) -> dict[str, Any]:
+    before = len(slack.responses())
+    response = post(client, block_action(user, action, pending, slack.response_url(name)))
+    assert response.status_code == 200
+    posted = slack.responses()[before:]
+    assert len(posted) == 1, posted
+    return posted[0]
+
+
+def pending_of(reply: dict[str, Any]) -> str:
+    actions = [b for b in reply["blocks"] if b["type"] == "actions"]
+    assert actions, reply
+    return str(actions[0]["elements"][0]["value"])
+
+
+def test_show_answers_ephemerally_with_the_callers_grants(
+    client: FlaskClient, slack: FakeSlack
+) -> None:
+    reply = command(client, slack, ADMIN, "show")
+    assert reply["response_type"] == "ephemeral"
+    assert f"Grants of <@{ADMIN}>" in reply["blocks"][0]["text"]["text"]
+
+
+def test_assign_asks_for_confirmation_and_the_click_updates_the_message(
+    client: FlaskClient, slack: FakeSlack, db: Database
+) -> None:
+    reply = command(
+        client, slack, ADMIN, f"assign <@{ALICE}|alice> agent --number +15550001111 --for 30d"
+    )
+    assert "Please confirm: assign agent to" in reply["text"]
+    buttons = next(b for b in reply["blocks"] if b["type"] == "actions")["elements"]
+    assert [b["action_id"] for b in buttons] == ["wa_confirm", "wa_cancel"]
+    assert live_grants(db, ALICE) == []
+    update = click(client, slack, ADMIN, "wa_confirm", pending_of(reply))
+    assert update["replace_original"] is True
+    assert f"Assigned agent to <@{ALICE}> in +15550001111" in update["text"]
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "+15550001111")]
+
+
+def test_only_the_actor_can_confirm_and_the_original_is_left_alone(
+    client: FlaskClient, slack: FakeSlack, db: Database
+) -> None:
+    reply = command(client, slack, ADMIN, f"assign <@{ALICE}> agent")
+    other = click(client, slack, BOB, "wa_confirm", pending_of(reply))
+    assert other["replace_original"] is False
+    assert "can confirm or cancel" in other["text"]
+    assert live_grants(db, ALICE) == []
+
+
+def test_a_second_click_and_a_late_click_are_refused_politely(
+    client: FlaskClient, slack: FakeSlack, clock: ManualClock
+) -> None:
+    reply = command(client, slack, ADMIN, f"assign <@{ALICE}> agent")
+    pending = pending_of(reply)
+    assert "Assigned" in click(client, slack, ADMIN, "wa_confirm", pending)["text"]
+    assert "already confirmed" in click(client, slack, ADMIN, "wa_confirm", pending)["text"]
+    late = command(client, slack, ADMIN, f"assign <@{BOB}> analyst")
+    clock.advance(301)
+    assert "expired" in click(client, slack, ADMIN, "wa_confirm", pending_of(late))["text"]
+
+
+def test_a_grant_revoked_before_the_click_refuses_the_click(
+    client: FlaskClient, slack: FakeSlack, db: Database, clock: ManualClock
+) -> None:
+    from rbac_core import build_gate
+
+    gate = build_gate(Database(db.url), clock=clock)
+    assert run(
+        gate, ADMIN, "role.create", name="lead", perms=["roles:assign"], inherits=["agent"]
+    ).ok
+    assert run(gate, ADMIN, "role.assign", user=BOB, role="lead").ok
+    reply = command(client, slack, BOB, f"assign <@{ALICE}> support")
+    assert run(gate, ADMIN, "role.revoke", user=BOB, role="lead").ok
+    refused = click(client, slack, BOB, "wa_confirm", pending_of(reply))
+    assert "not allowed" in refused["text"]
+    assert live_grants(db, ALICE) == []
+    gate.db.dispose()
+
+
+def test_cancel_updates_the_message_and_changes_nothing(
+    client: FlaskClient, slack: FakeSlack, db: Database
+) -> None:
+    reply = command(client, slack, ADMIN, f"assign <@{ALICE}> agent")
+    update = click(client, slack, ADMIN, "wa_cancel", pending_of(reply))
+    assert update["replace_original"] is True and update["text"].startswith("Cancelled")
+    assert live_grants(db, ALICE) == []
+
+
+def test_a_newcomer_is_looked_up_in_slack(
+    client: FlaskClient, slack: FakeSlack, db: Database
+) -> None:
+    reply = command(client, slack, ADMIN, f"assign <@{CAROL_NEW}|carol> analyst")
+    assert "Please confirm" in reply["text"]
+    assert [c.body["user"] for c in slack.named("users.info")] == [CAROL_NEW]
+
+
+@pytest.mark.parametrize("user", ["U0NOSUCH01", "U0GONE001"])
+def test_people_slack_does_not_know_or_has_deleted_are_unknown(
+    client: FlaskClient, slack: FakeSlack, db: Database, user: str
+) -> None:
+    reply = command(client, slack, ADMIN, f"assign <@{user}> analyst")
+    assert f"unknown user <@{user}>" in reply["text"]
+    assert "actions" not in {b["type"] for b in reply["blocks"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("frobnicate", "unknown subcommand 'frobnicate'"),
+        ("assign", "missing USER"),
+        ("assign @alice agent", "is not a mention"),
+        (f"assign <@{ALICE}> agent --for soon", "not a duration"),
+        (f"assign <@{ALICE}> agent --number 12", "not a phone number"),
+        (f"assign <@{ALICE}> wizard", "unknown role"),
+        ("delete admin", "built-in role"),
+        ('assign <@U0ALICE01> agent --reason "open', "not closed"),
+    ],
+)
+def test_malformed_commands_get_a_specific_ephemeral_answer(
+    client: FlaskClient, slack: FakeSlack, text: str, expected: str
+) -> None:
+    reply = command(client, slack, ADMIN, text)
+    assert reply["response_type"] == "ephemeral"
+    assert expected in reply["text"]
+
+
+def test_help_lists_only_what_the_caller_may_do(client: FlaskClient, slack: FakeSlack) -> None:
+    assert "/wa-role assign" in command(client, slack, ADMIN, "help")["text"]
+    newcomer = command(client, slack, ALICE, "")["text"]
+    assert "/wa-role show" in newcomer and "/wa-role assign" not in newcomer
+
+
+def test_user_text_cannot_forge_mentions_or_links(client: FlaskClient, slack: FakeSlack) -> None:
+    reply = command(client, slack, ADMIN, f"assign <@{ALICE}> agent --reason <!channel> & co")
+    click(client, slack, ADMIN, "wa_confirm", pending_of(reply))
+    shown = command(client, slack, ADMIN, f"show <@{ALICE}>")
+    assert "reason: &lt;!channel&gt; &amp; co" in shown["text"]
+    assert "<!channel>" not in json.dumps(shown)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"X-Slack-Signature": "v0=" + "0" * 64},
+        {"X-Slack-Request-Timestamp": str(int(time.time()) - 301)},
+        {"X-Slack-Signature": ""},
+    ],
+    ids=["bad signature", "stale timestamp", "unsigned"],
+)
+def test_unverified_requests_are_401_and_reach_nothing(
+    client: FlaskClient, slack: FakeSlack, db: Database, tamper: dict[str, str]
+) -> None:
+    before = len(audit_rows(db))
+    body = slash_command(ADMIN, "list", slack.response_url())
+    response = post(client, body, **tamper)
+    assert response.status_code == 401
+    assert len(audit_rows(db)) == before
+
+
+def test_a_stale_but_correctly_signed_request_is_refused(
+    client: FlaskClient, slack: FakeSlack
+) -> None:
+    body = slash_command(ADMIN, "list", slack.response_url())
+    headers = signed_headers(body, timestamp=int(time.time()) - 600)
+    assert client.post("/slack/events", data=body, headers=headers).status_code == 401
+
+
+def test_ssl_checks_are_acknowledged(client: FlaskClient) -> None:
+    body = "ssl_check=1&token=gIkuvaNzQIHg97ATvDxqgjtO"
+    assert post(client, body).status_code == 200
