@@ -132,8 +132,18 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
         if command == "/wa-role":
             pending = None
             show(runtime.roles.handle(actor, "cli", rest))
+        elif command == "/wa-2fa":
+            pending = None
+            reply = runtime.twofa.handle(actor, "cli", rest)
+            show(reply)
+            if "uri" in reply.data:  # the operator's own terminal: the one place to show it
+                print(f"otpauth URI (shown once): {reply.data['uri']}", file=out)
         else:
-            show(Reply("usage", f"unknown command '{command}': the console knows /wa-role"))
+            show(
+                Reply(
+                    "usage", f"unknown command '{command}': the console knows /wa-role and /wa-2fa"
+                )
+            )
     return worst
 
 

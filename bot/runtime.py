@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from handlers.role_command import RoleCommand
+from handlers.twofa_command import TwoFactorCommand
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import Clock, system_clock
 
@@ -17,9 +18,10 @@ class Runtime:
     db: Database
     gate: Gate
     roles: RoleCommand
+    twofa: TwoFactorCommand
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     db = Database(settings.database_url)
-    gate = build_gate(db, clock=clock)
-    return Runtime(settings, db, gate, RoleCommand(gate))
+    gate = build_gate(db, clock=clock, secret_key=settings.secret_key)
+    return Runtime(settings, db, gate, RoleCommand(gate), TwoFactorCommand(gate))

@@ -15,7 +15,9 @@ import logging
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from handlers.slack_roles import SlackDirectory, register
+from handlers.slack_roles import SlackDirectory
+from handlers.slack_roles import register as register_roles
+from handlers.slack_twofa import register as register_twofa
 
 from .runtime import Runtime
 
@@ -29,6 +31,10 @@ def build_slack_app(runtime: Runtime) -> App:
         base_url=settings.slack_api_url,
         timeout=SLACK_TIMEOUT_SECONDS,
     )
+    # slack_sdk and Bolt log request and response bodies at DEBUG: those carry 2FA
+    # codes and secrets, so they never log below INFO whatever the root level.
+    for name in ("slack_sdk", "slack_bolt", "wa_access.slack"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
     app = App(
         signing_secret=settings.slack_signing_secret,
         client=client,
@@ -37,5 +43,6 @@ def build_slack_app(runtime: Runtime) -> App:
         logger=logging.getLogger("wa_access.slack"),
     )
     directory = SlackDirectory(runtime.db, client, runtime.gate.clock)
-    register(app, runtime.gate, runtime.roles, directory)
+    register_roles(app, runtime.gate, runtime.roles, directory)
+    register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
     return app

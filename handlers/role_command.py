@@ -153,13 +153,14 @@ class RoleCommand:
         policy = self.gate.policy()
         lines = ["*/wa-role* — who may do what in the WhatsApp workspace"]
         for sub in SUBCOMMANDS:
-            if sub.permission is None or _allowed_somewhere(policy, actor, sub.permission):
+            if sub.permission is None or allowed_somewhere(policy, actor, sub.permission):
                 lines.append(f"• `{sub.usage}` — {sub.summary}")
         lines.append("• `/wa-role help` — this list")
         return "\n".join(lines)
 
 
-def _allowed_somewhere(policy: Any, actor: str, permission: str) -> bool:
+def allowed_somewhere(policy: Any, actor: str, permission: str) -> bool:
+    """Whether `actor` holds `permission` in any scope: what help may show them."""
     return any(permission in perms for perms in policy.effective_permissions(actor).values())
 
 

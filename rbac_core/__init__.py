@@ -10,11 +10,20 @@ from .errors import RbacError
 from .gate import Action, Context, Gate, Outcome, Prepared, Result, StepUp
 from .policy import Decision, Policy, PolicyCache
 from .role_actions import ROLE_ACTIONS
+from .secret_box import SecretBox
+from .twofa import TotpStepUp, twofa_actions
 
 
-def build_gate(db: Database, *, clock: Clock = system_clock, step_up: StepUp | None = None) -> Gate:
-    """The gate with every action the core defines."""
-    return Gate(db, ROLE_ACTIONS, clock=clock, step_up=step_up)
+def build_gate(
+    db: Database,
+    *,
+    clock: Clock = system_clock,
+    secret_key: str | None = None,
+    step_up: StepUp | None = None,
+) -> Gate:
+    """The gate with every action the core defines, 2FA step-up by TOTP by default."""
+    actions = {**ROLE_ACTIONS, **twofa_actions(SecretBox(secret_key))}
+    return Gate(db, actions, clock=clock, step_up=step_up or TotpStepUp())
 
 
 __all__ = [

@@ -122,6 +122,10 @@ class OperatorOnly(Forbidden):
     code = "operator_only"
 
 
+class TwoFactorRequired(Forbidden):
+    code = "2fa_required"
+
+
 class LastAdmin(Forbidden):
     code = "last_admin"
 

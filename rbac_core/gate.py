@@ -79,9 +79,16 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Result:
+    """What an action did. `data` goes back to the surface only; `details` is audited.
+
+    `refusal` (an error code) marks a request the action turned down while its
+    writes must still stand, such as counting a wrong 2FA code toward lockout.
+    """
+
     message: str
     data: Mapping[str, Any] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
+    refusal: str | None = None
 
 
 class Action(ABC):
@@ -418,6 +425,28 @@ class Gate:
         details = {**base, **result.details}
         if decision is not None:
             details["reason"] = decision.reason
+        if result.refusal is not None:
+            details["error"] = result.refusal
+            seq = self._audit(
+                ctx.session,
+                ctx.actor,
+                ctx.surface,
+                name,
+                prepared.target,
+                "deny",
+                "refused",
+                details,
+            )
+            return Outcome(
+                "refused",
+                name,
+                result.message,
+                data=result.data,
+                decision=decision,
+                error_code=result.refusal,
+                audit_seq=seq,
+                pending_id=pending_id,
+            )
         seq = self._audit(
             ctx.session, ctx.actor, ctx.surface, name, prepared.target, "allow", "done", details
         )

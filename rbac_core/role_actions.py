@@ -26,12 +26,13 @@ from .errors import (
     RoleCycle,
     RoleInUse,
     SelfGrant,
+    TwoFactorRequired,
     UnknownGrant,
     UnknownRole,
 )
 from .gate import Action, Context, Prepared, Result
 from .grants import active_admins, ensure_holds, ensure_not_last_admin, live_grant
-from .models import Grant, Number, Role, RoleParent, RolePermission
+from .models import Grant, Number, Role, RoleParent, RolePermission, SecondFactor
 from .permissions import SENSITIVE_PERMISSIONS, check_permission, check_permissions
 from .policy import Policy
 from .values import (
@@ -74,6 +75,11 @@ def _sensitive_role(policy: Policy, role: str) -> bool:
         or policy.requires_2fa(role)
         or bool(policy.permissions_of_role(role) & SENSITIVE_PERMISSIONS)
     )
+
+
+def _has_active_2fa(session: Session, user: str) -> bool:
+    row = session.get(SecondFactor, user)
+    return row is not None and row.active
 
 
 def _operator_only(ctx: Context, what: str) -> None:
@@ -245,6 +251,11 @@ class AssignAction(Action):
         p = prepared.params
         if p["user"] == ctx.actor:
             raise SelfGrant("You cannot assign roles to yourself: ask another admin.")
+        if ctx.policy.requires_2fa(p["role"]) and not _has_active_2fa(ctx.session, p["user"]):
+            raise TwoFactorRequired(
+                f"{p['role']} requires two-factor authentication, and {p['user']} has not "
+                "turned it on: ask them to run `/wa-2fa enroll` first."
+            )
         ensure_holds(
             ctx.policy,
             ctx.actor,

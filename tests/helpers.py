@@ -50,3 +50,21 @@ class AlwaysVerified:
 
     def satisfied(self, session: Session, actor: str, now: datetime) -> bool:
         return True
+
+
+def give_2fa(db: Database, user: str, now: datetime) -> None:
+    """Mark `user` as enrolled in 2FA (what a verified first code does), for rules that
+    only ask whether someone has it."""
+    from rbac_core.models import SecondFactor
+
+    with db.write() as session:
+        session.add(
+            SecondFactor(
+                user_id=user,
+                secret_enc="-",
+                active=True,
+                created_at=now,
+                activated_at=now,
+                failures=0,
+            )
+        )

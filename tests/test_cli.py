@@ -50,7 +50,7 @@ def staffed(cli: Cli) -> Cli:
 
 def test_migrate_is_idempotent(cli: Cli) -> None:
     code, out, _ = cli("migrate")
-    assert code == 0 and "revision 0001" in out
+    assert code == 0 and "revision 0002" in out
     assert cli("migrate")[0] == 0
 
 

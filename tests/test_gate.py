@@ -9,11 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
+from rbac_core.clock import utcnow
 from rbac_core.models import Grant, PendingAction
 from rbac_core.role_actions import ROLE_ACTIONS
 
 from .conftest import ADMIN, ALICE, BOB
-from .helpers import AlwaysVerified, audit_rows, live_grants, run
+from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, run
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +106,7 @@ def test_sensitive_actions_pass_once_the_second_factor_is_satisfied(
     db: Database, clock: ManualClock
 ) -> None:
     gate = Gate(db, ROLE_ACTIONS, clock=clock, step_up=AlwaysVerified())
+    give_2fa(db, ALICE, utcnow(clock))
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="developer").status == "done"
 
 

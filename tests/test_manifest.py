@@ -9,6 +9,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from handlers.role_command import COMMAND
+from handlers.twofa_command import COMMAND as TWOFA_COMMAND
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT.parent / "shared" / "schemas" / "slack-app-manifest.schema.1.0.0.json"
@@ -27,7 +28,7 @@ def test_the_manifest_validates_against_slacks_schema() -> None:
 
 def test_every_command_the_bot_serves_is_declared_and_escaped() -> None:
     commands = {c["command"]: c for c in _manifest()["features"]["slash_commands"]}  # type: ignore[index]
-    assert COMMAND in commands
+    assert {COMMAND, TWOFA_COMMAND} <= set(commands)
     for command in commands.values():
         assert command["should_escape"] is True  # mentions must arrive as <@U…> ids
         assert command["url"].endswith("/slack/events")

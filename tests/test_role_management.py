@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from rbac_core import Database, Gate, ManualClock
+from rbac_core.clock import utcnow
 from rbac_core.directory import register_number
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
-from .helpers import AlwaysVerified, audit_rows, live_grants, role_names, run
+from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, role_names, run
 
 NUMBER = "+15550001111"
 OTHER = "+15550002222"
@@ -269,10 +270,13 @@ def test_a_duplicate_grant_is_refused(gate: Gate, db: Database) -> None:
 
 
 def test_assigning_a_role_that_requires_2fa_asks_for_a_second_factor(
-    gate: Gate, db: Database
+    gate: Gate, db: Database, clock: ManualClock
 ) -> None:
+    refused = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "developer"})
+    assert refused.error_code == "2fa_required"  # Alice has no 2FA: she cannot hold it
+    give_2fa(db, ALICE, utcnow(clock))
     outcome = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "developer"})
-    assert outcome.status == "needs_2fa"
+    assert outcome.status == "needs_2fa"  # and the admin must step up to grant it
     assert live_grants(db, ALICE) == []
 
 
@@ -308,8 +312,9 @@ def test_the_last_admin_cannot_be_deactivated(db: Database, clock: ManualClock) 
 
 
 def test_a_role_inheriting_a_2fa_role_also_needs_the_second_factor(
-    gate: Gate, db: Database
+    gate: Gate, db: Database, clock: ManualClock
 ) -> None:
+    give_2fa(db, ALICE, utcnow(clock))
     assert run(gate, ADMIN, "role.create", name="ops", inherits=["admin"]).ok
     outcome = gate.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "ops"})
     assert outcome.status == "needs_2fa"

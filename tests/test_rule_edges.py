@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
+from rbac_core.clock import utcnow
 from rbac_core.permissions import PERMISSIONS
 from rbac_core.role_actions import ROLE_ACTIONS
 
 from .conftest import ADMIN, ALICE, BOB
-from .helpers import AlwaysVerified, audit_rows, live_grants, role_names, run
+from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, role_names, run
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +28,9 @@ def verified(db: Database, clock: ManualClock) -> Gate:
 
 
 def test_a_temporary_admin_cannot_remove_the_permanent_one(
-    verified: Gate, clock: ManualClock
+    verified: Gate, clock: ManualClock, db: Database
 ) -> None:
+    give_2fa(db, ALICE, utcnow(clock))
     assert run(verified, ADMIN, "role.assign", user=ALICE, role="admin", **{"for": "1h"}).ok
     refused = verified.submit(ALICE, "cli", "role.revoke", {"user": ADMIN, "role": "admin"})
     assert refused.error_code == "last_admin"
@@ -44,7 +46,10 @@ def test_the_first_admin_is_made_only_at_the_command_line(gate: Gate, db: Databa
     assert live_grants(db, BOB) == []
 
 
-def test_bootstrapping_a_deactivated_user_brings_them_back(verified: Gate, db: Database) -> None:
+def test_bootstrapping_a_deactivated_user_brings_them_back(
+    verified: Gate, db: Database, clock: ManualClock
+) -> None:
+    give_2fa(db, ALICE, utcnow(clock))
     assert run(verified, ADMIN, "role.assign", user=ALICE, role="admin").ok
     assert run(verified, ALICE, "role.revoke", user=ADMIN, role="admin").ok
     assert run(verified, ALICE, "user.deactivate", user=ADMIN).ok

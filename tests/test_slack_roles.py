@@ -50,8 +50,10 @@ def post(client: FlaskClient, body: str, **header_overrides: Any) -> Any:
     return client.post("/slack/events", data=body, headers=headers)
 
 
-def command(client: FlaskClient, slack: FakeSlack, user: str, text: str) -> dict[str, Any]:
-    response = post(client, slash_command(user, text, slack.response_url()))
+def command(
+    client: FlaskClient, slack: FakeSlack, user: str, text: str, name: str = "/wa-role"
+) -> dict[str, Any]:
+    response = post(client, slash_command(user, text, slack.response_url(), command=name))
     assert response.status_code == 200
     return json.loads(response.data)
 
@@ -228,3 +230,66 @@ def test_a_stale_but_correctly_signed_request_is_refused(
 def test_ssl_checks_are_acknowledged(client: FlaskClient) -> None:
     body = "ssl_check=1&token=gIkuvaNzQIHg97ATvDxqgjtO"
     assert post(client, body).status_code == 200
+
+
+@pytest.fixture
+def client_2fa(
+    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock
+) -> FlaskClient:
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+        secret_key="s" * 40,
+        alert_channel="C0SECURITY",
+    )
+    return create_app(build_runtime(settings, clock=clock)).test_client()
+
+
+def test_2fa_enrolment_sends_the_secret_by_dm_only(
+    client_2fa: FlaskClient,
+    slack: FakeSlack,
+    clock: ManualClock,
+    db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    import pyotp
+
+    caplog.set_level(logging.DEBUG)
+    reply = command(client_2fa, slack, ALICE, "enroll", "/wa-2fa")
+    assert "I sent you a DM" in reply["text"]
+    dm = slack.named("chat.postMessage")[-1].body
+    assert dm["channel"] == ALICE
+    secret = dm["blocks"][0]["text"]["text"].split("`")[1]
+    assert secret not in json.dumps(reply)
+    code = pyotp.TOTP(secret).at(clock())
+    assert "2FA is now on" in command(client_2fa, slack, ALICE, f"verify {code}", "/wa-2fa")["text"]
+    replay = command(client_2fa, slack, ALICE, f"verify {code}", "/wa-2fa")
+    assert "already used" in replay["text"]
+    trail = " ".join(r.details for r in audit_rows(db))
+    assert secret not in trail and code not in trail
+    assert secret not in caplog.text and code not in caplog.text
+
+
+def test_the_fifth_wrong_code_locks_and_alerts_security(
+    client_2fa: FlaskClient, slack: FakeSlack, clock: ManualClock
+) -> None:
+    import pyotp
+
+    command(client_2fa, slack, ALICE, "enroll", "/wa-2fa")
+    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
+    totp = pyotp.TOTP(secret)
+    command(client_2fa, slack, ALICE, f"verify {totp.at(clock())}", "/wa-2fa")
+    clock.advance(60)
+    wrong = "000000" if totp.at(clock()) != "000000" else "111111"
+    for _ in range(4):
+        answer = command(client_2fa, slack, ALICE, f"verify {wrong}", "/wa-2fa")
+        assert "not right" in answer["text"]
+    assert not [c for c in slack.named("chat.postMessage") if c.body["channel"] == "C0SECURITY"]
+    locked = command(client_2fa, slack, ALICE, f"verify {wrong}", "/wa-2fa")
+    assert "locked until" in locked["text"]
+    alerts = [c for c in slack.named("chat.postMessage") if c.body["channel"] == "C0SECURITY"]
+    assert len(alerts) == 1 and f"<@{ALICE}>" in alerts[0].body["text"]

@@ -1,0 +1,89 @@
+"""Slack listener for `/wa-2fa`: the enrolment secret goes by DM, lockouts raise an alert."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from .role_command import Reply
+from .slack_blocks import escape, message
+from .slack_roles import TROUBLE, SlackDirectory
+from .twofa_command import TwoFactorCommand
+
+log = logging.getLogger(__name__)
+
+
+def register(
+    app: App,
+    twofa: TwoFactorCommand,
+    directory: SlackDirectory,
+    client: WebClient,
+    alert_channel: str | None,
+) -> None:
+    @app.command("/wa-2fa")
+    def twofa_command(ack: Ack, command: dict[str, Any]) -> None:
+        actor = command.get("user_id", "")
+        try:
+            directory.ensure(actor, command.get("user_name"))
+            reply = twofa.handle(actor, "slack", command.get("text") or "")
+            if "uri" in reply.data:
+                reply = _send_secret(client, actor, reply)
+            if reply.outcome is not None and reply.outcome.error_code == "2fa_locked_now":
+                _alert(client, alert_channel, actor)
+            ack(**message(reply, {actor}))
+        except Exception:
+            log.exception("/wa-2fa failed")
+            ack(response_type="ephemeral", text=TROUBLE)
+
+
+def _send_secret(client: WebClient, actor: str, reply: Reply) -> Reply:
+    """Deliver the enrolment secret by DM, the only place it is ever shown."""
+    uri = str(reply.data["uri"])
+    secret = str(reply.data["secret"])
+    try:
+        client.chat_postMessage(
+            channel=actor,
+            text="Your wa-access 2FA secret (shown once)",
+            blocks=[
+                {
+                    "type": "section",
+                    "text": {
+                        "type": "mrkdwn",
+                        "text": (
+                            "*Set up two-factor authentication*\n"
+                            "Add this account to your authenticator app with the link below, "
+                            "or type "
+                            f"the key by hand:\n`{escape(secret)}`\n{escape(uri)}\n"
+                            "Then run `/wa-2fa verify CODE` with the code the app shows."
+                        ),
+                    },
+                },
+            ],
+        )
+    except Exception:
+        log.warning("could not DM the 2FA secret to %s", actor)
+        return Reply(
+            "error",
+            "I could not send you a DM with your 2FA secret; open a DM with "
+            "wa-access and run `/wa-2fa enroll` again.",
+        )
+    return Reply(
+        "text", "I sent you a DM with your 2FA secret. " + reply.text, outcome=reply.outcome
+    )
+
+
+def _alert(client: WebClient, channel: str | None, actor: str) -> None:
+    if not channel:
+        log.warning("2FA locked for %s after repeated wrong codes (no WA_ALERT_CHANNEL)", actor)
+        return
+    try:
+        client.chat_postMessage(
+            channel=channel,
+            text=f":rotating_light: 2FA locked for <@{actor}> for 15 minutes after 5 wrong "
+            "codes in a row.",
+        )
+    except Exception:
+        log.error("could not post the 2FA lockout alert for %s", actor)
