@@ -43,6 +43,6 @@ def build_slack_app(runtime: Runtime) -> App:
         logger=logging.getLogger("wa_access.slack"),
     )
     directory = SlackDirectory(runtime.db, client, runtime.gate.clock)
-    register_roles(app, runtime.gate, runtime.roles, directory)
+    register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
     return app

@@ -15,14 +15,14 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from rbac_core import Database, Gate
+from rbac_core import Database, Gate, Outcome
 from rbac_core.clock import utcnow
 from rbac_core.directory import ensure_user
 from rbac_core.models import User
 
 from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
-from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, message
+from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, escape, message
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,41 @@ def _users(reply: Reply, actor: str) -> set[str]:
     return users
 
 
-def register(app: App, gate: Gate, roles: RoleCommand, directory: SlackDirectory) -> None:
+NOTIFIED = {"role.assign": "assigned", "role.revoke": "revoked"}
+
+
+def notify_role_change(
+    client: WebClient, channel: str | None, actor: str, outcome: Outcome
+) -> None:
+    """Tell the audit channel who changed whose access (SPEC §5, issue 3 item 6)."""
+    verb = NOTIFIED.get(outcome.action)
+    if channel is None or verb is None or outcome.status != "done":
+        return
+    data = outcome.data
+    scope = data.get("scope") or "*"
+    where = "the whole workspace" if scope == "*" else scope
+    until = (
+        f", until {data['expires_at'][:16].replace('T', ' ')} UTC" if data.get("expires_at") else ""
+    )
+    reason = f" Reason: {escape(str(data['reason']))}" if data.get("reason") else ""
+    preposition = "to" if verb == "assigned" else "from"
+    text = (
+        f"<@{actor}> {verb} *{data.get('role')}* {preposition} <@{data.get('user')}> "
+        f"in {where}{until}.{reason}"
+    )
+    try:
+        client.chat_postMessage(channel=channel, text=text)
+    except Exception:
+        log.error("could not post the role change to %s", channel)
+
+
+def register(
+    app: App,
+    gate: Gate,
+    roles: RoleCommand,
+    directory: SlackDirectory,
+    audit_channel: str | None = None,
+) -> None:
     @app.command("/wa-role")
     def role_command(ack: Ack, command: dict[str, Any]) -> None:
         actor = command.get("user_id", "")
@@ -103,6 +137,7 @@ def register(app: App, gate: Gate, roles: RoleCommand, directory: SlackDirectory
                 if outcome.status != "cancelled"
                 else Reply("text", outcome.message, outcome=outcome)
             )
+            notify_role_change(directory.client, audit_channel, actor, outcome)
             if outcome.error_code == "pending_not_yours":
                 # Someone else's click: tell them, leave the original alone.
                 respond(replace_original=False, **message(reply, {actor}))

@@ -293,3 +293,32 @@ def test_the_fifth_wrong_code_locks_and_alerts_security(
     assert "locked until" in locked["text"]
     alerts = [c for c in slack.named("chat.postMessage") if c.body["channel"] == "C0SECURITY"]
     assert len(alerts) == 1 and f"<@{ALICE}>" in alerts[0].body["text"]
+
+
+def test_role_changes_are_posted_to_the_audit_channel(
+    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock
+) -> None:
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+        audit_channel="C0WAAUDIT",
+    )
+    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    reply = command(
+        app,
+        slack,
+        ADMIN,
+        f"assign <@{ALICE}> agent --number +15550001111 --for 30d --reason on call",
+    )
+    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
+    reply = command(app, slack, ADMIN, f"revoke <@{ALICE}> agent --number +15550001111")
+    click(app, slack, ADMIN, "wa_confirm", pending_of(reply), name="r2")
+    posts = [
+        c.body["text"] for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"
+    ]
+    assert len(posts) == 2
+    assert posts[0].startswith(f"<@{ADMIN}> assigned *agent* to <@{ALICE}> in +15550001111")
+    assert "until" in posts[0] and "Reason: on call" in posts[0]
+    assert posts[1].startswith(f"<@{ADMIN}> revoked *agent* from <@{ALICE}>")
