@@ -91,6 +91,15 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
         permission="roles:manage",
     ),
     Subcommand(
+        "request",
+        "access.request",
+        "/wa-role request ROLE [--number N] --for 4h --reason TEXT",
+        "ask for a role for a while; approvers decide with buttons",
+        positionals=(("role", "word", True),),
+        options=(Option("number"), Option("for"), Option("reason", "text")),
+        permission="roles:view",
+    ),
+    Subcommand(
         "why",
         "role.why",
         "/wa-role why @user PERMISSION [--number N]",

@@ -22,6 +22,7 @@ from rbac_core.models import User
 
 from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
+from .slack_access import post_request
 from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, escape, message
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,11 @@ def register(
         try:
             directory.ensure(actor, command.get("user_name"))
             reply = roles.handle(actor, "slack", command.get("text") or "", directory.lookup_new)
+            outcome = reply.outcome
+            if outcome is not None and outcome.action == "access.request" and outcome.ok:
+                problem = post_request(directory.client, audit_channel, outcome)
+                if problem:
+                    reply = Reply("text", f"{reply.text}\n{problem}", outcome=outcome)
             users = _users(reply, actor) | mentioned_users(command.get("text") or "")
             ack(**message(reply, users))
         except Exception:

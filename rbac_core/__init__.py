@@ -4,6 +4,7 @@ Imports nothing from Slack, Flask, httpx or WhatsApp code; every surface talks
 to it through `Gate`.
 """
 
+from .access_requests import ACCESS_ACTIONS
 from .clock import Clock, ManualClock, system_clock
 from .db import Database
 from .errors import RbacError
@@ -22,7 +23,7 @@ def build_gate(
     step_up: StepUp | None = None,
 ) -> Gate:
     """The gate with every action the core defines, 2FA step-up by TOTP by default."""
-    actions = {**ROLE_ACTIONS, **twofa_actions(SecretBox(secret_key))}
+    actions = {**ROLE_ACTIONS, **ACCESS_ACTIONS, **twofa_actions(SecretBox(secret_key))}
     return Gate(db, actions, clock=clock, step_up=step_up or TotpStepUp())
 
 

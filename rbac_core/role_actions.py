@@ -67,7 +67,7 @@ def _reason(params: Mapping[str, Any]) -> str | None:
     return clean_text(params.get("reason"), "reason", REASON_MAX)
 
 
-def _sensitive_role(policy: Policy, role: str) -> bool:
+def sensitive_role(policy: Policy, role: str) -> bool:
     """Assigning it needs step-up 2FA (SPEC §4 rule 8): admin, a role that requires
     2FA (itself or by inheritance), or one carrying a sensitive permission."""
     return (
@@ -208,6 +208,68 @@ class ListAction(Action):
         return Result("\n".join(lines), data={"roles": data})
 
 
+def ensure_not_held(ctx: Context, user: str, role: str, scope: str) -> None:
+    existing = live_grant(ctx.session, user, role, scope)
+    if existing is not None and (existing.expires_at is None or existing.expires_at > ctx.now):
+        until = (
+            "" if existing.expires_at is None else f", until {format_moment(existing.expires_at)}"
+        )
+        raise DuplicateGrant(
+            f"{user} already holds {role} in {scope_text(scope)} "
+            f"(grant #{existing.id}{until}); revoke it first to change it"
+        )
+
+
+def check_grantable(ctx: Context, user: str, role: str, scope: str) -> None:
+    """Rules for handing `role` to `user` in `scope`, whoever asks and however:
+    no self-grant, 2FA for 2FA roles, and no escalation by the granter."""
+    if user == ctx.actor:
+        raise SelfGrant("You cannot give yourself a role: someone else must.")
+    if ctx.policy.requires_2fa(role) and not _has_active_2fa(ctx.session, user):
+        raise TwoFactorRequired(
+            f"{role} requires two-factor authentication, and {user} has not "
+            "turned it on: ask them to run `/wa-2fa enroll` first."
+        )
+    ensure_holds(
+        ctx.policy,
+        ctx.actor,
+        ctx.policy.permissions_of_role(role),
+        scope,
+        f"grant {role}{for_scope(scope)}",
+    )
+
+
+def create_grant(
+    ctx: Context, user: str, role: str, scope: str, duration: str | None, reason: str | None
+) -> Result:
+    _replace_expired(ctx, user, role, scope, "expired; replaced by a new grant")
+    expires = ctx.now + parse_duration(duration) if duration else None
+    grant = Grant(
+        user_id=user,
+        role=role,
+        scope=scope,
+        granted_by=ctx.actor,
+        reason=reason,
+        granted_at=ctx.now,
+        expires_at=expires,
+    )
+    ctx.session.add(grant)
+    ctx.session.flush()
+    until = f" until {format_moment(expires)}" if expires else ""
+    return Result(
+        f"Assigned {role} to {user} in {scope_text(scope)}{until} (grant #{grant.id}).",
+        data={
+            "grant_id": grant.id,
+            "user": user,
+            "role": role,
+            "scope": scope,
+            "expires_at": expires.isoformat() if expires else None,
+            "reason": reason,
+        },
+        details={"grant_id": grant.id},
+    )
+
+
 class AssignAction(Action):
     name = "role.assign"
     risky = True
@@ -220,17 +282,7 @@ class AssignAction(Action):
         duration = parse_duration(str(params["for"])) if params.get("for") else None
         reason = _reason(params)
         require_user(ctx.session, user)
-        existing = live_grant(ctx.session, user, role.name, scope)
-        if existing is not None and (existing.expires_at is None or existing.expires_at > ctx.now):
-            until = (
-                ""
-                if existing.expires_at is None
-                else f", until {format_moment(existing.expires_at)}"
-            )
-            raise DuplicateGrant(
-                f"{user} already holds {role.name} in {scope_text(scope)} "
-                f"(grant #{existing.id}{until}); revoke it first to change it"
-            )
+        ensure_not_held(ctx, user, role.name, scope)
         span = f" for {format_duration(duration)}" if duration else ""
         return Prepared(
             {
@@ -244,55 +296,16 @@ class AssignAction(Action):
             scope,
             f"user:{user}",
             f"assign {role.name} to {user} in {scope_text(scope)}{span}",
-            sensitive=_sensitive_role(ctx.policy, role.name),
+            sensitive=sensitive_role(ctx.policy, role.name),
         )
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         p = prepared.params
-        if p["user"] == ctx.actor:
-            raise SelfGrant("You cannot assign roles to yourself: ask another admin.")
-        if ctx.policy.requires_2fa(p["role"]) and not _has_active_2fa(ctx.session, p["user"]):
-            raise TwoFactorRequired(
-                f"{p['role']} requires two-factor authentication, and {p['user']} has not "
-                "turned it on: ask them to run `/wa-2fa enroll` first."
-            )
-        ensure_holds(
-            ctx.policy,
-            ctx.actor,
-            ctx.policy.permissions_of_role(p["role"]),
-            p["number"],
-            f"assign {p['role']}{for_scope(p['number'])}",
-        )
+        check_grantable(ctx, p["user"], p["role"], p["number"])
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params
-        _replace_expired(ctx, p["user"], p["role"], p["number"], "expired; replaced by a new grant")
-        expires = ctx.now + parse_duration(p["for"]) if p.get("for") else None
-        grant = Grant(
-            user_id=p["user"],
-            role=p["role"],
-            scope=p["number"],
-            granted_by=ctx.actor,
-            reason=p.get("reason"),
-            granted_at=ctx.now,
-            expires_at=expires,
-        )
-        ctx.session.add(grant)
-        ctx.session.flush()
-        until = f" until {format_moment(expires)}" if expires else ""
-        return Result(
-            f"Assigned {p['role']} to {p['user']} in {scope_text(p['number'])}{until} "
-            f"(grant #{grant.id}).",
-            data={
-                "grant_id": grant.id,
-                "user": p["user"],
-                "role": p["role"],
-                "scope": p["number"],
-                "expires_at": expires.isoformat() if expires else None,
-                "reason": p.get("reason"),
-            },
-            details={"grant_id": grant.id},
-        )
+        return create_grant(ctx, p["user"], p["role"], p["number"], p.get("for"), p.get("reason"))
 
 
 class RevokeAction(Action):

@@ -322,3 +322,38 @@ def test_role_changes_are_posted_to_the_audit_channel(
     assert posts[0].startswith(f"<@{ADMIN}> assigned *agent* to <@{ALICE}> in +15550001111")
     assert "until" in posts[0] and "Reason: on call" in posts[0]
     assert posts[1].startswith(f"<@{ADMIN}> revoked *agent* from <@{ALICE}>")
+
+
+def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
+    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock, db: Database
+) -> None:
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+        audit_channel="C0WAAUDIT",
+    )
+    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
+    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
+    asked = command(app, slack, ALICE, "request agent --for 4h --reason covering the night shift")
+    assert "approvers have been notified" in asked["text"]
+    posted = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
+    request_post = (
+        json.loads(posted[-1]["blocks"])
+        if isinstance(posted[-1]["blocks"], str)
+        else posted[-1]["blocks"]
+    )
+    assert f"<@{ALICE}> asks for *agent*" in request_post[0]["text"]["text"]
+    request_id = request_post[1]["elements"][0]["value"]
+    own = click(app, slack, ALICE, "wa_access_approve", request_id, name="own")
+    assert own["replace_original"] is False and "you need access:approve" in own["text"]
+    decided = click(app, slack, ADMIN, "wa_access_approve", request_id, name="adm")
+    assert decided["replace_original"] is True
+    assert f"<@{ADMIN}> approved <@{ALICE}>'s request for *agent*" in decided["text"]
+    dms = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == ALICE]
+    assert "was approved" in dms[-1]["text"]
+    assert (ALICE, "agent", "*") in live_grants(db, ALICE)
+    again = click(app, slack, ADMIN, "wa_access_deny", request_id, name="again")
+    assert "already approved" in again["text"]

@@ -1,0 +1,188 @@
+"""Access requests: a time-bound role asked for, decided by someone else.
+
+The approver must hold `access:approve` in the request's scope, may not be the
+requester (separation of duties, SPEC §4 rule 7), and is held to the same
+rules as anyone granting the role (no escalation, 2FA for 2FA roles, step-up
+for sensitive roles). Requests wait 24 hours at most.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from .directory import resolve_scope
+from .errors import Conflict, InvalidInput, NotFound, PendingActionError
+from .gate import Action, Context, Prepared, Result
+from .grants import ensure_separate_duties
+from .models import AccessRequest
+from .role_actions import (
+    check_grantable,
+    create_grant,
+    ensure_not_held,
+    get_role,
+    sensitive_role,
+)
+from .values import clean_text, format_duration, format_moment, parse_duration, scope_text
+
+APPROVAL_TTL = timedelta(hours=24)
+
+
+class RequestAccessAction(Action):
+    name = "access.request"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        role = get_role(ctx.session, str(params.get("role") or ""))
+        scope = resolve_scope(ctx.session, params.get("number"))
+        if not params.get("for"):
+            raise InvalidInput("say for how long, e.g. --for 4h: requested access is time-bound")
+        duration = format_duration(parse_duration(str(params["for"])))
+        reason = clean_text(params.get("reason"), "reason", 500)
+        if not reason:
+            raise InvalidInput("say why, e.g. --reason covering the night shift")
+        ensure_not_held(ctx, ctx.actor, role.name, scope)
+        open_request = ctx.session.scalar(
+            select(AccessRequest.id).where(
+                AccessRequest.requester == ctx.actor,
+                AccessRequest.role == role.name,
+                AccessRequest.scope == scope,
+                AccessRequest.status == "pending",
+                AccessRequest.expires_at > ctx.now,
+            )
+        )
+        if open_request is not None:
+            raise Conflict(
+                f"You already asked for {role.name} in {scope_text(scope)}; "
+                "it is waiting for an approver."
+            )
+        return Prepared(
+            {"role": role.name, "number": scope, "for": duration, "reason": reason},
+            "roles:view",  # rule 1: people without any role ask an admin directly
+            "*",
+            f"role:{role.name}",
+            f"ask for {role.name} in {scope_text(scope)} for {duration}",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        request = AccessRequest(
+            id=secrets.token_urlsafe(16),
+            requester=ctx.actor,
+            role=p["role"],
+            scope=p["number"],
+            duration=p["for"],
+            reason=p["reason"],
+            status="pending",
+            created_at=ctx.now,
+            expires_at=ctx.now + APPROVAL_TTL,
+        )
+        ctx.session.add(request)
+        ctx.session.flush()
+        return Result(
+            f"Asked for {p['role']} in {scope_text(p['number'])} for {p['for']}; approvers "
+            "have been notified.",
+            data={
+                "request_id": request.id,
+                "requester": ctx.actor,
+                "role": p["role"],
+                "scope": p["number"],
+                "for": p["for"],
+                "reason": p["reason"],
+                "expires_at": request.expires_at.isoformat(),
+            },
+            details={"request_id": request.id},
+        )
+
+
+def _pending_request(ctx: Context, request_id: str) -> AccessRequest:
+    request = ctx.session.get(AccessRequest, request_id)
+    if request is None:
+        raise NotFound("That access request does not exist.")
+    if request.status != "pending":
+        who = f" by {request.decided_by}" if request.decided_by else ""
+        raise PendingActionError(f"This request was already {request.status}{who}.")
+    if request.expires_at <= ctx.now:
+        raise PendingActionError(
+            f"This request expired at {format_moment(request.expires_at)}; "
+            "the requester can ask again."
+        )
+    return request
+
+
+class DecideAccessAction(Action):
+    """Approve or deny; `approve=True` grants the role for the requested time."""
+
+    mutates_policy = True
+
+    def __init__(self, approve: bool) -> None:
+        self.approve = approve
+        self.name = "access.approve" if approve else "access.deny"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        request = _pending_request(ctx, str(params.get("request_id") or ""))
+        note = clean_text(params.get("note"), "note", 500)
+        verb = "approve" if self.approve else "deny"
+        return Prepared(
+            {"request_id": request.id, "note": note},
+            "access:approve",
+            request.scope,
+            f"user:{request.requester}",
+            f"{verb} {request.requester}'s request for {request.role} in "
+            f"{scope_text(request.scope)} for {request.duration}",
+            sensitive=self.approve and sensitive_role(ctx.policy, request.role),
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        request = _pending_request(ctx, prepared.params["request_id"])
+        ensure_separate_duties(ctx.actor, request.requester, "decide on this request")
+        if self.approve:
+            check_grantable(ctx, request.requester, request.role, request.scope)
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        request = _pending_request(ctx, prepared.params["request_id"])
+        request.decided_by, request.decided_at = ctx.actor, ctx.now
+        request.decision_note = prepared.params.get("note")
+        base = {
+            "request_id": request.id,
+            "requester": request.requester,
+            "user": request.requester,
+            "role": request.role,
+            "scope": request.scope,
+            "for": request.duration,
+            "reason": request.reason,
+        }
+        if not self.approve:
+            request.status = "denied"
+            ctx.session.flush()
+            return Result(
+                f"Denied {request.requester}'s request for {request.role} in "
+                f"{scope_text(request.scope)}.",
+                data={**base, "status": "denied"},
+                details={"request_id": request.id},
+            )
+        ensure_not_held(ctx, request.requester, request.role, request.scope)
+        granted = create_grant(
+            ctx,
+            request.requester,
+            request.role,
+            request.scope,
+            request.duration,
+            f"access request: {request.reason}",
+        )
+        request.status = "approved"
+        request.grant_id = int(granted.data["grant_id"])
+        ctx.session.flush()
+        return Result(
+            f"Approved: {granted.message}",
+            data={**granted.data, **base, "status": "approved"},
+            details={"request_id": request.id, "grant_id": request.grant_id},
+        )
+
+
+ACCESS_ACTIONS: dict[str, Action] = {
+    a.name: a for a in (RequestAccessAction(), DecideAccessAction(True), DecideAccessAction(False))
+}
