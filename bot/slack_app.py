@@ -16,6 +16,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 
 from handlers.slack_access import register as register_access
+from handlers.slack_home import register as register_home
 from handlers.slack_roles import SlackDirectory
 from handlers.slack_roles import register as register_roles
 from handlers.slack_twofa import register as register_twofa
@@ -47,4 +48,5 @@ def build_slack_app(runtime: Runtime) -> App:
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
     register_access(app, runtime.gate, client)
+    register_home(app, runtime.gate, client)
     return app

@@ -61,8 +61,9 @@ class RequestAccessAction(Action):
             )
         return Prepared(
             {"role": role.name, "number": scope, "for": duration, "reason": reason},
-            "roles:view",  # rule 1: people without any role ask an admin directly
-            "*",
+            # Rule 1: people without any role there ask an admin directly.
+            "roles:view",
+            scope,
             f"role:{role.name}",
             f"ask for {role.name} in {scope_text(scope)} for {duration}",
         )
@@ -183,6 +184,52 @@ class DecideAccessAction(Action):
         )
 
 
+class PendingRequestsAction(Action):
+    """What is waiting: your own open requests and, for approvers, those you may decide."""
+
+    name = "access.pending"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        return Prepared({}, None, "*", f"user:{ctx.actor}", "see pending access requests")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        rows = ctx.session.scalars(
+            select(AccessRequest)
+            .where(AccessRequest.status == "pending", AccessRequest.expires_at > ctx.now)
+            .order_by(AccessRequest.created_at)
+            .limit(200)
+        ).all()
+
+        def view(r: AccessRequest) -> dict[str, Any]:
+            return {
+                "request_id": r.id,
+                "requester": r.requester,
+                "role": r.role,
+                "scope": r.scope,
+                "for": r.duration,
+                "reason": r.reason,
+                "expires_at": r.expires_at.isoformat(),
+            }
+
+        mine = [view(r) for r in rows if r.requester == ctx.actor]
+        waiting = [
+            view(r)
+            for r in rows
+            if r.requester != ctx.actor
+            and ctx.policy.decide(ctx.actor, "access:approve", r.scope).allowed
+        ]
+        return Result(
+            f"{len(mine)} of your requests and {len(waiting)} for you to decide are pending.",
+            data={"mine": mine, "waiting": waiting},
+        )
+
+
 ACCESS_ACTIONS: dict[str, Action] = {
-    a.name: a for a in (RequestAccessAction(), DecideAccessAction(True), DecideAccessAction(False))
+    a.name: a
+    for a in (
+        RequestAccessAction(),
+        DecideAccessAction(True),
+        DecideAccessAction(False),
+        PendingRequestsAction(),
+    )
 }

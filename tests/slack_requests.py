@@ -79,3 +79,24 @@ def block_action(user_id: str, action_id: str, value: str, response_url: str) ->
         "state": {"values": {}},
     }
     return urlencode({"payload": json.dumps(payload)})
+
+
+def app_home_opened(user_id: str, tab: str = "home") -> str:
+    """An Events API envelope for `app_home_opened`, as JSON."""
+    return json.dumps(
+        {
+            "token": "gIkuvaNzQIHg97ATvDxqgjtO",
+            "team_id": "T0WA0ACCESS",
+            "api_app_id": "A0WAACCESS",
+            "event": {
+                "type": "app_home_opened",
+                "user": user_id,
+                "channel": "D0WAHOME1",
+                "tab": tab,
+                "event_ts": "1795000002.000300",
+            },
+            "type": "event_callback",
+            "event_id": "Ev0WAHOME01",
+            "event_time": 1795000002,
+        }
+    )

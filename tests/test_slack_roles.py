@@ -357,3 +357,36 @@ def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
     assert (ALICE, "agent", "*") in live_grants(db, ALICE)
     again = click(app, slack, ADMIN, "wa_access_deny", request_id, name="again")
     assert "already approved" in again["text"]
+
+
+def test_app_home_shows_roles_2fa_and_requests_waiting_for_an_approver(
+    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock
+) -> None:
+    from .slack_requests import app_home_opened
+
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+        audit_channel="C0WAAUDIT",
+    )
+    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support --number +15550001111")
+    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
+    command(app, slack, ALICE, "request agent --number +15550001111 --for 4h --reason cover")
+
+    def home(user: str) -> str:
+        body = app_home_opened(user)
+        headers = {**signed_headers(body), "Content-Type": "application/json"}
+        assert app.post("/slack/events", data=body, headers=headers).status_code == 200
+        published = slack.named("views.publish")[-1].body
+        assert published["user_id"] == user
+        view = published["view"]
+        return view if isinstance(view, str) else json.dumps(view)
+
+    alice = home(ALICE)
+    assert "*support* in +15550001111" in alice and "Your pending requests" in alice
+    assert "2FA: off" in alice and "Waiting for your decision" not in alice
+    admin = home(ADMIN)
+    assert "Waiting for your decision" in admin and "wa_access_approve" in admin
