@@ -19,6 +19,8 @@ from handlers.slack_access import register as register_access
 from handlers.slack_home import register as register_home
 from handlers.slack_roles import SlackDirectory
 from handlers.slack_roles import register as register_roles
+from handlers.slack_stepup import register as register_stepup
+from handlers.slack_twofa import alert_lockout
 from handlers.slack_twofa import register as register_twofa
 
 from .runtime import Runtime
@@ -49,4 +51,15 @@ def build_slack_app(runtime: Runtime) -> App:
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
     register_access(app, runtime.gate, client)
     register_home(app, runtime.gate, client)
+    register_stepup(
+        app,
+        runtime.gate,
+        {
+            "/wa-role": lambda actor, text: runtime.roles.handle(
+                actor, "slack", text, directory.lookup_new
+            ),
+            "/wa-2fa": lambda actor, text: runtime.twofa.handle(actor, "slack", text),
+        },
+        lambda actor: alert_lockout(client, settings.alert_channel, actor),
+    )
     return app

@@ -24,6 +24,7 @@ from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
 from .slack_access import post_request
 from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, escape, message
+from .slack_stepup import open_code_modal
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,22 @@ def notify_role_change(
         log.error("could not post the role change to %s", channel)
 
 
+STEP_UP_PROMPT = "This is a sensitive action: enter a 2FA code in the window that opened."
+
+
+def ask_for_code(client: WebClient, command: dict[str, Any], reply: Reply) -> bool:
+    """Open the 2FA modal when the gate asked for step-up; False to answer in text instead."""
+    if reply.outcome is None or reply.outcome.status != "needs_2fa":
+        return False
+    return open_code_modal(
+        client,
+        str(command.get("trigger_id") or ""),
+        str(command.get("command") or ""),
+        command.get("text") or "",
+        str(command.get("response_url") or ""),
+    )
+
+
 def register(
     app: App,
     gate: Gate,
@@ -122,6 +139,9 @@ def register(
                 if problem:
                     reply = Reply("text", f"{reply.text}\n{problem}", outcome=outcome)
             users = _users(reply, actor) | mentioned_users(command.get("text") or "")
+            if ask_for_code(directory.client, command, reply):
+                ack(response_type="ephemeral", text=STEP_UP_PROMPT)
+                return
             ack(**message(reply, users))
         except Exception:
             log.exception("/wa-role failed")

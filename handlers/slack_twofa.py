@@ -10,7 +10,7 @@ from slack_sdk import WebClient
 
 from .role_command import Reply
 from .slack_blocks import escape, message
-from .slack_roles import TROUBLE, SlackDirectory
+from .slack_roles import STEP_UP_PROMPT, TROUBLE, SlackDirectory, ask_for_code
 from .twofa_command import TwoFactorCommand
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,10 @@ def register(
             if "uri" in reply.data:
                 reply = _send_secret(client, actor, reply)
             if reply.outcome is not None and reply.outcome.error_code == "2fa_locked_now":
-                _alert(client, alert_channel, actor)
+                alert_lockout(client, alert_channel, actor)
+            if ask_for_code(client, command, reply):
+                ack(response_type="ephemeral", text=STEP_UP_PROMPT)
+                return
             ack(**message(reply, {actor}))
         except Exception:
             log.exception("/wa-2fa failed")
@@ -75,7 +78,7 @@ def _send_secret(client: WebClient, actor: str, reply: Reply) -> Reply:
     )
 
 
-def _alert(client: WebClient, channel: str | None, actor: str) -> None:
+def alert_lockout(client: WebClient, channel: str | None, actor: str) -> None:
     if not channel:
         log.warning("2FA locked for %s after repeated wrong codes (no WA_ALERT_CHANNEL)", actor)
         return

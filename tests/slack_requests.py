@@ -100,3 +100,30 @@ def app_home_opened(user_id: str, tab: str = "home") -> str:
             "event_time": 1795000002,
         }
     )
+
+
+def view_submission(
+    user_id: str, callback_id: str, private_metadata: str, values: dict[str, dict[str, Any]]
+) -> str:
+    """A modal submitted by `user_id`, as the `payload=` Slack sends."""
+    payload = {
+        "type": "view_submission",
+        "team": {"id": "T0WA0ACCESS", "domain": "wa-team"},
+        "user": {"id": user_id, "username": user_id.lower(), "team_id": "T0WA0ACCESS"},
+        "api_app_id": "A0WAACCESS",
+        "token": "gIkuvaNzQIHg97ATvDxqgjtO",
+        "trigger_id": "13345224609.738474920.8088930838d88f008e0",
+        "view": {
+            "id": "V0WAMODAL1",
+            "team_id": "T0WA0ACCESS",
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": private_metadata,
+            "state": {"values": values},
+            "hash": "156772938.1827394",
+            "title": {"type": "plain_text", "text": "Verify with 2FA"},
+        },
+        "response_urls": [],
+        "is_enterprise_install": False,
+    }
+    return urlencode({"payload": json.dumps(payload)})

@@ -390,3 +390,46 @@ def test_app_home_shows_roles_2fa_and_requests_waiting_for_an_approver(
     assert "2FA: off" in alice and "Waiting for your decision" not in alice
     admin = home(ADMIN)
     assert "Waiting for your decision" in admin and "wa_access_approve" in admin
+
+
+def test_a_sensitive_command_asks_for_a_code_in_a_modal_then_carries_on(
+    client_2fa: FlaskClient, slack: FakeSlack, clock: ManualClock, db: Database
+) -> None:
+    import pyotp
+
+    from rbac_core.clock import utcnow
+
+    from .helpers import give_2fa
+    from .slack_requests import view_submission
+
+    command(client_2fa, slack, ADMIN, "enroll", "/wa-2fa")
+    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
+    totp = pyotp.TOTP(secret)
+    command(client_2fa, slack, ADMIN, f"verify {totp.at(clock())}", "/wa-2fa")
+    give_2fa(db, ALICE, utcnow(clock))
+    clock.advance(11 * 60)
+    asked = command(client_2fa, slack, ADMIN, f"assign <@{ALICE}> developer")
+    assert "enter a 2FA code" in asked["text"]
+    modal = slack.named("views.open")[-1].body["view"]
+    modal = json.loads(modal) if isinstance(modal, str) else modal
+    meta = modal["private_metadata"]
+
+    def submit(code: str) -> Any:
+        body = view_submission(
+            ADMIN,
+            "wa_stepup",
+            meta,
+            {"code": {"code": {"type": "plain_text_input", "value": code}}},
+        )
+        return post(client_2fa, body)
+
+    wrong = submit("000000" if totp.at(clock()) != "000000" else "111111")
+    assert wrong.status_code == 200 and json.loads(wrong.data)["response_action"] == "errors"
+    right = submit(totp.at(clock()))
+    assert right.status_code == 200 and not right.data.strip()
+    follow_up = slack.responses()[-1]
+    assert "Please confirm: assign developer to" in follow_up["text"]
+    pending = next(b for b in follow_up["blocks"] if b["type"] == "actions")["elements"][0]
+    done = click(client_2fa, slack, ADMIN, "wa_confirm", pending["value"], name="r9")
+    assert "Assigned developer" in done["text"]
+    assert (ALICE, "developer", "*") in live_grants(db, ALICE)
