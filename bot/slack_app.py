@@ -16,6 +16,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 
 from handlers.slack_access import register as register_access
+from handlers.slack_access import register_request_form
 from handlers.slack_home import register as register_home
 from handlers.slack_roles import SlackDirectory
 from handlers.slack_roles import register as register_roles
@@ -50,6 +51,7 @@ def build_slack_app(runtime: Runtime) -> App:
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
     register_access(app, runtime.gate, client)
+    register_request_form(app, runtime.gate, client, settings.audit_channel)
     register_home(app, runtime.gate, client)
     register_stepup(
         app,

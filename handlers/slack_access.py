@@ -5,12 +5,14 @@ Every click runs the gate again: the button's value is only an id, never authori
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
+from slack_sdk.webhook import WebhookClient
 
 from rbac_core import Gate, Outcome
 
@@ -125,3 +127,162 @@ def _tell_requester(client: WebClient, data: Mapping[str, Any], approved: bool, 
         client.chat_postMessage(channel=data["requester"], text=text)
     except Exception:
         log.error("could not tell %s about their request", data["requester"])
+
+
+REQUEST_BUTTON = "wa_request_access"
+REQUEST_VIEW = "wa_request_access_view"
+
+
+def request_button(permission: str, scope: str) -> dict[str, Any]:
+    """The "Request access" button offered under a denial explained by `why`."""
+    return {
+        "type": "actions",
+        "block_id": "wa_request_access",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": REQUEST_BUTTON,
+                "text": {"type": "plain_text", "text": "Request access"},
+                "value": json.dumps({"permission": permission, "scope": scope}),
+            }
+        ],
+    }
+
+
+def request_modal(
+    gate: Gate, permission: str, scope: str, response_url: str
+) -> dict[str, Any] | None:
+    """A form to ask for a role that carries `permission`; None if no role does."""
+    policy = gate.policy()
+    roles = sorted(
+        (r for r in policy.roles if permission in policy.permissions_of_role(r)),
+        key=lambda r: (len(policy.permissions_of_role(r)), r),
+    )[:100]
+    if not roles:
+        return None
+    where = "the whole workspace" if scope == "*" else scope
+    return {
+        "type": "modal",
+        "callback_id": REQUEST_VIEW,
+        "private_metadata": json.dumps({"scope": scope, "response_url": response_url}),
+        "title": {"type": "plain_text", "text": "Request access"},
+        "submit": {"type": "plain_text", "text": "Ask approvers"},
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": (
+                        f"Roles that allow `{escape(permission)}`, smallest first, for {where}."
+                    ),
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "role",
+                "label": {"type": "plain_text", "text": "Role"},
+                "element": {
+                    "type": "static_select",
+                    "action_id": "role",
+                    "initial_option": _option(roles[0]),
+                    "options": [_option(r) for r in roles],
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "for",
+                "label": {"type": "plain_text", "text": "For how long (e.g. 4h, 2d)"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "for",
+                    "initial_value": "4h",
+                    "max_length": 8,
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "reason",
+                "label": {"type": "plain_text", "text": "Why"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "reason",
+                    "multiline": True,
+                    "max_length": 500,
+                },
+            },
+        ],
+    }
+
+
+def _option(role: str) -> dict[str, Any]:
+    return {"text": {"type": "plain_text", "text": role[:75]}, "value": role}
+
+
+def register_request_form(
+    app: App, gate: Gate, client: WebClient, audit_channel: str | None
+) -> None:
+    @app.action(REQUEST_BUTTON)
+    def on_request_button(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        try:
+            wanted = json.loads((body.get("actions") or [{}])[0].get("value") or "{}")
+            view = request_modal(
+                gate,
+                str(wanted.get("permission")),
+                str(wanted.get("scope") or "*"),
+                str(body.get("response_url") or ""),
+            )
+            if view is None:
+                respond(replace_original=False, text="No role carries that permission.")
+                return
+            client.views_open(trigger_id=body.get("trigger_id"), view=view)
+        except Exception:
+            log.exception("could not open the request form")
+            respond(
+                replace_original=False,
+                text="I could not open the request form; use "
+                "`/wa-role request ROLE --for 4h --reason TEXT`.",
+            )
+
+    @app.view(REQUEST_VIEW)
+    def on_request_form(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        actor = body.get("user", {}).get("id", "")
+        values = view.get("state", {}).get("values", {})
+
+        def value(block: str) -> str:
+            field = values.get(block, {}).get(block, {})
+            selected = field.get("selected_option") or {}
+            return str(selected.get("value") or field.get("value") or "")
+
+        meta = json.loads(view.get("private_metadata") or "{}")
+        params = {
+            "role": value("role"),
+            "for": value("for"),
+            "reason": value("reason"),
+            "number": meta.get("scope"),
+        }
+        try:
+            outcome = gate.submit(actor, "slack", "access.request", params)
+        except Exception:
+            log.exception("access request form failed")
+            ack(response_action="errors", errors={"reason": "Something went wrong; try again."})
+            return
+        if not outcome.ok:
+            field = (
+                "for"
+                if "duration" in outcome.message or "--for" in outcome.message
+                else ("reason" if "--reason" in outcome.message else "role")
+            )
+            ack(response_action="errors", errors={field: outcome.message[:150]})
+            return
+        ack()
+        problem = post_request(client, audit_channel, outcome)
+        if meta.get("response_url"):
+            try:
+                WebhookClient(str(meta["response_url"]), timeout=5).send(
+                    text=outcome.message + (f"\n{problem}" if problem else ""),
+                    replace_original=False,
+                    response_type="ephemeral",
+                )
+            except Exception:
+                log.error("could not confirm the access request to %s", actor)

@@ -22,7 +22,7 @@ from rbac_core.models import User
 
 from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
-from .slack_access import post_request
+from .slack_access import post_request, request_button
 from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, escape, message
 from .slack_stepup import open_code_modal
 
@@ -142,7 +142,13 @@ def register(
             if ask_for_code(directory.client, command, reply):
                 ack(response_type="ephemeral", text=STEP_UP_PROMPT)
                 return
-            ack(**message(reply, users))
+            answer = message(reply, users)
+            denied_self = reply.data.get("allowed") is False and reply.data.get("user") == actor
+            if outcome is not None and outcome.action == "role.why" and denied_self:
+                answer["blocks"].append(
+                    request_button(str(reply.data["permission"]), str(reply.data["scope"]))
+                )
+            ack(**answer)
         except Exception:
             log.exception("/wa-role failed")
             ack(response_type="ephemeral", text=TROUBLE)

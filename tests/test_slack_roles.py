@@ -433,3 +433,46 @@ def test_a_sensitive_command_asks_for_a_code_in_a_modal_then_carries_on(
     done = click(client_2fa, slack, ADMIN, "wa_confirm", pending["value"], name="r9")
     assert "Assigned developer" in done["text"]
     assert (ALICE, "developer", "*") in live_grants(db, ALICE)
+
+
+def test_a_denial_explained_by_why_offers_a_request_access_form(
+    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock, db: Database
+) -> None:
+    from .slack_requests import view_submission
+
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+        audit_channel="C0WAAUDIT",
+    )
+    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
+    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
+    why = command(app, slack, ALICE, f"why <@{ALICE}> messages:send_text")
+    assert "may not use messages:send_text" in why["text"]
+    button = next(b for b in why["blocks"] if b["type"] == "actions")["elements"][0]
+    assert button["action_id"] == "wa_request_access"
+    post(app, block_action(ALICE, "wa_request_access", button["value"], slack.response_url("w")))
+    form = slack.named("views.open")[-1].body["view"]
+    form = json.loads(form) if isinstance(form, str) else form
+    roles = [o["value"] for o in form["blocks"][1]["element"]["options"]]
+    assert roles[0] == "agent" and "admin" in roles and "support" not in roles
+    values = {
+        "role": {"role": {"type": "static_select", "selected_option": {"value": "agent"}}},
+        "for": {"for": {"type": "plain_text_input", "value": "forever"}},
+        "reason": {"reason": {"type": "plain_text_input", "value": "night shift"}},
+    }
+    bad = post(
+        app, view_submission(ALICE, "wa_request_access_view", form["private_metadata"], values)
+    )
+    assert json.loads(bad.data)["errors"]["for"].startswith("'forever' is not a duration")
+    values["for"]["for"]["value"] = "4h"
+    good = post(
+        app, view_submission(ALICE, "wa_request_access_view", form["private_metadata"], values)
+    )
+    assert good.status_code == 200 and not good.data.strip()
+    posts = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
+    assert any("asks for *agent*" in p["text"] for p in posts)
+    assert "Asked for agent" in slack.responses()[-1]["text"]
