@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
+import segno
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
@@ -47,8 +49,9 @@ def _send_secret(client: WebClient, actor: str, reply: Reply) -> Reply:
     uri = str(reply.data["uri"])
     secret = str(reply.data["secret"])
     try:
+        dm = client.conversations_open(users=actor)["channel"]["id"]
         client.chat_postMessage(
-            channel=actor,
+            channel=dm,
             text="Your wa-access 2FA secret (shown once)",
             blocks=[
                 {
@@ -73,9 +76,25 @@ def _send_secret(client: WebClient, actor: str, reply: Reply) -> Reply:
             "I could not send you a DM with your 2FA secret; open a DM with "
             "wa-access and run `/wa-2fa enroll` again.",
         )
+    try:
+        client.files_upload_v2(
+            channel=dm,
+            content=qr_png(uri),
+            filename="wa-access-2fa.png",
+            title="Scan with your authenticator app",
+        )
+    except Exception:  # the key and link above still work without the picture
+        log.warning("could not upload the 2FA QR code for %s", actor)
     return Reply(
         "text", "I sent you a DM with your 2FA secret. " + reply.text, outcome=reply.outcome
     )
+
+
+def qr_png(uri: str) -> bytes:
+    """The otpauth URI as a QR code image (segno: pure Python, no image library)."""
+    buffer = io.BytesIO()
+    segno.make(uri, error="m").save(buffer, kind="png", scale=6, border=4)
+    return buffer.getvalue()
 
 
 def alert_lockout(client: WebClient, channel: str | None, actor: str) -> None:

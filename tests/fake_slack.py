@@ -39,7 +39,16 @@ class FakeSlack:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode("utf-8")
+                data = self.rfile.read(length)
+                if self.path.startswith("/upload/"):  # a files.getUploadURLExternal URL
+                    fake.calls.append(
+                        Call(self.path.strip("/"), {"content": data}, dict(self.headers))
+                    )
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(b"OK")
+                    return
+                raw = data.decode("utf-8")
                 if self.headers.get("Content-Type", "").startswith("application/json"):
                     body = json.loads(raw or "{}")
                 else:
@@ -93,6 +102,16 @@ class FakeSlack:
             return {"ok": True, "user": user}
         if method.startswith("response/"):
             return {"ok": True}
+        if method == "conversations.open":
+            return {"ok": True, "channel": {"id": "D" + str(body.get("users", "X"))[1:]}}
+        if method == "files.getUploadURLExternal":
+            return {
+                "ok": True,
+                "upload_url": f"{self.base}/upload/F0QRCODE1",
+                "file_id": "F0QRCODE1",
+            }
+        if method == "files.completeUploadExternal":
+            return {"ok": True, "files": [{"id": "F0QRCODE1", "title": "QR"}]}
         return {"ok": True}
 
     def add_user(self, user_id: str, name: str, *, deleted: bool = False) -> None:

@@ -262,7 +262,11 @@ def test_2fa_enrolment_sends_the_secret_by_dm_only(
     reply = command(client_2fa, slack, ALICE, "enroll", "/wa-2fa")
     assert "I sent you a DM" in reply["text"]
     dm = slack.named("chat.postMessage")[-1].body
-    assert dm["channel"] == ALICE
+    opened = slack.named("conversations.open")[-1].body
+    assert opened["users"] == ALICE and dm["channel"] == "D0ALICE01"
+    png = next(c for c in slack.calls if c.method.startswith("upload/")).body["content"]
+    assert png.startswith(b"\x89PNG")  # the QR code, uploaded to the same DM
+    assert slack.named("files.completeUploadExternal")[-1].body["channel_id"] == "D0ALICE01"
     secret = dm["blocks"][0]["text"]["text"].split("`")[1]
     assert secret not in json.dumps(reply)
     code = pyotp.TOTP(secret).at(clock())
