@@ -31,7 +31,7 @@ _STATUS = Path("/proc/self/status")
 
 
 def _status_kib(field: str) -> float | None:
-    """A `VmXXX:` line of /proc/self/status in KiB, or None where there is no procfs."""
+    """A `Vm…:` line of /proc/self/status in KiB, or None where there is no procfs."""
     try:
         for line in _STATUS.read_text().splitlines():
             if line.startswith(field + ":"):

@@ -130,9 +130,16 @@ class Reply:
         return 1 if self.kind == "error" else 0
 
 
-class RoleCommand:
-    def __init__(self, gate: Gate) -> None:
+class SlashCommand:
+    """One slash command: its grammar, its help, and the gate behind every subcommand."""
+
+    def __init__(
+        self, gate: Gate, command: str, subcommands: tuple[Subcommand, ...], title: str
+    ) -> None:
         self.gate = gate
+        self.command = command
+        self.subcommands = subcommands
+        self.title = title
 
     def handle(
         self,
@@ -147,7 +154,7 @@ class RoleCommand:
         asks users.info) before the gate checks they exist.
         """
         try:
-            parsed = parse(COMMAND, text, SUBCOMMANDS)
+            parsed = parse(self.command, text, self.subcommands)
         except UsageError as exc:
             return Reply("usage", exc.render())
         if parsed is None:
@@ -160,12 +167,17 @@ class RoleCommand:
     def help(self, actor: str) -> str:
         """Only what the caller may do (SPEC §5): a denied subcommand is not listed."""
         policy = self.gate.policy()
-        lines = ["*/wa-role* — who may do what in the WhatsApp workspace"]
-        for sub in SUBCOMMANDS:
+        lines = [f"*{self.command}* — {self.title}"]
+        for sub in self.subcommands:
             if sub.permission is None or allowed_somewhere(policy, actor, sub.permission):
                 lines.append(f"• `{sub.usage}` — {sub.summary}")
-        lines.append("• `/wa-role help` — this list")
+        lines.append(f"• `{self.command} help` — this list")
         return "\n".join(lines)
+
+
+class RoleCommand(SlashCommand):
+    def __init__(self, gate: Gate) -> None:
+        super().__init__(gate, COMMAND, SUBCOMMANDS, "who may do what in the WhatsApp workspace")
 
 
 def allowed_somewhere(policy: Any, actor: str, permission: str) -> bool:

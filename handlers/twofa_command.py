@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rbac_core import Gate
 
-from .grammar import Subcommand, UsageError, parse
-from .role_command import Reply, allowed_somewhere, reply_for
+from .grammar import Subcommand
+from .role_command import SlashCommand
 
 COMMAND = "/wa-2fa"
 
@@ -30,24 +30,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
 )
 
 
-class TwoFactorCommand:
+class TwoFactorCommand(SlashCommand):
     def __init__(self, gate: Gate) -> None:
-        self.gate = gate
-
-    def handle(self, actor: str, surface: str, text: str) -> Reply:
-        try:
-            parsed = parse(COMMAND, text, SUBCOMMANDS)
-        except UsageError as exc:
-            return Reply("usage", exc.render())
-        if parsed is None:
-            return Reply("text", self.help(actor))
-        outcome = self.gate.submit(actor, surface, parsed.subcommand.action, parsed.params)
-        return reply_for(outcome, parsed.subcommand.usage)
-
-    def help(self, actor: str) -> str:
-        policy = self.gate.policy()
-        lines = ["*/wa-2fa* — two-factor authentication with an authenticator app"]
-        for sub in SUBCOMMANDS:
-            if sub.permission is None or allowed_somewhere(policy, actor, sub.permission):
-                lines.append(f"• `{sub.usage}` — {sub.summary}")
-        return "\n".join(lines)
+        super().__init__(
+            gate, COMMAND, SUBCOMMANDS, "two-factor authentication with an authenticator app"
+        )

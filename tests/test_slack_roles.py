@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,15 +33,27 @@ def slack() -> Iterator[FakeSlack]:
 
 
 @pytest.fixture
-def client(db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock) -> FlaskClient:
-    settings = Settings(
-        database_url=db_url,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_bot_token="xoxb-0000-test",
-        slack_api_url=slack.url,
-    )
-    runtime = build_runtime(settings, clock=clock)
-    return create_app(runtime).test_client()
+def make_app(
+    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock
+) -> Callable[..., FlaskClient]:
+    """The real app against the fake Slack; keyword arguments override settings."""
+
+    def build(**overrides: Any) -> FlaskClient:
+        settings = Settings(
+            database_url=db_url,
+            slack_signing_secret=SIGNING_SECRET,
+            slack_bot_token="xoxb-0000-test",
+            slack_api_url=slack.url,
+            **overrides,
+        )
+        return create_app(build_runtime(settings, clock=clock)).test_client()
+
+    return build
+
+
+@pytest.fixture
+def client(make_app: Callable[..., FlaskClient]) -> FlaskClient:
+    return make_app()
 
 
 def post(client: FlaskClient, body: str, **header_overrides: Any) -> Any:
@@ -233,18 +245,8 @@ def test_ssl_checks_are_acknowledged(client: FlaskClient) -> None:
 
 
 @pytest.fixture
-def client_2fa(
-    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock
-) -> FlaskClient:
-    settings = Settings(
-        database_url=db_url,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_bot_token="xoxb-0000-test",
-        slack_api_url=slack.url,
-        secret_key="s" * 40,
-        alert_channel="C0SECURITY",
-    )
-    return create_app(build_runtime(settings, clock=clock)).test_client()
+def client_2fa(make_app: Callable[..., FlaskClient]) -> FlaskClient:
+    return make_app(secret_key="s" * 40, alert_channel="C0SECURITY")
 
 
 def test_2fa_enrolment_sends_the_secret_by_dm_only(
@@ -300,16 +302,9 @@ def test_the_fifth_wrong_code_locks_and_alerts_security(
 
 
 def test_role_changes_are_posted_to_the_audit_channel(
-    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock
+    make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock
 ) -> None:
-    settings = Settings(
-        database_url=db_url,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_bot_token="xoxb-0000-test",
-        slack_api_url=slack.url,
-        audit_channel="C0WAAUDIT",
-    )
-    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    app = make_app(audit_channel="C0WAAUDIT")
     reply = command(
         app,
         slack,
@@ -329,16 +324,9 @@ def test_role_changes_are_posted_to_the_audit_channel(
 
 
 def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
-    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock, db: Database
+    make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock, db: Database
 ) -> None:
-    settings = Settings(
-        database_url=db_url,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_bot_token="xoxb-0000-test",
-        slack_api_url=slack.url,
-        audit_channel="C0WAAUDIT",
-    )
-    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    app = make_app(audit_channel="C0WAAUDIT")
     reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
     click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
     asked = command(app, slack, ALICE, "request agent --for 4h --reason covering the night shift")
@@ -364,18 +352,11 @@ def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
 
 
 def test_app_home_shows_roles_2fa_and_requests_waiting_for_an_approver(
-    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock
+    make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock
 ) -> None:
     from .slack_requests import app_home_opened
 
-    settings = Settings(
-        database_url=db_url,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_bot_token="xoxb-0000-test",
-        slack_api_url=slack.url,
-        audit_channel="C0WAAUDIT",
-    )
-    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    app = make_app(audit_channel="C0WAAUDIT")
     reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support --number +15550001111")
     click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
     command(app, slack, ALICE, "request agent --number +15550001111 --for 4h --reason cover")
@@ -440,18 +421,11 @@ def test_a_sensitive_command_asks_for_a_code_in_a_modal_then_carries_on(
 
 
 def test_a_denial_explained_by_why_offers_a_request_access_form(
-    db_url: str, slack: FakeSlack, team: dict[str, str], clock: ManualClock, db: Database
+    make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock, db: Database
 ) -> None:
     from .slack_requests import view_submission
 
-    settings = Settings(
-        database_url=db_url,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_bot_token="xoxb-0000-test",
-        slack_api_url=slack.url,
-        audit_channel="C0WAAUDIT",
-    )
-    app = create_app(build_runtime(settings, clock=clock)).test_client()
+    app = make_app(audit_channel="C0WAAUDIT")
     reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
     click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
     why = command(app, slack, ALICE, f"why <@{ALICE}> messages:send_text")
