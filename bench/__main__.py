@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from . import audit_chain, decisions
+from . import audit_chain, decisions, slack_roundtrip
 from .report import say
 
 DEFAULT_SEED = 20_241_124
@@ -51,10 +51,14 @@ def header(args: argparse.Namespace) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="smaller sizes for a smoke run (20,000 audit entries)"
+        "--quick",
+        action="store_true",
+        help="smaller sizes for a smoke run (20,000 audit entries, 1 s load windows)",
     )
     parser.add_argument(
-        "--only", choices=("decisions", "audit"), help="run one benchmark instead of both"
+        "--only",
+        choices=("decisions", "audit", "slack"),
+        help="run one benchmark instead of all three",
     )
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help="random seed of the decision workload"
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         decisions.run(quick=args.quick, seed=args.seed)
     if args.only in (None, "audit"):
         audit_chain.run(quick=args.quick)
+    if args.only in (None, "slack"):
+        slack_roundtrip.run(quick=args.quick)
     return 0
 
 

@@ -3,9 +3,10 @@
 `process_before_response=True`: every listener finishes its work (one gate
 call, a few milliseconds) before the HTTP answer, and the answer carries the
 reply. Bolt's default instead hands listeners to a thread pool and polls for
-`ack()` in 10 ms sleeps, which measured here at 0.04x the throughput of a
-bare Flask endpoint against about 0.48x for this mode; with replies that cheap
-there is nothing to gain from answering first, and much to lose under load.
+`ack()` in 10 ms sleeps, which shared/PROTOCOLS.md measured at 0.04x the
+throughput of a bare Flask endpoint against about 0.48x for this mode; with
+replies this cheap there is nothing to gain from answering first, and much to
+lose under load. (`python -m bench --only slack` measures the whole round trip.)
 """
 
 from __future__ import annotations

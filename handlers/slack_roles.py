@@ -38,11 +38,17 @@ class SlackDirectory:
         self.db = db
         self.client = client
         self.clock = clock
+        self._known: set[str] = set()
 
     def ensure(self, user_id: str, name: str | None = None) -> None:
+        # Users are never deleted (only deactivated), so once seen they need no
+        # database round trip, and above all no write lock, on later commands.
+        if user_id in self._known:
+            return
         with self.db.write() as session:
             if session.get(User, user_id) is None:
                 ensure_user(session, user_id, utcnow(self.clock), name)
+        self._known.add(user_id)
 
     def lookup_new(self, params: Mapping[str, object]) -> None:
         """Register the command's target if Slack knows them; otherwise the gate will
