@@ -25,6 +25,30 @@ APPROVE_ACTION = "wa_access_approve"
 DENY_ACTION = "wa_access_deny"
 
 
+def decision_buttons(request_id: str) -> dict[str, Any]:
+    """Approve / Deny for one request: the value is only an id, never authority."""
+    return {
+        "type": "actions",
+        "block_id": f"wa_access_request_{request_id}"[:255],
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION,
+                "style": "primary",
+                "text": {"type": "plain_text", "text": "Approve"},
+                "value": request_id,
+            },
+            {
+                "type": "button",
+                "action_id": DENY_ACTION,
+                "style": "danger",
+                "text": {"type": "plain_text", "text": "Deny"},
+                "value": request_id,
+            },
+        ],
+    }
+
+
 def request_message(data: Mapping[str, Any]) -> dict[str, Any]:
     """The approvers' view of a request: who, what, where, how long, why, and two buttons."""
     scope = data["scope"]
@@ -37,26 +61,7 @@ def request_message(data: Mapping[str, Any]) -> dict[str, Any]:
         "text": text,
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {
-                "type": "actions",
-                "block_id": "wa_access_request",
-                "elements": [
-                    {
-                        "type": "button",
-                        "action_id": APPROVE_ACTION,
-                        "style": "primary",
-                        "text": {"type": "plain_text", "text": "Approve"},
-                        "value": data["request_id"],
-                    },
-                    {
-                        "type": "button",
-                        "action_id": DENY_ACTION,
-                        "style": "danger",
-                        "text": {"type": "plain_text", "text": "Deny"},
-                        "value": data["request_id"],
-                    },
-                ],
-            },
+            decision_buttons(data["request_id"]),
         ],
     }
 

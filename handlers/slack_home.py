@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 
 from rbac_core import Gate
 
-from .slack_access import APPROVE_ACTION, DENY_ACTION
+from .slack_access import decision_buttons
 from .slack_blocks import escape
 
 log = logging.getLogger(__name__)
@@ -74,27 +74,7 @@ def home_view(gate: Gate, user: str) -> dict[str, Any]:
                     f"{r['for']}. Reason: {escape(r['reason'])}"
                 )
             )
-            blocks.append(
-                {
-                    "type": "actions",
-                    "elements": [
-                        {
-                            "type": "button",
-                            "action_id": APPROVE_ACTION,
-                            "style": "primary",
-                            "text": {"type": "plain_text", "text": "Approve"},
-                            "value": r["request_id"],
-                        },
-                        {
-                            "type": "button",
-                            "action_id": DENY_ACTION,
-                            "style": "danger",
-                            "text": {"type": "plain_text", "text": "Deny"},
-                            "value": r["request_id"],
-                        },
-                    ],
-                }
-            )
+            blocks.append(decision_buttons(r["request_id"]))
     return {"type": "home", "blocks": blocks[:100]}
 
 

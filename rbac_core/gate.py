@@ -286,6 +286,21 @@ class Gate:
         if pending_id:
             base["pending_id"] = pending_id
 
+        def record(
+            verdict: Literal["allow", "deny"],
+            target: str,
+            outcome: str,
+            decision: Decision | None,
+            extra: Mapping[str, Any],
+        ) -> int:
+            """Audit this step: the request's params, the decision's reason, and `extra`."""
+            details = {**base, **extra}
+            if decision is not None:
+                details["reason"] = decision.reason
+            return self._audit(
+                ctx.session, ctx.actor, ctx.surface, name, target, verdict, outcome, details
+            )
+
         def stop(
             status: Status,
             message: str,
@@ -295,14 +310,7 @@ class Gate:
             decision: Decision | None = None,
             code: str | None = None,
         ) -> Outcome:
-            details = dict(base)
-            if decision is not None:
-                details["reason"] = decision.reason
-            if code:
-                details["error"] = code
-            seq = self._audit(
-                ctx.session, ctx.actor, ctx.surface, name, target, "deny", outcome, details
-            )
+            seq = record("deny", target, outcome, decision, {"error": code} if code else {})
             return Outcome(status, name, message, decision=decision, error_code=code, audit_seq=seq)
 
         try:
@@ -376,19 +384,7 @@ class Gate:
 
         if handler.risky and not confirmed:
             pending = self._create_pending(ctx, handler, prepared)
-            details = {**base, "pending_id": pending.id}
-            if decision is not None:
-                details["reason"] = decision.reason
-            seq = self._audit(
-                ctx.session,
-                ctx.actor,
-                ctx.surface,
-                name,
-                prepared.target,
-                "allow",
-                "pending",
-                details,
-            )
+            seq = record("allow", prepared.target, "pending", decision, {"pending_id": pending.id})
             return Outcome(
                 "needs_confirmation",
                 name,
@@ -422,21 +418,9 @@ class Gate:
                 code="internal_error",
                 decision=decision,
             )
-        details = {**base, **result.details}
-        if decision is not None:
-            details["reason"] = decision.reason
         if result.refusal is not None:
-            details["error"] = result.refusal
-            seq = self._audit(
-                ctx.session,
-                ctx.actor,
-                ctx.surface,
-                name,
-                prepared.target,
-                "deny",
-                "refused",
-                details,
-            )
+            extra = {**result.details, "error": result.refusal}
+            seq = record("deny", prepared.target, "refused", decision, extra)
             return Outcome(
                 "refused",
                 name,
@@ -447,9 +431,7 @@ class Gate:
                 audit_seq=seq,
                 pending_id=pending_id,
             )
-        seq = self._audit(
-            ctx.session, ctx.actor, ctx.surface, name, prepared.target, "allow", "done", details
-        )
+        seq = record("allow", prepared.target, "done", decision, result.details)
         return Outcome(
             "done",
             name,
