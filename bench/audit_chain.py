@@ -103,8 +103,8 @@ def _append_singles(db: Database, factory: EntryFactory, start: int, n: int) -> 
     for i in range(start, start + n):
         entry = factory.make(i)
         begin = clock()
-        with db.write() as session:
-            audit.append(session, [entry])
+        with db.transaction(write=True) as txn:
+            audit.append(txn, [entry])
         latencies.append(clock() - begin)
     total_s = sum(latencies) / 1e9
     say(
@@ -123,8 +123,8 @@ def _fill(db: Database, factory: EntryFactory, start: int, stop: int, batch: int
     while i < stop:
         entries = [factory.make(j) for j in range(i, min(i + batch, stop))]
         begin = clock()
-        with db.write() as session:
-            audit.append(session, entries)
+        with db.transaction(write=True) as txn:
+            audit.append(txn, entries)
         spent += clock() - begin
         i += len(entries)
     wall_s = (clock() - wall) / 1e9

@@ -188,6 +188,7 @@ class PendingRequestsAction(Action):
     """What is waiting: your own open requests and, for approvers, those you may decide."""
 
     name = "access.pending"
+    read_only = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         return Prepared({}, None, "*", f"user:{ctx.actor}", "see pending access requests")

@@ -19,8 +19,8 @@ from typing import IO, Any, Literal, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
+from .db import Sql, Txn
 from .models import AuditEntry, AuditHead
 
 GENESIS_HASH = "0" * 64
@@ -143,25 +143,28 @@ def micros(moment: datetime | float) -> int:
 
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
-_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
-_INSERT = insert(_LOG)
-_MOVE_HEAD = (
+_LOCK_HEAD = Sql(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update())
+_INSERT = Sql(insert(_LOG).values({name: bindparam(name) for name in _COLUMNS}))
+_MOVE_HEAD = Sql(
     update(_HEAD)
     .where(_HEAD.c.id == 1)
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
 
 
-def append(session: Session, entries: Iterable[NewEntry]) -> list[int]:
+def append(txn: Txn, entries: Iterable[NewEntry]) -> list[int]:
     """Append entries in order inside the caller's transaction; returns their seqs.
 
     The head row is read FOR UPDATE, so concurrent appenders on PostgreSQL wait
     for each other; on SQLite the write transaction already excludes them.
-    Statements are built once at import and run on the session's connection:
-    the ORM's per-call overhead tripled the cost of the gate's audit step.
+    Every request appends at least once, so the statements are compiled once
+    and run on the DB-API cursor (`Txn.run`): through the ORM the audit step
+    cost three times as much as the decision it records.
     """
-    conn = session.connection()
-    head_seq, head_hash = conn.execute(_LOCK_HEAD).one()
+    head = txn.first(_LOCK_HEAD)
+    if head is None:
+        raise RuntimeError("the audit head row is missing: run `wa-access migrate`")
+    head_seq, head_hash = int(head[0]), str(head[1])
     rows: list[dict[str, Any]] = []
     prev = head_hash
     seq = head_seq
@@ -206,8 +209,11 @@ def append(session: Session, entries: Iterable[NewEntry]) -> list[int]:
         prev = digest
     if not rows:
         return []
-    conn.execute(_INSERT, rows)
-    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    if len(rows) == 1:
+        txn.run(_INSERT, rows[0])
+    else:
+        txn.run_many(_INSERT, rows)
+    txn.run(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
     return [r["seq"] for r in rows]
 
 

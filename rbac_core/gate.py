@@ -7,6 +7,12 @@ transaction as the decision. Execution runs inside a savepoint, so an action
 that fails half way leaves nothing behind but the audit entry saying it failed.
 Confirmation stores a pending action bound to its actor; confirming it runs
 the whole gate again, so a grant revoked in between refuses the confirmation.
+
+Read-only actions (`/wa-role show`, `list`, `why`, ...) run the same pipeline in
+a read-only transaction, then append their audit entry in a short write
+transaction of its own: on SQLite a write transaction holds the database's one
+write lock, and holding it across a read made every read wait for every other.
+If that append fails, the answer is never shown.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -26,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from . import audit
 from .clock import Clock, system_clock, utcnow
-from .db import Database
+from .db import Database, Txn
 from .directory import resolve_scope
 from .errors import InvalidInput, PermissionDenied, RbacError
 from .models import PendingAction
@@ -57,12 +63,19 @@ REDACTED = "[redacted]"
 class Context:
     """What an action may use while it runs: the open transaction and the policy."""
 
-    session: Session
+    txn: Txn
     policy: Policy
     actor: str
     surface: str
     now: datetime
     clock: Clock
+    deferred_audit: list[audit.NewEntry] | None = None
+    """Set for read-only actions: entries to append once the read transaction ends."""
+
+    @property
+    def session(self) -> Session:
+        """The ORM session of this transaction, made on first use."""
+        return self.txn.session
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,8 @@ class Action(ABC):
     name: str
     risky: bool = False
     mutates_policy: bool = False
+    read_only: bool = False
+    """Writes nothing but its audit entry; runs in a read-only transaction."""
     secret_params: frozenset[str] = frozenset()
     """Params never written to the audit log or a pending action (codes, keys)."""
 
@@ -159,6 +174,9 @@ class Gate:
     ) -> None:
         self.db = db
         self.actions = dict(actions)
+        for handler in self.actions.values():
+            if handler.read_only and (handler.risky or handler.mutates_policy):
+                raise ValueError(f"{handler.name} cannot be read-only and risky or mutating")
         self.clock = clock
         self.step_up: StepUp = step_up or NoStepUp()
         self.confirmation_ttl = confirmation_ttl
@@ -176,21 +194,37 @@ class Gate:
         handler = self._handler(action, surface)
         if not isinstance(params, Mapping):
             raise ValueError("params must be a mapping")
-        with self.db.write() as session:
-            ctx = self._context(session, _actor(actor), surface, handler)
+        if handler.read_only:
+            return self._submit_read_only(actor, surface, handler, params)
+        with self.db.transaction(write=True) as txn:
+            ctx = self._context(txn, _actor(actor), surface, handler)
             if ctx.actor != actor:
                 return self._invalid_actor(ctx, action)
             return self._run(ctx, handler, params, confirmed=False)
 
+    def _submit_read_only(
+        self, actor: str, surface: str, handler: Action, params: Mapping[str, Any]
+    ) -> Outcome:
+        with self.db.transaction(write=False) as txn:
+            ctx = self._context(txn, _actor(actor), surface, handler)
+            ctx.deferred_audit = []
+            if ctx.actor != actor:
+                outcome = self._invalid_actor(ctx, handler.name)
+            else:
+                outcome = self._run(ctx, handler, params, confirmed=False)
+        with self.db.transaction(write=True) as txn:
+            seqs = audit.append(txn, ctx.deferred_audit)
+        return replace(outcome, audit_seq=seqs[-1])
+
     def confirm(self, pending_id: str, actor: str, surface: str) -> Outcome:
         """Confirm a pending action: only its actor, once, before it expires."""
         actor = _actor(actor)
-        with self.db.write() as session:
-            pending = self._claim(session, pending_id, actor, surface, "confirmed")
+        with self.db.transaction(write=True) as txn:
+            pending = self._claim(txn, pending_id, actor, surface, "confirmed")
             if isinstance(pending, Outcome):
                 return pending
             handler = self.actions[pending.action]  # _claim made sure it exists
-            ctx = self._context(session, actor, surface, handler)
+            ctx = self._context(txn, actor, surface, handler)
             params = json.loads(pending.params)
             outcome = self._run(ctx, handler, params, confirmed=True, pending_id=pending.id)
             if outcome.status != "done":
@@ -199,12 +233,12 @@ class Gate:
 
     def cancel(self, pending_id: str, actor: str, surface: str) -> Outcome:
         actor = _actor(actor)
-        with self.db.write() as session:
-            pending = self._claim(session, pending_id, actor, surface, "cancelled")
+        with self.db.transaction(write=True) as txn:
+            pending = self._claim(txn, pending_id, actor, surface, "cancelled")
             if isinstance(pending, Outcome):
                 return pending
             seq = self._audit(
-                session,
+                txn,
                 actor,
                 surface,
                 pending.action,
@@ -227,13 +261,13 @@ class Gate:
         `scope` may be `*`, an E.164 number in any common spelling, or a
         registered Graph phone-number id; a malformed one raises MalformedNumber.
         """
-        with self.db.read() as session:
-            canonical = resolve_scope(session, scope)
-            return self.policies.refresh(session).decide(user, permission, canonical)
+        with self.db.transaction(write=False) as txn:
+            canonical = resolve_scope(txn.session, scope) if scope != "*" else scope
+            return self.policies.refresh(txn).decide(user, permission, canonical)
 
     def policy(self) -> Policy:
-        with self.db.read() as session:
-            return self.policies.refresh(session)
+        with self.db.transaction(write=False) as txn:
+            return self.policies.refresh(txn)
 
     # -- the pipeline ----------------------------------------------------------
 
@@ -246,16 +280,7 @@ class Gate:
         return handler
 
     def _invalid_actor(self, ctx: Context, action: str) -> Outcome:
-        seq = self._audit(
-            ctx.session,
-            ctx.actor,
-            ctx.surface,
-            action,
-            "-",
-            "deny",
-            "invalid",
-            {"error": "malformed_actor"},
-        )
+        seq = self._record(ctx, action, "-", "deny", "invalid", {"error": "malformed_actor"})
         return Outcome(
             "invalid",
             action,
@@ -264,13 +289,13 @@ class Gate:
             audit_seq=seq,
         )
 
-    def _context(self, session: Session, actor: str, surface: str, handler: Action) -> Context:
+    def _context(self, txn: Txn, actor: str, surface: str, handler: Action) -> Context:
         if handler.mutates_policy:
             # Lock before reading policy: on PostgreSQL this waits for any other
             # policy writer to commit, so the rules below see current data.
-            lock_policy(session)
-        policy = self.policies.refresh(session)
-        return Context(session, policy, actor, surface, utcnow(self.clock), self.clock)
+            lock_policy(txn)
+        policy = self.policies.refresh(txn)
+        return Context(txn, policy, actor, surface, utcnow(self.clock), self.clock)
 
     def _run(
         self,
@@ -297,9 +322,7 @@ class Gate:
             details = {**base, **extra}
             if decision is not None:
                 details["reason"] = decision.reason
-            return self._audit(
-                ctx.session, ctx.actor, ctx.surface, name, target, verdict, outcome, details
-            )
+            return self._record(ctx, name, target, verdict, outcome, details)
 
         def stop(
             status: Status,
@@ -395,20 +418,23 @@ class Gate:
                 audit_seq=seq,
             )
 
-        savepoint = ctx.session.begin_nested()
+        savepoint = None if handler.read_only else ctx.session.begin_nested()
         try:
             result = handler.execute(ctx, prepared)
             if handler.mutates_policy:
-                bump_policy_version(ctx.session)
-            ctx.session.flush()
-            savepoint.commit()
+                bump_policy_version(ctx.txn)
+            if savepoint is not None:
+                ctx.session.flush()
+                savepoint.commit()
         except RbacError as exc:
-            savepoint.rollback()
+            if savepoint is not None:
+                savepoint.rollback()
             return stop(
                 "refused", exc.message, prepared.target, "failed", code=exc.code, decision=decision
             )
         except Exception:
-            savepoint.rollback()
+            if savepoint is not None:
+                savepoint.rollback()
             log.exception("action %s failed", name)
             return stop(
                 "failed",
@@ -463,10 +489,11 @@ class Gate:
         return pending
 
     def _claim(
-        self, session: Session, pending_id: str, actor: str, surface: str, new_status: str
+        self, txn: Txn, pending_id: str, actor: str, surface: str, new_status: str
     ) -> PendingAction | Outcome:
         """Move a pending action out of 'pending' exactly once, or explain why not."""
         now = utcnow(self.clock)
+        session = txn.session
         pending = session.scalar(
             select(PendingAction).where(PendingAction.id == pending_id).with_for_update()
         )
@@ -475,7 +502,7 @@ class Gate:
 
         def refuse(message: str, code: str, action: str = verb) -> Outcome:
             seq = self._audit(
-                session,
+                txn,
                 actor,
                 surface,
                 action,
@@ -525,9 +552,8 @@ class Gate:
 
     # -- audit -----------------------------------------------------------------
 
-    def _audit(
+    def _entry(
         self,
-        session: Session,
         actor: str,
         surface: str,
         action: str,
@@ -535,8 +561,8 @@ class Gate:
         decision: Literal["allow", "deny"],
         outcome: str,
         details: Mapping[str, Any],
-    ) -> int:
-        entry = audit.NewEntry(
+    ) -> audit.NewEntry:
+        return audit.NewEntry(
             actor=actor,
             surface=surface,
             action=action,
@@ -546,7 +572,39 @@ class Gate:
             details=details,
             ts_us=audit.micros(self.clock()),
         )
-        return audit.append(session, [entry])[0]
+
+    def _record(
+        self,
+        ctx: Context,
+        action: str,
+        target: str,
+        decision: Literal["allow", "deny"],
+        outcome: str,
+        details: Mapping[str, Any],
+    ) -> int:
+        """Audit one step of `ctx`'s run: now, or after the read of a read-only action."""
+        if ctx.deferred_audit is not None:
+            ctx.deferred_audit.append(
+                self._entry(ctx.actor, ctx.surface, action, target, decision, outcome, details)
+            )
+            return 0  # the seq is known once the entry is appended
+        return self._audit(
+            ctx.txn, ctx.actor, ctx.surface, action, target, decision, outcome, details
+        )
+
+    def _audit(
+        self,
+        txn: Txn,
+        actor: str,
+        surface: str,
+        action: str,
+        target: str,
+        decision: Literal["allow", "deny"],
+        outcome: str,
+        details: Mapping[str, Any],
+    ) -> int:
+        entry = self._entry(actor, surface, action, target, decision, outcome, details)
+        return audit.append(txn, [entry])[0]
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from .builtin_roles import BUILTIN_ROLES
 from .clock import utcnow
-from .db import Database
+from .db import Database, txn_of
 from .models import Role, RoleParent, RolePermission
 from .policy_store import bump_policy_version
 
@@ -85,5 +85,5 @@ def sync_builtin_roles(session: Session, now: datetime) -> bool:
             changed = True
     if changed:
         session.flush()
-        bump_policy_version(session)
+        bump_policy_version(txn_of(session))
     return changed

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .clock import Clock, system_clock
+from .db import Txn
 from .errors import UnknownPermission
 from .models import Grant, Role, RoleParent, RolePermission, User
 from .permissions import PERMISSIONS, check_permission
@@ -334,14 +335,14 @@ class PolicyCache:
         self._policy: Policy | None = None
         self._lock = threading.Lock()
 
-    def refresh(self, session: Session) -> Policy:
-        version = read_policy_version(session)
+    def refresh(self, txn: Txn) -> Policy:
+        version = read_policy_version(txn)
         policy = self._policy
         if policy is not None and policy.version == version:
             return policy
         with self._lock:
             policy = self._policy
             if policy is None or policy.version != version:
-                policy = load_policy(session, version=version, clock=self._clock)
+                policy = load_policy(txn.session, version=version, clock=self._clock)
                 self._policy = policy
             return policy

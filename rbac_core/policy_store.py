@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from typing import cast
 
+from sqlalchemy import Table, select, update
+
+from .db import Sql, Txn
 from .models import PolicyState
 
+_STATE = cast(Table, PolicyState.__table__)
+_VERSION = Sql(select(_STATE.c.version).where(_STATE.c.id == 1))
+_LOCK = Sql(select(_STATE.c.version).where(_STATE.c.id == 1).with_for_update())
+_BUMP = Sql(update(_STATE).where(_STATE.c.id == 1).values(version=_STATE.c.version + 1))
 
-def read_policy_version(session: Session) -> int:
-    version = session.scalar(select(PolicyState.version).where(PolicyState.id == 1))
-    return int(version or 0)
+
+def read_policy_version(txn: Txn) -> int:
+    row = txn.first(_VERSION)
+    return int(row[0]) if row else 0
 
 
-def lock_policy(session: Session) -> int:
+def lock_policy(txn: Txn) -> int:
     """Take the policy write lock for this transaction (row lock on PostgreSQL).
 
     On SQLite the whole write transaction already holds the database lock.
     """
-    version = session.scalar(
-        select(PolicyState.version).where(PolicyState.id == 1).with_for_update()
-    )
-    return int(version or 0)
+    row = txn.first(_LOCK)
+    return int(row[0]) if row else 0
 
 
-def bump_policy_version(session: Session) -> None:
-    session.execute(
-        update(PolicyState).where(PolicyState.id == 1).values(version=PolicyState.version + 1)
-    )
+def bump_policy_version(txn: Txn) -> None:
+    txn.run(_BUMP)

@@ -164,6 +164,7 @@ class VerifyAction(Action):
 
 class StatusAction(Action):
     name = "2fa.status"
+    read_only = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         return _self(ctx, "see your 2FA status")

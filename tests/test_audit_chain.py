@@ -216,9 +216,9 @@ def test_a_separator_smuggled_into_a_field_cannot_shift_content_between_fields(
 def test_writers_cannot_put_a_separator_into_the_log(team: dict[str, str], db: Database) -> None:
     from rbac_core.audit import NewEntry, append
 
-    with db.write() as session:
+    with db.transaction(write=True) as txn:
         append(
-            session,
+            txn,
             [
                 NewEntry(
                     "U0ADMIN01",

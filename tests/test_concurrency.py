@@ -9,6 +9,7 @@ import pytest
 
 from rbac_core import Database, ManualClock, Outcome, build_gate
 from rbac_core.clock import utcnow
+from rbac_core.db import txn_of
 from rbac_core.errors import SeparationOfDuties
 from rbac_core.grants import active_admins, ensure_separate_duties
 from rbac_core.models import Grant
@@ -24,7 +25,7 @@ def _make_admin(db: Database, user: str, clock: ManualClock) -> None:
         session.add(
             Grant(user_id=user, role="admin", scope="*", granted_by=ADMIN, granted_at=utcnow(clock))
         )
-        bump_policy_version(session)
+        bump_policy_version(txn_of(session))
 
 
 def _race(calls: list[Callable[[], Outcome]]) -> list[Outcome]:

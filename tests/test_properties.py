@@ -36,6 +36,7 @@ from rbac_core import Database, Gate, ManualClock, Outcome, build_gate
 from rbac_core.audit import GENESIS_HASH
 from rbac_core.builtin_roles import BUILTIN_ROLES
 from rbac_core.clock import utcnow
+from rbac_core.db import txn_of
 from rbac_core.directory import ensure_user
 from rbac_core.errors import UnknownPermission
 from rbac_core.gate import CONFIRMATION_TTL
@@ -924,7 +925,7 @@ def _set_up_admins(ws: Workspace, scenario: AdminScenario) -> AdminModel:
                 )
             )
         session.flush()
-        bump_policy_version(session)
+        bump_policy_version(txn_of(session))
     return AdminModel(
         known={ADMIN, ALICE, BOB, CAROL, *scenario.extra_admins},
         holders={ADMIN, *scenario.extra_admins},
