@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -47,7 +47,7 @@ _READ_ONLY = "wa_read_only"
 _QUERY_ONLY = "wa_query_only"  # per DB-API connection: the state last set on it
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
         # Let the "begin" event below decide how each transaction starts.
@@ -57,30 +57,43 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute(f"PRAGMA query_only = {int(read_only)}")
         cursor.close()
-        record.info[_QUERY_ONLY] = False
+        record.info[_QUERY_ONLY] = read_only
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        read_only = bool(conn.get_execution_options().get(_READ_ONLY))
-        info = conn.connection.info
-        raw = conn.connection.driver_connection
-        if info.get(_QUERY_ONLY) != read_only:
-            raw.execute(f"PRAGMA query_only = {int(read_only)}")
-            info[_QUERY_ONLY] = read_only
-        # Straight on the driver: through SQLAlchemy this one statement cost as
-        # much as the rest of a read transaction.
-        raw.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        # A Txn that began on the driver already (and now wants an ORM session) is
+        # in its transaction: SQLAlchemy only needs to hear about it.
+        if not conn.connection.driver_connection.in_transaction:
+            _begin_sqlite(conn.connection, bool(conn.get_execution_options().get(_READ_ONLY)))
+
+
+def _begin_sqlite(pooled: Any, read_only: bool) -> None:
+    info = pooled.info
+    raw = pooled.driver_connection
+    if info.get(_QUERY_ONLY) != read_only:
+        raw.execute(f"PRAGMA query_only = {int(read_only)}")
+        info[_QUERY_ONLY] = read_only
+    raw.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_PG_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 
 
 def _configure_postgresql(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # psycopg then opens the transaction with BEGIN READ ONLY: no extra round trip.
-        read_only = bool(conn.get_execution_options().get(_READ_ONLY))
-        raw = conn.connection.driver_connection
-        if raw.read_only != read_only:
-            raw.read_only = read_only
+        if conn.connection.driver_connection.info.transaction_status == _PG_IDLE:
+            _begin_postgresql(conn.connection, bool(conn.get_execution_options().get(_READ_ONLY)))
+
+
+def _begin_postgresql(pooled: Any, read_only: bool) -> None:
+    # psycopg opens the transaction at the first statement, as BEGIN READ ONLY
+    # when asked: no extra round trip.
+    raw = pooled.driver_connection
+    if raw.read_only != read_only:
+        raw.read_only = read_only
 
 
 def normalize_url(url: str) -> str:
@@ -176,13 +189,17 @@ def utc(value: Any) -> datetime | None:
 class Txn:
     """One transaction on one pooled connection.
 
-    `session` is made on first use and joins the transaction, so fast
-    statements and ORM work see the same snapshot and commit together.
+    The transaction is begun and ended on the driver itself: SQLAlchemy's
+    begin/commit machinery cost more than the statements of a `/wa-role show`.
+    `session` is made on first use; it joins the transaction (SQLAlchemy is
+    told about it then), so fast statements and ORM work see the same snapshot
+    and commit or roll back together.
     """
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, began: bool = True) -> None:
         self.conn = conn
         self._session: Session | None = None
+        self._sa_txn: Any = None if began else conn.get_transaction()
         raw = conn.connection.driver_connection
         if raw is None:
             raise RuntimeError("the connection is closed")
@@ -192,6 +209,8 @@ class Txn:
     @property
     def session(self) -> Session:
         if self._session is None:
+            if self._sa_txn is None:
+                self._sa_txn = self.conn.begin()  # the begin events see it is open
             self._session = Session(bind=self.conn, expire_on_commit=False)
         return self._session
 
@@ -250,19 +269,32 @@ class Txn:
         finally:
             cursor.close()
 
-    def _finish(self) -> None:
+    def _commit(self) -> None:
         if self._session is not None:
             self._session.flush()
+            self._session.close()
+            self._session = None
+        if self._sa_txn is not None:
+            self._sa_txn.commit()
+        else:
+            self._raw.commit()
 
-    def _close(self) -> None:
+    def _rollback(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
+        if self._sa_txn is not None:
+            if self._sa_txn.is_active:
+                self._sa_txn.rollback()
+        else:
+            self._raw.rollback()
 
 
 def txn_of(session: Session) -> Txn:
-    """The fast-statement view of a session's current transaction."""
-    return Txn(session.connection())
+    """The fast-statement view of a session's current transaction (never ends it)."""
+    txn = Txn(session.connection(), began=False)
+    txn._session = session  # so fast statements see its pending writes
+    return txn
 
 
 class Database:
@@ -282,10 +314,19 @@ class Database:
         path = make_url(self.url).database if self.is_sqlite else None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
-            in_memory = not path or path == ":memory:" or path.startswith("file::memory:")
+            self._begin: Callable[[Any, bool], None] = _begin_sqlite
+            in_memory = not path or path == ":memory:" or "mode=memory" in self.url
             self.writer_lock: WriterLock | None = WriterLock(None if in_memory else path)
+            if not in_memory:
+                # Readers get connections of their own, read-only for good, so no
+                # transaction pays for switching `query_only` back and forth.
+                # (An in-memory database exists once per connection: it keeps one pool.)
+                readers = create_engine(self.url, **kwargs)
+                _configure_sqlite(readers, read_only=True)
+                self._reader = readers.execution_options(**{_READ_ONLY: True})
         else:
             _configure_postgresql(self.engine)
+            self._begin = _begin_postgresql
             self.writer_lock = None
 
     @contextmanager
@@ -295,15 +336,14 @@ class Database:
             self.writer_lock.held() if write and self.writer_lock else nullcontext()
         )
         with lock, (self.engine if write else self._reader).connect() as conn:
-            txn = None
+            self._begin(conn.connection, not write)
+            txn = Txn(conn)
             try:
-                with conn.begin():
-                    txn = Txn(conn)
-                    yield txn
-                    txn._finish()
-            finally:
-                if txn is not None:
-                    txn._close()
+                yield txn
+            except BaseException:
+                txn._rollback()
+                raise
+            txn._commit()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -343,3 +383,4 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._reader.engine.dispose()
