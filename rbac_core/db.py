@@ -34,6 +34,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -189,28 +190,45 @@ def utc(value: Any) -> datetime | None:
 class Txn:
     """One transaction on one pooled connection.
 
-    The transaction is begun and ended on the driver itself: SQLAlchemy's
+    The transaction is begun and ended on the pooled driver connection itself:
+    SQLAlchemy's `Connection` (made, with its events, on every checkout) and its
     begin/commit machinery cost more than the statements of a `/wa-role show`.
-    `session` is made on first use; it joins the transaction (SQLAlchemy is
-    told about it then), so fast statements and ORM work see the same snapshot
-    and commit or roll back together.
+    `session` is made on first use: only then is the connection wrapped in a
+    SQLAlchemy `Connection` that is told the transaction is open, so fast
+    statements and ORM work share one snapshot and commit or roll back together.
     """
 
-    def __init__(self, conn: Connection, *, began: bool = True) -> None:
-        self.conn = conn
+    def __init__(self, engine: Engine, pooled: PoolProxiedConnection) -> None:
+        self._engine = engine
+        self._pooled = pooled
+        self._conn: Connection | None = None
         self._session: Session | None = None
-        self._sa_txn: Any = None if began else conn.get_transaction()
-        raw = conn.connection.driver_connection
+        self._sa_txn: Any = None
+        raw = pooled.driver_connection
         if raw is None:
             raise RuntimeError("the connection is closed")
         self._raw = raw
-        self._dialect = conn.dialect
+        self._dialect = engine.dialect
+
+    @classmethod
+    def joining(cls, session: Session) -> Txn:
+        """The fast-statement view of a session's transaction; never ends it."""
+        conn = session.connection()
+        txn = cls(conn.engine, conn.connection)
+        txn._conn, txn._session = conn, session
+        return txn
+
+    @property
+    def conn(self) -> Connection:
+        """This transaction as a SQLAlchemy Connection (for Core statements)."""
+        if self._conn is None:
+            self._conn = Connection(self._engine, connection=self._pooled)
+            self._sa_txn = self._conn.begin()  # the begin events see it is open
+        return self._conn
 
     @property
     def session(self) -> Session:
         if self._session is None:
-            if self._sa_txn is None:
-                self._sa_txn = self.conn.begin()  # the begin events see it is open
             self._session = Session(bind=self.conn, expire_on_commit=False)
         return self._session
 
@@ -289,12 +307,17 @@ class Txn:
         else:
             self._raw.rollback()
 
+    def _release(self) -> None:
+        """Back to the pool, through the Connection if one was made (it owns it then)."""
+        if self._conn is not None:
+            self._conn.close()
+        else:
+            self._pooled.close()
+
 
 def txn_of(session: Session) -> Txn:
     """The fast-statement view of a session's current transaction (never ends it)."""
-    txn = Txn(session.connection(), began=False)
-    txn._session = session  # so fast statements see its pending writes
-    return txn
+    return Txn.joining(session)
 
 
 class Database:
@@ -335,15 +358,25 @@ class Database:
         lock: AbstractContextManager[None] = (
             self.writer_lock.held() if write and self.writer_lock else nullcontext()
         )
-        with lock, (self.engine if write else self._reader).connect() as conn:
-            self._begin(conn.connection, not write)
-            txn = Txn(conn)
+        engine = self.engine if write else self._reader
+        with lock:
+            pooled = engine.raw_connection()
+            txn = Txn(engine, pooled)
             try:
-                yield txn
-            except BaseException:
-                txn._rollback()
-                raise
-            txn._commit()
+                try:
+                    self._begin(pooled, not write)
+                except engine.dialect.loaded_dbapi.Error as exc:
+                    raise DBAPIError.instance(
+                        None, None, exc, engine.dialect.loaded_dbapi.Error, hide_parameters=True
+                    ) from exc
+                try:
+                    yield txn
+                except BaseException:
+                    txn._rollback()
+                    raise
+                txn._commit()
+            finally:
+                txn._release()
 
     @contextmanager
     def write(self) -> Iterator[Session]:

@@ -159,3 +159,63 @@ def test_values_of_the_wrong_type_are_refused_not_crashed_on(gate: Gate, db: Dat
     assert outcome.exit_code in (1, 2)
     assert live_grants(db, ALICE) == []
     assert audit_rows(db)[-1].decision == "deny"
+
+
+def _everything_but_the_audit_log(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+    from rbac_core.models import Base
+
+    tables = {}
+    with db.read() as session:
+        for table in Base.metadata.sorted_tables:
+            if table.name in ("audit_log", "audit_head"):
+                continue
+            rows = session.execute(select(table)).all()
+            tables[table.name] = sorted((tuple(row) for row in rows), key=repr)
+    return tables
+
+
+READ_ONLY_CALLS = [
+    (ADMIN, "role.show", {}),
+    (ADMIN, "role.show", {"user": ALICE}),
+    (ALICE, "role.show", {"user": BOB}),
+    (ADMIN, "role.show", {"user": "U0NOBODY01"}),
+    (ADMIN, "role.list", {}),
+    (ALICE, "role.list", {}),
+    (ADMIN, "role.why", {"user": ALICE, "permission": "roles:assign"}),
+    (ADMIN, "role.why", {"user": ALICE, "permission": "no:such"}),
+    (ALICE, "role.why", {"user": ALICE, "permission": "messages:send", "number": "+1 555 0100"}),
+    (ADMIN, "access.pending", {}),
+    (ALICE, "2fa.status", {}),
+    ("", "role.show", {}),
+]
+
+
+def test_read_only_actions_change_nothing_but_the_audit_log(gate: Gate, db: Database) -> None:
+    """They run without a savepoint, so this is what stands behind `read_only`."""
+    assert {name for name, a in gate.actions.items() if a.read_only} == {
+        call[1] for call in READ_ONLY_CALLS
+    }
+    before = _everything_but_the_audit_log(db)
+    entries = len(audit_rows(db))
+    for actor, action, params in READ_ONLY_CALLS:
+        outcome = gate.submit(actor, "slack", action, params)
+        entries += 1
+        assert outcome.audit_seq == entries, (action, params, outcome)
+    assert _everything_but_the_audit_log(db) == before
+    assert len(audit_rows(db)) == entries
+
+
+def test_an_action_cannot_be_both_read_only_and_risky(db: Database) -> None:
+    class Sneaky(Action):
+        name = "sneaky"
+        read_only = True
+        risky = True
+
+        def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+            raise NotImplementedError
+
+        def execute(self, ctx: Context, prepared: Prepared) -> Result:
+            raise NotImplementedError
+
+    with pytest.raises(ValueError, match="read-only"):
+        Gate(db, {"sneaky": Sneaky()})

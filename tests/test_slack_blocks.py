@@ -34,3 +34,13 @@ def test_only_known_user_ids_become_mentions() -> None:
         "<@U0ALICE01> and UNKNOWNWORD and <@U0BOB0001>"
     )
     assert escape("<!here> & <http://x|y>") == "&lt;!here&gt; &amp; &lt;http://x|y&gt;"
+
+
+def test_an_id_inside_a_longer_word_or_an_existing_mention_stays_as_it_is() -> None:
+    text = "xU0ALICE01 U0ALICE012 <@U0ALICE01> @U0ALICE01 U0ALICE01_ (U0ALICE01)"
+    assert mention_users(text, ["U0ALICE01"]) == (
+        "xU0ALICE01 U0ALICE012 <@U0ALICE01> @U0ALICE01 U0ALICE01_ (<@U0ALICE01>)"
+    )
+    assert mention_users("U0AL and U0ALICE01", ["U0AL", "U0ALICE01"]) == (
+        "<@U0AL> and <@U0ALICE01>"
+    )
