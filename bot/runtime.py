@@ -8,6 +8,7 @@ from handlers.role_command import RoleCommand
 from handlers.twofa_command import TwoFactorCommand
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import Clock, system_clock
+from rbac_core.deliveries import Deliveries
 
 from .config import Settings
 
@@ -19,9 +20,12 @@ class Runtime:
     gate: Gate
     roles: RoleCommand
     twofa: TwoFactorCommand
+    deliveries: Deliveries
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     db = Database(settings.database_url)
     gate = build_gate(db, clock=clock, secret_key=settings.secret_key)
-    return Runtime(settings, db, gate, RoleCommand(gate), TwoFactorCommand(gate))
+    return Runtime(
+        settings, db, gate, RoleCommand(gate), TwoFactorCommand(gate), Deliveries(db, clock)
+    )

@@ -16,11 +16,12 @@ import logging
 from slack_bolt import App
 from slack_sdk import WebClient
 
+from handlers.slack_access import DECISION_KIND, register_request_form
 from handlers.slack_access import register as register_access
-from handlers.slack_access import register_request_form
 from handlers.slack_home import register as register_home
 from handlers.slack_roles import SlackDirectory
 from handlers.slack_roles import register as register_roles
+from handlers.slack_stepup import COMMAND, Rerun, rerun_command
 from handlers.slack_stepup import register as register_stepup
 from handlers.slack_twofa import alert_lockout
 from handlers.slack_twofa import register as register_twofa
@@ -51,18 +52,19 @@ def build_slack_app(runtime: Runtime) -> App:
     directory = SlackDirectory(runtime.db, client, runtime.gate.clock)
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
-    register_access(app, runtime.gate, client)
+    resume_decision = register_access(app, runtime.gate, client)
     register_request_form(app, runtime.gate, client, settings.audit_channel)
-    register_home(app, runtime.gate, client)
+    register_home(app, runtime.gate, client, runtime.deliveries)
+    reruns: dict[str, Rerun] = {
+        "/wa-role": lambda actor, text: runtime.roles.handle(
+            actor, "slack", text, directory.lookup_new
+        ),
+        "/wa-2fa": lambda actor, text: runtime.twofa.handle(actor, "slack", text),
+    }
     register_stepup(
         app,
         runtime.gate,
-        {
-            "/wa-role": lambda actor, text: runtime.roles.handle(
-                actor, "slack", text, directory.lookup_new
-            ),
-            "/wa-2fa": lambda actor, text: runtime.twofa.handle(actor, "slack", text),
-        },
+        {COMMAND: rerun_command(reruns), DECISION_KIND: resume_decision},
         lambda actor: alert_lockout(client, settings.alert_channel, actor),
     )
     return app

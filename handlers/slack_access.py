@@ -18,6 +18,7 @@ from rbac_core import Gate, Outcome
 
 from .role_command import reply_for
 from .slack_blocks import escape, message
+from .slack_stepup import STEP_UP_PROMPT, Resume, ask_for_code
 
 log = logging.getLogger(__name__)
 
@@ -78,45 +79,99 @@ def post_request(client: WebClient, channel: str | None, outcome: Outcome) -> st
     return None
 
 
-def register(app: App, gate: Gate, client: WebClient) -> None:
+DECISION_KIND = "access_decision"
+"""The step-up modal's `kind` for an Approve or Deny click waiting for a code."""
+
+Answer = Callable[..., Any]
+"""Bolt's `respond`, or the same through a response_url: takes a message's fields."""
+
+
+def _through(response_url: str) -> Answer:
+    def send(**fields: Any) -> None:
+        WebhookClient(response_url, timeout=5).send_dict(fields)
+
+    return send
+
+
+def register(app: App, gate: Gate, client: WebClient) -> Resume:
+    """Approve / Deny listeners; returns how to finish a decision after a 2FA code."""
+
+    def decide(
+        actor: str,
+        approve: bool,
+        request_id: str,
+        answer: Answer,
+        ask_code: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        action = "access.approve" if approve else "access.deny"
+        try:
+            outcome = gate.submit(actor, "slack", action, {"request_id": request_id})
+        except Exception:
+            log.exception("access decision failed")
+            answer(
+                response_type="ephemeral",
+                replace_original=False,
+                text="Something went wrong and nothing was decided; try again.",
+            )
+            return
+        if outcome.status == "needs_2fa" and ask_code is not None:
+            metadata = {"kind": DECISION_KIND, "approve": approve, "request_id": request_id}
+            if ask_code(metadata):
+                answer(response_type="ephemeral", replace_original=False, text=STEP_UP_PROMPT)
+                return
+        if outcome.status != "done":
+            # Not theirs to decide, already decided, or no code: tell the clicker only.
+            answer(replace_original=False, **message(reply_for(outcome), {actor}))
+            return
+        data = outcome.data
+        verdict = "approved" if approve else "denied"
+        scope = "the whole workspace" if data["scope"] == "*" else data["scope"]
+        summary = (
+            f"<@{actor}> {verdict} <@{data['requester']}>'s request for "
+            f"*{data['role']}* in {scope} for {data['for']}."
+        )
+        answer(
+            replace_original=True,
+            text=summary,
+            blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": summary}}],
+        )
+        _tell_requester(client, data, approve, actor)
+
     def on_decision(approve: bool) -> Callable[..., None]:
         def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
             ack()
             actor = body.get("user", {}).get("id", "")
             request_id = str((body.get("actions") or [{}])[0].get("value") or "")
-            action = "access.approve" if approve else "access.deny"
-            try:
-                outcome = gate.submit(actor, "slack", action, {"request_id": request_id})
-            except Exception:
-                log.exception("access decision failed")
-                respond(
-                    response_type="ephemeral",
-                    replace_original=False,
-                    text="Something went wrong and nothing was decided; try again.",
+            verb = "Approving" if approve else "Denying"
+
+            def ask_code(metadata: dict[str, Any]) -> bool:
+                return ask_for_code(
+                    client,
+                    str(body.get("trigger_id") or ""),
+                    f"{verb} this access request",
+                    {**metadata, "response_url": str(body.get("response_url") or "")},
                 )
-                return
-            if outcome.status != "done":
-                # Not theirs to decide, or already decided: tell the clicker only.
-                respond(replace_original=False, **message(reply_for(outcome), {actor}))
-                return
-            data = outcome.data
-            verdict = "approved" if approve else "denied"
-            scope = "the whole workspace" if data["scope"] == "*" else data["scope"]
-            summary = (
-                f"<@{actor}> {verdict} <@{data['requester']}>'s request for "
-                f"*{data['role']}* in {scope} for {data['for']}."
-            )
-            respond(
-                replace_original=True,
-                text=summary,
-                blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": summary}}],
-            )
-            _tell_requester(client, data, approve, actor)
+
+            decide(actor, approve, request_id, respond, ask_code)
 
         return listener
 
     app.action(APPROVE_ACTION)(on_decision(approve=True))
     app.action(DENY_ACTION)(on_decision(approve=False))
+
+    def resume(actor: str, meta: dict[str, Any]) -> None:
+        """After a good code: the same decision again, answered on the original message."""
+        response_url = str(meta.get("response_url") or "")
+        if not response_url:
+            return
+        decide(
+            actor,
+            meta.get("approve") is True,
+            str(meta.get("request_id") or ""),
+            _through(response_url),
+        )
+
+    return resume
 
 
 def _tell_requester(client: WebClient, data: Mapping[str, Any], approved: bool, by: str) -> None:

@@ -13,9 +13,11 @@ from slack_bolt import App
 from slack_sdk import WebClient
 
 from rbac_core import Gate
+from rbac_core.deliveries import Deliveries
 
 from .slack_access import decision_buttons
 from .slack_blocks import escape
+from .slack_retries import once_per_event
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,8 @@ def home_view(gate: Gate, user: str) -> dict[str, Any]:
     return {"type": "home", "blocks": blocks[:100]}
 
 
-def register(app: App, gate: Gate, client: WebClient) -> None:
-    @app.event("app_home_opened")
+def register(app: App, gate: Gate, client: WebClient, deliveries: Deliveries) -> None:
+    @app.event("app_home_opened", middleware=[once_per_event(deliveries)])
     def on_home_opened(event: dict[str, Any]) -> None:
         if event.get("tab") != "home":
             return

@@ -24,7 +24,7 @@ from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
 from .slack_access import post_request, request_button
 from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, escape, message
-from .slack_stepup import open_code_modal
+from .slack_stepup import STEP_UP_PROMPT, open_code_modal
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,6 @@ def notify_role_change(
         client.chat_postMessage(channel=channel, text=text)
     except Exception:
         log.error("could not post the role change to %s", channel)
-
-
-STEP_UP_PROMPT = "This is a sensitive action: enter a 2FA code in the window that opened."
 
 
 def ask_for_code(client: WebClient, command: dict[str, Any], reply: Reply) -> bool:

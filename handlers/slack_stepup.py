@@ -1,8 +1,9 @@
-"""Step-up 2FA in Slack: a sensitive command opens a modal asking for a code.
+"""Step-up 2FA in Slack: a sensitive command or button opens a modal asking for a code.
 
-On a valid code the original command runs again through the gate (the modal's
-metadata only says which command to repeat; it carries no authority), and its
-answer goes back where the command was typed, through its response_url.
+On a valid code what was asked for runs again through the gate: the modal's
+metadata only says what to repeat (a command line, or a decision on an access
+request) and where to answer; it carries no authority. Each kind of work
+registers a `Resume` that finishes it.
 """
 
 from __future__ import annotations
@@ -30,17 +31,37 @@ ACTION_ID = "code"
 Rerun = Callable[[str, str], Reply]
 """(actor, command text) -> the reply of running the command again."""
 
+Resume = Callable[[str, dict[str, Any]], None]
+"""(actor, the modal's metadata) -> run again what the code was asked for, and answer."""
+
+COMMAND = "command"
+STEP_UP_PROMPT = "This is a sensitive action: enter a 2FA code in the window that opened."
+
 
 def open_code_modal(
     client: WebClient, trigger_id: str, command: str, text: str, response_url: str
 ) -> bool:
-    """Ask for a code in a modal; False if Slack would not open it (trigger expired)."""
-    metadata = json.dumps({"command": command, "text": text, "response_url": response_url})
+    """Ask for a code before running a slash command again."""
+    return ask_for_code(
+        client,
+        trigger_id,
+        f"`{escape(command)} {escape(text)}`",
+        {"kind": COMMAND, "command": command, "text": text, "response_url": response_url},
+    )
+
+
+def ask_for_code(client: WebClient, trigger_id: str, what: str, metadata: dict[str, Any]) -> bool:
+    """Ask for a code in a modal; False if Slack would not open it (trigger expired).
+
+    `what` is mrkdwn naming the sensitive action; `metadata["kind"]` picks the
+    `Resume` that finishes it once the code is good.
+    """
+    encoded = json.dumps(metadata)
     prompt = (
-        f"`{escape(command)} {escape(text)}` is a sensitive action. Enter the 6-digit code "
+        f"{what} is a sensitive action. Enter the 6-digit code "
         "from your authenticator app to continue."
     )[:3000]
-    if len(metadata) > 3000:
+    if len(encoded) > 3000 or not trigger_id:
         return False
     try:
         client.views_open(
@@ -48,7 +69,7 @@ def open_code_modal(
             view={
                 "type": "modal",
                 "callback_id": CALLBACK_ID,
-                "private_metadata": metadata,
+                "private_metadata": encoded,
                 "title": {"type": "plain_text", "text": "Verify with 2FA"},
                 "submit": {"type": "plain_text", "text": "Verify"},
                 "close": {"type": "plain_text", "text": "Cancel"},
@@ -80,8 +101,23 @@ def open_code_modal(
     return True
 
 
+def rerun_command(reruns: dict[str, Rerun]) -> Resume:
+    """Resume a slash command: run it again and answer through its response_url."""
+
+    def resume(actor: str, meta: dict[str, Any]) -> None:
+        rerun = reruns.get(str(meta.get("command")))
+        if rerun is None or not meta.get("response_url"):
+            return
+        reply = rerun(actor, str(meta.get("text") or ""))
+        WebhookClient(str(meta["response_url"]), timeout=5).send_dict(
+            {**message(reply, {actor}), "replace_original": False}
+        )
+
+    return resume
+
+
 def register(
-    app: App, gate: Gate, reruns: dict[str, Rerun], on_lockout: Callable[[str], None]
+    app: App, gate: Gate, resumers: dict[str, Resume], on_lockout: Callable[[str], None]
 ) -> None:
     @app.view(CALLBACK_ID)
     def on_code(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -102,12 +138,10 @@ def register(
         ack()
         try:
             meta = json.loads(view.get("private_metadata") or "{}")
-            rerun = reruns.get(str(meta.get("command")))
-            if rerun is None or not meta.get("response_url"):
-                return
-            reply = rerun(actor, str(meta.get("text") or ""))
-            WebhookClient(str(meta["response_url"]), timeout=5).send_dict(
-                {**message(reply, {actor}), "replace_original": False}
+            resume = (
+                resumers.get(str(meta.get("kind") or COMMAND)) if isinstance(meta, dict) else None
             )
+            if resume is not None:
+                resume(actor, meta)
         except Exception:
-            log.exception("could not finish the command after 2FA")
+            log.exception("could not finish the action after 2FA")

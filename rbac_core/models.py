@@ -257,3 +257,17 @@ class AccessRequest(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decision_note: Mapped[str | None] = mapped_column(String(500))
     grant_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class Delivery(Base):
+    """A webhook or event delivery already taken in, so a retry of it is not processed again.
+
+    Slack retries Events API deliveries and Meta retries webhooks (SPEC §4 rule 10);
+    the (source, id) key makes "first one wins" hold across replicas too.
+    """
+
+    __tablename__ = "deliveries"
+
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -81,7 +81,7 @@ def block_action(user_id: str, action_id: str, value: str, response_url: str) ->
     return urlencode({"payload": json.dumps(payload)})
 
 
-def app_home_opened(user_id: str, tab: str = "home") -> str:
+def app_home_opened(user_id: str, tab: str = "home", event_id: str = "Ev0WAHOME01") -> str:
     """An Events API envelope for `app_home_opened`, as JSON."""
     return json.dumps(
         {
@@ -96,7 +96,7 @@ def app_home_opened(user_id: str, tab: str = "home") -> str:
                 "event_ts": "1795000002.000300",
             },
             "type": "event_callback",
-            "event_id": "Ev0WAHOME01",
+            "event_id": event_id,
             "event_time": 1795000002,
         }
     )

@@ -362,7 +362,7 @@ def test_app_home_shows_roles_2fa_and_requests_waiting_for_an_approver(
     command(app, slack, ALICE, "request agent --number +15550001111 --for 4h --reason cover")
 
     def home(user: str) -> str:
-        body = app_home_opened(user)
+        body = app_home_opened(user, event_id=f"Ev0HOME{user}")  # each opening is an event
         headers = {**signed_headers(body), "Content-Type": "application/json"}
         assert app.post("/slack/events", data=body, headers=headers).status_code == 200
         published = slack.named("views.publish")[-1].body
@@ -454,3 +454,96 @@ def test_a_denial_explained_by_why_offers_a_request_access_form(
     posts = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
     assert any("asks for *agent*" in p["text"] for p in posts)
     assert "Asked for agent" in slack.responses()[-1]["text"]
+
+
+def test_approving_a_sensitive_request_asks_the_approver_for_a_code_then_decides(
+    make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock, db: Database
+) -> None:
+    import pyotp
+
+    from rbac_core.clock import utcnow
+
+    from .helpers import give_2fa
+    from .slack_requests import view_submission
+
+    app = make_app(secret_key="s" * 40, audit_channel="C0WAAUDIT")
+    command(app, slack, ADMIN, "enroll", "/wa-2fa")
+    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
+    totp = pyotp.TOTP(secret)
+    command(app, slack, ADMIN, f"verify {totp.at(clock())}", "/wa-2fa")
+    give_2fa(db, ALICE, utcnow(clock))
+    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
+    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
+    command(app, slack, ALICE, "request developer --for 2h --reason release night")
+    posted = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
+    blocks = posted[-1]["blocks"]
+    request_id = (json.loads(blocks) if isinstance(blocks, str) else blocks)[1]["elements"][0][
+        "value"
+    ]
+    clock.advance(11 * 60)  # the enrolment code no longer counts as a recent step-up
+
+    asked = click(app, slack, ADMIN, "wa_access_approve", request_id, name="ask")
+    assert asked["replace_original"] is False and "enter a 2FA code" in asked["text"]
+    assert live_grants(db, ALICE) == [(ALICE, "support", "*")]
+    modal = slack.named("views.open")[-1].body["view"]
+    modal = json.loads(modal) if isinstance(modal, str) else modal
+    assert "Approving this access request" in modal["blocks"][0]["text"]["text"]
+    assert request_id in modal["private_metadata"]
+
+    def submit(user: str, code: str) -> Any:
+        values = {"code": {"code": {"type": "plain_text_input", "value": code}}}
+        return post(app, view_submission(user, "wa_stepup", modal["private_metadata"], values))
+
+    # The metadata carries no authority: someone else submitting it decides nothing.
+    before = len(slack.responses())
+    theirs = submit(ALICE, totp.at(clock()))
+    assert json.loads(theirs.data)["response_action"] == "errors"
+    assert live_grants(db, ALICE) == [(ALICE, "support", "*")]
+
+    done = submit(ADMIN, totp.at(clock()))
+    assert done.status_code == 200 and not done.data.strip()
+    decided = slack.responses()[-1]
+    assert len(slack.responses()) > before
+    assert decided["replace_original"] is True
+    assert f"<@{ADMIN}> approved <@{ALICE}>'s request for *developer*" in decided["text"]
+    assert (ALICE, "developer", "*") in live_grants(db, ALICE)
+    dms = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == ALICE]
+    assert "was approved" in dms[-1]["text"]
+
+
+def test_a_retried_event_is_handled_once(
+    client: FlaskClient, slack: FakeSlack, clock: ManualClock
+) -> None:
+    """Slack retries with X-Slack-Retry-Num and the same event_id (PROTOCOLS, Events API)."""
+    from .slack_requests import app_home_opened
+
+    def deliver(event_id: str, retry: int | None = None) -> None:
+        body = app_home_opened(ALICE, event_id=event_id)
+        headers = {**signed_headers(body), "Content-Type": "application/json"}
+        if retry is not None:
+            headers.update(
+                {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+            )
+        response = client.post("/slack/events", data=body, headers=headers)
+        assert response.status_code == 200
+
+    deliver("Ev0RETRY001")
+    deliver("Ev0RETRY001", retry=1)
+    clock.advance(300)
+    deliver("Ev0RETRY001", retry=2)
+    assert len(slack.named("views.publish")) == 1
+    deliver("Ev0RETRY002")  # the next time Alice opens the tab is a new event
+    assert len(slack.named("views.publish")) == 2
+
+
+def test_a_claimed_delivery_is_released_when_handling_it_fails(db: Database) -> None:
+    from rbac_core.deliveries import Deliveries
+
+    deliveries = Deliveries(db)
+    assert deliveries.claim("slack", "Ev0FAIL0001")
+    assert not deliveries.claim("slack", "Ev0FAIL0001")
+    deliveries.release("slack", "Ev0FAIL0001")
+    assert deliveries.claim("slack", "Ev0FAIL0001")
+    assert deliveries.claim("whatsapp", "Ev0FAIL0001"), "sources do not share ids"
+    with pytest.raises(ValueError):
+        deliveries.claim("slack", "x" * 129)
