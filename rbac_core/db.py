@@ -114,6 +114,7 @@ class WriterLock:
 
     def __init__(self, database_path: str | None) -> None:
         self._mutex = threading.Lock()
+        self._mine = threading.local()
         self._path = f"{database_path}.writer-lock" if database_path else None
         self._fd: int | None = None
         self._pid = -1
@@ -128,16 +129,23 @@ class WriterLock:
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        if getattr(self._mine, "held", False):
+            # SQLite has one writer: a write inside a write could only wait for itself.
+            raise RuntimeError("a write transaction was opened inside another one")
         with self._mutex:
-            fd = self._file()
-            if fd is None:
-                yield
-                return
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._mine.held = True
             try:
-                yield
+                fd = self._file()
+                if fd is None:
+                    yield
+                    return
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._mine.held = False
 
 
 class Sql:

@@ -84,3 +84,14 @@ def test_separation_of_duties_is_available_to_callers() -> None:
     with pytest.raises(SeparationOfDuties, match="someone else must approve"):
         ensure_separate_duties(ALICE, ALICE, "approve this template")
     ensure_separate_duties(ADMIN, ALICE, "approve this template")
+
+
+def test_a_write_inside_a_write_fails_at_once_instead_of_waiting_for_itself(
+    db: Database,
+) -> None:
+    if not db.is_sqlite:
+        pytest.skip("PostgreSQL has row locks, not one writer")
+    with db.write(), pytest.raises(RuntimeError, match="inside another"), db.write():
+        pass
+    with db.write():  # and the lock was let go
+        pass
