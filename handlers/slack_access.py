@@ -12,13 +12,12 @@ from typing import Any
 
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
-from slack_sdk.webhook import WebhookClient
 
 from rbac_core import Gate, Outcome
 
 from .role_command import reply_for
 from .slack_blocks import escape, message
-from .slack_stepup import STEP_UP_PROMPT, Resume, ask_for_code
+from .slack_stepup import STEP_UP_PROMPT, Answer, Resume, answer_through, ask_for_code
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +80,6 @@ def post_request(client: WebClient, channel: str | None, outcome: Outcome) -> st
 
 DECISION_KIND = "access_decision"
 """The step-up modal's `kind` for an Approve or Deny click waiting for a code."""
-
-Answer = Callable[..., Any]
-"""Bolt's `respond`, or the same through a response_url: takes a message's fields."""
-
-
-def _through(response_url: str) -> Answer:
-    def send(**fields: Any) -> None:
-        WebhookClient(response_url, timeout=5).send_dict(fields)
-
-    return send
 
 
 def register(app: App, gate: Gate, client: WebClient) -> Resume:
@@ -168,7 +157,7 @@ def register(app: App, gate: Gate, client: WebClient) -> Resume:
             actor,
             meta.get("approve") is True,
             str(meta.get("request_id") or ""),
-            _through(response_url),
+            answer_through(response_url),
         )
 
     return resume
@@ -339,7 +328,7 @@ def register_request_form(
         problem = post_request(client, audit_channel, outcome)
         if meta.get("response_url"):
             try:
-                WebhookClient(str(meta["response_url"]), timeout=5).send(
+                answer_through(str(meta["response_url"]))(
                     text=outcome.message + (f"\n{problem}" if problem else ""),
                     replace_original=False,
                     response_type="ephemeral",

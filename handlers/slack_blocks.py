@@ -34,10 +34,8 @@ def mention_users(text: str, users: Iterable[str]) -> str:
     def mention(match: re.Match[str]) -> str:
         start = match.start()
         before = text[start - 1] if start else " "
-        if (
-            before in "<@" or before.isalnum() or before == "_"
-        ):  # already a mention, or a longer word
-            return match.group()
+        if before in "<@" or before.isalnum() or before == "_":
+            return match.group()  # already a mention, or part of a longer word
         return f"<@{match.group()}>"
 
     return _ids_pattern(present).sub(mention, text)

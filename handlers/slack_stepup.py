@@ -34,6 +34,9 @@ Rerun = Callable[[str, str], Reply]
 Resume = Callable[[str, dict[str, Any]], None]
 """(actor, the modal's metadata) -> run again what the code was asked for, and answer."""
 
+Answer = Callable[..., Any]
+"""Bolt's `respond`, or the same through a saved response_url: takes a message's fields."""
+
 COMMAND = "command"
 STEP_UP_PROMPT = "This is a sensitive action: enter a 2FA code in the window that opened."
 
@@ -101,6 +104,15 @@ def ask_for_code(client: WebClient, trigger_id: str, what: str, metadata: dict[s
     return True
 
 
+def answer_through(response_url: str) -> Answer:
+    """Answer later through a response_url, as Bolt's `respond` would at once."""
+
+    def send(**fields: Any) -> None:
+        WebhookClient(response_url, timeout=5).send_dict(fields)
+
+    return send
+
+
 def rerun_command(reruns: dict[str, Rerun]) -> Resume:
     """Resume a slash command: run it again and answer through its response_url."""
 
@@ -109,9 +121,7 @@ def rerun_command(reruns: dict[str, Rerun]) -> Resume:
         if rerun is None or not meta.get("response_url"):
             return
         reply = rerun(actor, str(meta.get("text") or ""))
-        WebhookClient(str(meta["response_url"]), timeout=5).send_dict(
-            {**message(reply, {actor}), "replace_original": False}
-        )
+        answer_through(str(meta["response_url"]))(**message(reply, {actor}), replace_original=False)
 
     return resume
 

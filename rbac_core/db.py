@@ -242,11 +242,17 @@ class Txn:
 
     def _cursor(self, sql: Sql, params: Mapping[str, Any]) -> Any:
         text_, bound = sql.bind(self._dialect, params)
+        return self._execute(text_, bound, many=False)
+
+    def _execute(self, text_: str, bound: Any, *, many: bool) -> Any:
         if self._session is not None:
             self._session.flush()  # fast statements must see the ORM's pending writes
         cursor = self._raw.cursor()
         try:
-            cursor.execute(text_, bound)
+            if many:
+                cursor.executemany(text_, bound)
+            else:
+                cursor.execute(text_, bound)
         except Exception as exc:
             cursor.close()
             # Wrapped like SQLAlchemy's own errors, and like them without the values.
@@ -283,17 +289,7 @@ class Txn:
             return
         text_ = sql.bind(self._dialect, rows[0])[0]
         bound = [sql.bind(self._dialect, row)[1] for row in rows]
-        if self._session is not None:
-            self._session.flush()
-        cursor = self._raw.cursor()
-        try:
-            cursor.executemany(text_, bound)
-        except Exception as exc:
-            raise DBAPIError.instance(
-                text_, None, exc, self._dialect.loaded_dbapi.Error, hide_parameters=True
-            ) from exc
-        finally:
-            cursor.close()
+        self._execute(text_, bound, many=True).close()
 
     def _commit(self) -> None:
         if self._session is not None:

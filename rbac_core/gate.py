@@ -282,11 +282,10 @@ class Gate:
         )
 
     def _context(self, txn: Txn, actor: str, surface: str, handler: Action) -> Context:
-        if handler.mutates_policy:
-            # Lock before reading policy: on PostgreSQL this waits for any other
-            # policy writer to commit, so the rules below see current data.
-            lock_policy(txn)
-        policy = self.policies.refresh(txn)
+        # A policy writer locks the version row before reading policy: on PostgreSQL
+        # this waits for any other policy writer to commit, so its rules see current data.
+        version = lock_policy(txn) if handler.mutates_policy else None
+        policy = self.policies.refresh(txn, version)
         return Context(txn, policy, actor, surface, utcnow(self.clock), self.clock)
 
     def _run(

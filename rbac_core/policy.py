@@ -335,8 +335,10 @@ class PolicyCache:
         self._policy: Policy | None = None
         self._lock = threading.Lock()
 
-    def refresh(self, txn: Txn) -> Policy:
-        version = read_policy_version(txn)
+    def refresh(self, txn: Txn, version: int | None = None) -> Policy:
+        """The snapshot for `version`, read from `txn` unless the caller just read it."""
+        if version is None:
+            version = read_policy_version(txn)
         policy = self._policy
         if policy is not None and policy.version == version:
             return policy
