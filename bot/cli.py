@@ -16,7 +16,8 @@ from typing import IO, TextIO
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from handlers.role_command import Reply
-from rbac_core import audit, migrate
+from rbac_core import access_review, audit, migrate
+from rbac_core.clock import utcnow
 from rbac_core.values import parse_user_id
 
 from .config import SERVE_REQUIRES, ConfigError, Settings, load_settings
@@ -182,6 +183,89 @@ def cmd_audit_export(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
+    """The access review now: printed here, or with --post sent to the audit channel."""
+    from handlers.scheduled_jobs import ReviewRefused, run_review, slack_deactivated
+
+    from .slack_app import slack_client
+
+    runtime = _runtime(("SLACK_BOT_TOKEN", "WA_AUDIT_CHANNEL") if args.post else ())
+    gate, settings = runtime.gate, runtime.settings
+    days = args.days if args.days is not None else settings.audit_inactive_days
+    if args.post:
+        assert settings.audit_channel is not None  # required above
+        try:
+            summary = run_review(
+                gate,
+                slack_client(settings),
+                settings.audit_channel,
+                actor=OPERATOR,
+                surface="cli",
+                days=days,
+            )
+        except ReviewRefused as exc:
+            raise CliError(str(exc)) from None
+        print(f"{summary}; posted to {settings.audit_channel}", file=out)
+        return 0
+    opened = gate.submit(OPERATOR, "cli", "audit.review", {"days": days})
+    if opened.status != "done":
+        raise CliError(opened.message, opened.exit_code)
+    review_id = int(opened.data["review_id"])
+    deactivated: set[str] = set()
+    if settings.slack_bot_token:
+        deactivated = slack_deactivated(slack_client(settings), lambda: None)
+    else:
+        print("(SLACK_BOT_TOKEN not set: people deactivated in Slack are not checked)", file=out)
+    totals = access_review.build(
+        runtime.db,
+        review_id,
+        gate.policy(),
+        now=utcnow(gate.clock),
+        deactivated_in_slack=deactivated,
+    )
+    print(
+        f"access review #{review_id}: {totals.findings} findings for {totals.users} people "
+        f"({totals.grants_checked} live grants checked, inactive = {days} days)",
+        file=out,
+    )
+    for kind in access_review.KINDS:
+        if totals.by_kind[kind]:
+            print(f"  {totals.by_kind[kind]:>7} {access_review.KIND_TITLES[kind]}", file=out)
+    if args.csv:
+        target = Path(args.csv)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with partial.open("w", encoding="utf-8", newline="") as fh:
+                access_review.write_csv(runtime.db, review_id, fh)
+            partial.replace(target)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+        print(f"all findings written to {target}", file=out)
+    else:
+        for finding in access_review.iter_findings(runtime.db, review_id):
+            print(
+                f"  {finding.position:>5}. {finding.kind:<11} {finding.user:<12} "
+                f"{finding.role} in {finding.scope} (grant #{finding.grant_id})",
+                file=out,
+            )
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace, out: TextIO) -> int:
+    import logging
+
+    from .scheduler import build_scheduler
+    from .slack_app import slack_client
+
+    runtime = _runtime(("SLACK_BOT_TOKEN", "WA_AUDIT_CHANNEL"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    build_scheduler(runtime, slack_client(runtime.settings)).serve()
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from .server import serve
 
@@ -189,6 +273,14 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     runtime.db.dispose()  # each gunicorn worker opens its own connections
     serve(runtime.settings, host=args.host, port=args.port, workers=args.workers)
     return 0
+
+
+def _days(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= access_review.MAX_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of days from 1 to {access_review.MAX_DAYS}"
+        )
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=("csv", "jsonl"), required=True)
     exp.add_argument("--output", "-o", help="file to write (default: stdout)")
     exp.set_defaults(func=cmd_audit_export)
+    run = aud_sub.add_parser("run", help="run the access review now")
+    run.add_argument("--days", type=_days, help="inactive after this many days (default 30)")
+    run.add_argument("--csv", metavar="FILE", help="write every finding to FILE as CSV")
+    run.add_argument("--post", action="store_true", help="post it to WA_AUDIT_CHANNEL")
+    run.set_defaults(func=cmd_audit_run)
+
+    sched = sub.add_parser("scheduler", help="run the weekly access review and expiry sweeps")
+    sched.set_defaults(func=cmd_scheduler)
     return parser
 
 

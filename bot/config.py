@@ -25,6 +25,10 @@ DEFAULT_DATABASE_URL = "sqlite:///wa_access.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_WHATSAPP_API_URL = "https://graph.facebook.com/v21.0"
 
+DEFAULT_AUDIT_SCHEDULE = "0 9 * * mon"  # crontab: Monday 09:00 in WA_TIMEZONE
+DEFAULT_INACTIVE_DAYS = 30
+DEFAULT_GRACE_HOURS = 24  # a scheduler down at 09:00 still runs the review if back within this
+
 SERVE_REQUIRES = ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN")
 
 _CHANNEL = re.compile(r"[CGD][A-Z0-9]{2,20}")
@@ -52,6 +56,9 @@ class Settings:
     whatsapp_waba_id: str | None = None
     whatsapp_phone_number_id: str | None = None
     whatsapp_api_url: str = DEFAULT_WHATSAPP_API_URL
+    audit_schedule: str = DEFAULT_AUDIT_SCHEDULE
+    audit_inactive_days: int = DEFAULT_INACTIVE_DAYS
+    audit_grace_hours: int = DEFAULT_GRACE_HOURS
 
 
 ENV_NAMES = {
@@ -69,6 +76,9 @@ ENV_NAMES = {
     "whatsapp_waba_id": "WHATSAPP_WABA_ID",
     "whatsapp_phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
     "whatsapp_api_url": "WHATSAPP_API_URL",
+    "audit_schedule": "WA_AUDIT_SCHEDULE",
+    "audit_inactive_days": "WA_AUDIT_INACTIVE_DAYS",
+    "audit_grace_hours": "WA_AUDIT_GRACE_HOURS",
 }
 
 
@@ -144,6 +154,33 @@ def load_settings(
         ident = values.get(attr)
         if ident is not None and not ident.isdigit():
             problems.append(f"{ENV_NAMES[attr]} is malformed: expected digits, got '{ident}'")
+    _check_schedule(values, problems)
+    typed: dict[str, object] = dict(values)
+    for attr, low, high in (("audit_inactive_days", 1, 3650), ("audit_grace_hours", 0, 24 * 7)):
+        if attr in values:
+            raw = values[attr]
+            if not raw.isdigit() or not low <= int(raw) <= high:
+                problems.append(
+                    f"{ENV_NAMES[attr]} is malformed: expected a whole number from {low} to "
+                    f"{high}, got '{raw}'"
+                )
+            else:
+                typed[attr] = int(raw)
     if problems:
         raise ConfigError(problems)
-    return Settings(**values)  # type: ignore[arg-type]
+    return Settings(**typed)  # type: ignore[arg-type]
+
+
+def _check_schedule(values: Mapping[str, str], problems: list[str]) -> None:
+    expression = values.get("audit_schedule")
+    if expression is None:
+        return
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression, timezone="UTC")
+    except ValueError:
+        problems.append(
+            "WA_AUDIT_SCHEDULE is malformed: expected a crontab line such as "
+            f"'0 9 * * mon', got '{expression}'"
+        )

@@ -15,10 +15,13 @@ import logging
 
 from slack_bolt import App
 from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from handlers.slack_access import DECISION_KIND, register_request_form
 from handlers.slack_access import register as register_access
 from handlers.slack_home import register as register_home
+from handlers.slack_review import RESUME_KIND as REVIEW_KIND
+from handlers.slack_review import register as register_review
 from handlers.slack_roles import SlackDirectory
 from handlers.slack_roles import register as register_roles
 from handlers.slack_stepup import COMMAND, Rerun, rerun_command
@@ -26,18 +29,26 @@ from handlers.slack_stepup import register as register_stepup
 from handlers.slack_twofa import alert_lockout
 from handlers.slack_twofa import register as register_twofa
 
+from .config import Settings
 from .runtime import Runtime
 
 SLACK_TIMEOUT_SECONDS = 5
 
 
-def build_slack_app(runtime: Runtime) -> App:
-    settings = runtime.settings
+def slack_client(settings: Settings) -> WebClient:
+    """The Web API client: bounded timeouts, and Slack's Retry-After obeyed on HTTP 429."""
     client = WebClient(
         token=settings.slack_bot_token,
         base_url=settings.slack_api_url,
         timeout=SLACK_TIMEOUT_SECONDS,
     )
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=2))
+    return client
+
+
+def build_slack_app(runtime: Runtime) -> App:
+    settings = runtime.settings
+    client = slack_client(settings)
     # slack_sdk and Bolt log request and response bodies at DEBUG: those carry 2FA
     # codes and secrets, so they never log below INFO whatever the root level.
     for name in ("slack_sdk", "slack_bolt", "wa_access.slack"):
@@ -55,6 +66,7 @@ def build_slack_app(runtime: Runtime) -> App:
     resume_decision = register_access(app, runtime.gate, client)
     register_request_form(app, runtime.gate, client, settings.audit_channel)
     register_home(app, runtime.gate, client, runtime.deliveries)
+    resume_review = register_review(app, runtime.gate)
     reruns: dict[str, Rerun] = {
         "/wa-role": lambda actor, text: runtime.roles.handle(
             actor, "slack", text, directory.lookup_new
@@ -64,7 +76,11 @@ def build_slack_app(runtime: Runtime) -> App:
     register_stepup(
         app,
         runtime.gate,
-        {COMMAND: rerun_command(reruns), DECISION_KIND: resume_decision},
+        {
+            COMMAND: rerun_command(reruns),
+            DECISION_KIND: resume_decision,
+            REVIEW_KIND: resume_review,
+        },
         lambda actor: alert_lockout(client, settings.alert_channel, actor),
     )
     return app

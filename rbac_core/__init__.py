@@ -10,8 +10,10 @@ from .db import Database
 from .errors import RbacError
 from .gate import Action, Context, Gate, Outcome, Prepared, Result, StepUp
 from .policy import Decision, Policy, PolicyCache
+from .review_actions import REVIEW_ACTIONS
 from .role_actions import ROLE_ACTIONS
 from .secret_box import SecretBox
+from .sweeps import SWEEP_ACTIONS
 from .twofa import TotpStepUp, twofa_actions
 
 
@@ -23,7 +25,13 @@ def build_gate(
     step_up: StepUp | None = None,
 ) -> Gate:
     """The gate with every action the core defines, 2FA step-up by TOTP by default."""
-    actions = {**ROLE_ACTIONS, **ACCESS_ACTIONS, **twofa_actions(SecretBox(secret_key))}
+    actions = {
+        **ROLE_ACTIONS,
+        **ACCESS_ACTIONS,
+        **SWEEP_ACTIONS,
+        **REVIEW_ACTIONS,
+        **twofa_actions(SecretBox(secret_key)),
+    }
     return Gate(db, actions, clock=clock, step_up=step_up or TotpStepUp())
 
 

@@ -363,10 +363,12 @@ class Database:
             self.writer_lock.held() if write and self.writer_lock else nullcontext()
         )
         engine = self.engine if write else self._reader
-        with lock:
-            pooled = engine.raw_connection()
-            txn = Txn(engine, pooled)
-            try:
+        # The pool checkout and checkin stay outside the writers' lock: every
+        # microsecond inside it is one all other writers of every process wait.
+        pooled = engine.raw_connection()
+        txn = Txn(engine, pooled)
+        try:
+            with lock:
                 try:
                     self._begin(pooled, not write)
                 except engine.dialect.loaded_dbapi.Error as exc:
@@ -379,8 +381,8 @@ class Database:
                     txn._rollback()
                     raise
                 txn._commit()
-            finally:
-                txn._release()
+        finally:
+            txn._release()
 
     @contextmanager
     def write(self) -> Iterator[Session]:

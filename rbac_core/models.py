@@ -271,3 +271,99 @@ class Delivery(Base):
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
     delivery_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class JobRun(Base):
+    """One period of one scheduled job, claimed by the scheduler that runs it.
+
+    The primary key is the exactly-once guarantee: of N schedulers inserting
+    the same (job, period), one succeeds. A claim is a lease; a run that dies
+    stops renewing it, and once it lapses another scheduler may take over.
+    """
+
+    __tablename__ = "job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # running, done, failed
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    summary: Mapped[str | None] = mapped_column(String(1000))
+
+
+class UserActivity(Base):
+    """When each person last did something they were allowed to, rolled up from the audit log.
+
+    The audit log is the record of activity (every authorised action is an entry);
+    this table folds it incrementally (`activity_rollup.through_seq`), so a review
+    reads one row per person instead of scanning a million entries.
+    """
+
+    __tablename__ = "user_activity"
+
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_active_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ActivityRollup(Base):
+    """The single row saying how far into the audit log `user_activity` has been folded."""
+
+    __tablename__ = "activity_rollup"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    through_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class AccessReview(Base):
+    """One run of the access review: scheduled (one per period) or asked for on demand."""
+
+    __tablename__ = "access_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    period: Mapped[str | None] = mapped_column(String(32), unique=True)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    days: Mapped[int] = mapped_column(Integer)
+    through_seq: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # building, ready, posted
+    totals: Mapped[str | None] = mapped_column(Text)
+    channel: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+
+
+class ReviewFinding(Base):
+    """One grant the review asks someone to look at, and what they decided."""
+
+    __tablename__ = "review_findings"
+    __table_args__ = (
+        Index("ix_review_findings_review_position", "review_id", "position", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("access_reviews.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # deactivated, no_2fa, inactive, expiring
+    user_id: Mapped[str] = mapped_column(String(32))
+    grant_id: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(40))
+    scope: Mapped[str] = mapped_column(String(32))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # open, revoked, kept
+    handled_by: Mapped[str | None] = mapped_column(String(32))
+    handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReviewKeep(Base):
+    """ "Keep 30 days": the grant is left out of reviews until `until`."""
+
+    __tablename__ = "review_keeps"
+
+    grant_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    kept_by: Mapped[str] = mapped_column(String(32))
+    kept_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -37,6 +37,13 @@ TABLES = (
     "numbers",
     "users",
     "roles",
+    "job_runs",
+    "user_activity",
+    "activity_rollup",
+    "review_findings",
+    "access_reviews",
+    "review_keeps",
+    "deliveries",
 )
 
 
@@ -90,6 +97,7 @@ def db_url(pg_schema_url: str | None, sqlite_template: Path, tmp_path: Path) -> 
         session.execute(
             text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": GENESIS_HASH}
         )
+        session.execute(text("INSERT INTO activity_rollup (id, through_seq) VALUES (1, 0)"))
         sync_builtin_roles(session, utcnow())
     reset.dispose()
     return pg_schema_url

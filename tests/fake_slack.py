@@ -29,6 +29,11 @@ class FakeSlack:
     calls: list[Call] = field(default_factory=list)
     team_id: str = "T0WA0ACCESS"
     bot_user_id: str = "U0WABOT01"
+    hold: set[str] = field(default_factory=set)
+    """Methods whose calls are recorded and then never answered (a Slack that hangs)."""
+    _ts: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _released: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def start(self) -> FakeSlack:
         fake = self
@@ -55,6 +60,9 @@ class FakeSlack:
                     body = {k: v[0] for k, v in parse_qs(raw).items()}
                 name = self.path.split("?")[0].removeprefix("/api/").strip("/")
                 fake.calls.append(Call(name, body, dict(self.headers)))
+                if name in fake.hold:
+                    fake._released.wait(60)
+                    return
                 answer = fake.answer(name, body)
                 data = json.dumps(answer).encode("utf-8")
                 self.send_response(200)
@@ -69,6 +77,7 @@ class FakeSlack:
         return self
 
     def stop(self) -> None:
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -102,6 +111,13 @@ class FakeSlack:
             return {"ok": True, "user": user}
         if method.startswith("response/"):
             return {"ok": True}
+        if method == "users.list":
+            return self._users_page(body)
+        if method == "chat.postMessage":
+            with self._lock:
+                self._ts += 1
+                ts = f"1795000000.{self._ts:06d}"
+            return {"ok": True, "channel": body.get("channel"), "ts": ts, "message": body}
         if method == "conversations.open":
             return {"ok": True, "channel": {"id": "D" + str(body.get("users", "X"))[1:]}}
         if method == "files.getUploadURLExternal":
@@ -113,6 +129,21 @@ class FakeSlack:
         if method == "files.completeUploadExternal":
             return {"ok": True, "files": [{"id": "F0QRCODE1", "title": "QR"}]}
         return {"ok": True}
+
+    def _users_page(self, body: dict[str, Any]) -> dict[str, Any]:
+        """users.list, paginated by cursor as Slack does (the cursor is an opaque string)."""
+        members = sorted(self.users.values(), key=lambda u: str(u["id"]))
+        limit = int(body.get("limit") or 100)
+        cursor = str(body.get("cursor") or "")
+        start = int(cursor.removeprefix("next_")) if cursor.startswith("next_") else 0
+        chunk = members[start : start + limit]
+        more = start + limit < len(members)
+        return {
+            "ok": True,
+            "members": chunk,
+            "cache_ts": 1795000000,
+            "response_metadata": {"next_cursor": f"next_{start + limit}" if more else ""},
+        }
 
     def add_user(self, user_id: str, name: str, *, deleted: bool = False) -> None:
         self.users[user_id] = {

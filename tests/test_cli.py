@@ -230,3 +230,40 @@ def test_numbers_are_registered_by_the_operator_and_usable_by_id(
     script = f"/wa-role assign <@{ALICE}> agent --number 106540352242922\nconfirm\n"
     assert staffed("console", "--as", ADMIN, stdin=script)[0] == 0
     assert (ALICE, "agent", "+15550001111") in live_grants(db)
+
+
+def test_audit_run_prints_the_review_and_writes_every_finding_as_csv(
+    staffed: Cli, tmp_path: Path
+) -> None:
+    # Alice's agent grant is brand new, so only the admin (admin needs 2FA) is reported.
+    assert (
+        staffed("console", "--as", ADMIN, stdin=f"/wa-role assign <@{ALICE}> agent\nconfirm\n")[0]
+        == 0
+    )
+    code, out, _ = staffed("audit", "run", "--csv", "review.csv")
+    assert code == 0, out
+    assert "SLACK_BOT_TOKEN not set" in out
+    assert "1 findings for 1 people (2 live grants checked, inactive = 30 days)" in out
+    assert "1 holding a 2FA role without 2FA" in out
+    rows = (tmp_path / "review.csv").read_text().splitlines()
+    assert rows[0].startswith("position,finding,user,role,scope")
+    assert rows[1].startswith(f"1,no_2fa,{ADMIN},admin,*")
+
+
+def test_audit_run_rejects_bad_days_with_a_usage_error(staffed: Cli) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        staffed("audit", "run", "--days", "0")
+    assert exit_.value.code == 2
+
+
+def test_scheduler_needs_the_bot_token_and_the_audit_channel(
+    staffed: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    monkeypatch.delenv("WA_AUDIT_CHANNEL", raising=False)
+    code, _, err = staffed("scheduler")
+    assert code == 2
+    assert err.splitlines() == [
+        "SLACK_BOT_TOKEN is required but not set",
+        "WA_AUDIT_CHANNEL is required but not set",
+    ]

@@ -186,6 +186,8 @@ READ_ONLY_CALLS = [
     (ALICE, "role.why", {"user": ALICE, "permission": "messages:send", "number": "+1 555 0100"}),
     (ADMIN, "access.pending", {}),
     (ALICE, "2fa.status", {}),
+    (ADMIN, "review.page", {"review": 1, "page": 0}),
+    (ALICE, "review.page", {"review": "x"}),
     ("", "role.show", {}),
 ]
 

@@ -1,0 +1,498 @@
+"""The access review: which live grants deserve a second look, and why.
+
+A review is created by the gate (`audit.review`, authorised and audited),
+then built here outside the writers' lock, because it reads every live grant:
+
+1. `fold_activity` brings `user_activity` up to date from the audit log (every
+   allowed entry is activity). It folds only entries it has not folded before,
+   so after the first review a fold reads a week of log, not all of it.
+2. The live grants are streamed, ordered by holder, in one read snapshot, and
+   each gets at most one finding, the most pressing: its holder is deactivated
+   (here or in Slack), lacks the 2FA its role requires, has been inactive for
+   the review's N days, or the grant expires within 7 days.
+3. Findings are written in batches of short write transactions, so memory and
+   lock hold stay flat however many grants there are; a run that dies half way
+   is rebuilt from scratch by whoever takes the period over.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO, Any, cast
+
+from sqlalchemy import Table, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from .db import Database
+from .models import (
+    AccessReview,
+    ActivityRollup,
+    Grant,
+    ReviewFinding,
+    ReviewKeep,
+    SecondFactor,
+    User,
+    UserActivity,
+)
+from .policy import Policy
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 3650
+EXPIRING_WITHIN = timedelta(days=7)
+KEEP_FOR = timedelta(days=30)
+BATCH = 1_000
+PAGE_SIZE = 15
+
+# The order findings are weighed in: a grant gets the first that applies.
+KINDS = ("deactivated", "no_2fa", "inactive", "expiring")
+KIND_TITLES = {
+    "deactivated": "deactivated but still holding access",
+    "no_2fa": "holding a 2FA role without 2FA",
+    "inactive": "inactive",
+    "expiring": "expiring within 7 days",
+}
+
+_GRANTS = cast(Table, Grant.__table__)
+_USERS = cast(Table, User.__table__)
+_ACTIVITY = cast(Table, UserActivity.__table__)
+_FACTORS = cast(Table, SecondFactor.__table__)
+_KEEPS = cast(Table, ReviewKeep.__table__)
+_FINDINGS = cast(Table, ReviewFinding.__table__)
+_REVIEWS = cast(Table, AccessReview.__table__)
+
+# Dialect-neutral upsert: both SQLite (3.24+) and PostgreSQL speak ON CONFLICT.
+# The WHERE clause is required by SQLite's parser when an upsert takes a SELECT.
+_FOLD = text(
+    "INSERT INTO user_activity (user_id, last_active_us) "
+    "SELECT a.actor, MAX(a.ts_us) FROM audit_log a JOIN users u ON u.id = a.actor "
+    "WHERE a.seq > :after AND a.seq <= :upto AND a.decision = 'allow' "
+    "GROUP BY a.actor "
+    "ON CONFLICT (user_id) DO UPDATE SET last_active_us = CASE "
+    "WHEN excluded.last_active_us > user_activity.last_active_us "
+    "THEN excluded.last_active_us ELSE user_activity.last_active_us END"
+)
+
+Checkpoint = Callable[[], None]
+
+
+def _us(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+def _moment(us: int | None) -> datetime | None:
+    return None if us is None else datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
+def fold_activity(db: Database) -> int:
+    """Fold new audit entries into `user_activity`; returns the last seq folded."""
+    with db.transaction(write=True) as txn:
+        session = txn.session
+        rollup = session.execute(
+            select(ActivityRollup).where(ActivityRollup.id == 1).with_for_update()
+        ).scalar_one()
+        upto = session.scalar(text("SELECT MAX(seq) FROM audit_log")) or 0
+        if upto > rollup.through_seq:
+            session.execute(_FOLD, {"after": rollup.through_seq, "upto": upto})
+            rollup.through_seq = upto
+        return int(rollup.through_seq)
+
+
+def last_active(session: Session, user: str) -> datetime | None:
+    """When `user` last did something allowed, counting entries not folded yet."""
+    folded = session.scalar(select(ActivityRollup.through_seq).where(ActivityRollup.id == 1))
+    rolled = session.scalar(select(UserActivity.last_active_us).where(UserActivity.user_id == user))
+    fresh = session.scalar(
+        text(
+            "SELECT MAX(ts_us) FROM audit_log "
+            "WHERE seq > :after AND actor = :user AND decision = 'allow'"
+        ),
+        {"after": folded or 0, "user": user},
+    )
+    return _moment(max((v for v in (rolled, fresh) if v is not None), default=None))
+
+
+@dataclass(frozen=True)
+class Totals:
+    findings: int
+    users: int
+    grants_checked: int
+    by_kind: dict[str, int]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "findings": self.findings,
+                "users": self.users,
+                "grants_checked": self.grants_checked,
+                "by_kind": self.by_kind,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> Totals:
+        data = json.loads(raw or "{}")
+        return cls(
+            int(data.get("findings", 0)),
+            int(data.get("users", 0)),
+            int(data.get("grants_checked", 0)),
+            {k: int(data.get("by_kind", {}).get(k, 0)) for k in KINDS},
+        )
+
+
+def classify(
+    *,
+    active: bool,
+    deactivated_in_slack: bool,
+    needs_2fa: bool,
+    has_2fa: bool,
+    kept: bool,
+    granted_at: datetime,
+    expires_at: datetime | None,
+    last_active_at: datetime | None,
+    cutoff: datetime,
+    now: datetime,
+) -> str | None:
+    """The one finding a live grant gets, or None; "Keep 30 days" silences all but expiry."""
+    if not kept:
+        if not active or deactivated_in_slack:
+            return "deactivated"
+        if needs_2fa and not has_2fa:
+            return "no_2fa"
+        if granted_at < cutoff and (last_active_at is None or last_active_at < cutoff):
+            return "inactive"
+    if expires_at is not None and expires_at <= now + EXPIRING_WITHIN:
+        return "expiring"
+    return None
+
+
+def _live_grants(now: datetime) -> Any:
+    g, u, a, f, k = _GRANTS, _USERS, _ACTIVITY, _FACTORS, _KEEPS
+    return (
+        select(
+            g.c.id,
+            g.c.user_id,
+            g.c.role,
+            g.c.scope,
+            g.c.granted_at,
+            g.c.expires_at,
+            u.c.active,
+            a.c.last_active_us,
+            f.c.active,
+            k.c.until,
+        )
+        .select_from(
+            g.join(u, u.c.id == g.c.user_id)
+            .outerjoin(a, a.c.user_id == g.c.user_id)
+            .outerjoin(f, f.c.user_id == g.c.user_id)
+            .outerjoin(k, and_(k.c.grant_id == g.c.id, k.c.until > now))
+        )
+        .where(g.c.revoked_at.is_(None), or_(g.c.expires_at.is_(None), g.c.expires_at > now))
+        .order_by(g.c.user_id, g.c.role, g.c.scope)
+    )
+
+
+def build(
+    db: Database,
+    review_id: int,
+    policy: Policy,
+    *,
+    now: datetime,
+    deactivated_in_slack: Collection[str] = frozenset(),
+    checkpoint: Checkpoint = lambda: None,
+) -> Totals:
+    """Compute and store the findings of review `review_id`; returns its totals."""
+    through = fold_activity(db)
+    checkpoint()
+    with db.write() as session:
+        review = session.get(AccessReview, review_id)
+        if review is None:
+            raise LookupError(f"no access review #{review_id}")
+        days = review.days
+        session.execute(delete(_FINDINGS).where(_FINDINGS.c.review_id == review_id))
+    cutoff = now - timedelta(days=days)
+    needs_2fa: dict[str, bool] = {}
+    by_kind = dict.fromkeys(KINDS, 0)
+    checked = users = position = 0
+    previous_user: str | None = None
+    batch: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if batch:
+            with db.write() as session:
+                session.execute(insert(_FINDINGS), batch)
+            batch.clear()
+            checkpoint()
+
+    with db.snapshot() as conn:
+        rows = conn.execution_options(stream_results=True, yield_per=BATCH).execute(
+            _live_grants(now)
+        )
+        for (
+            grant_id,
+            user,
+            role,
+            scope,
+            granted_at,
+            expires_at,
+            active,
+            last_us,
+            factor,
+            keep,
+        ) in rows:
+            checked += 1
+            if role not in needs_2fa:
+                needs_2fa[role] = policy.requires_2fa(role)
+            last_at = _moment(last_us)
+            kind = classify(
+                active=bool(active),
+                deactivated_in_slack=user in deactivated_in_slack,
+                needs_2fa=needs_2fa[role],
+                has_2fa=bool(factor),
+                kept=keep is not None,
+                granted_at=granted_at,
+                expires_at=expires_at,
+                last_active_at=last_at,
+                cutoff=cutoff,
+                now=now,
+            )
+            if kind is None:
+                continue
+            position += 1
+            by_kind[kind] += 1
+            if user != previous_user:
+                users += 1
+                previous_user = user
+            batch.append(
+                {
+                    "review_id": review_id,
+                    "position": position,
+                    "kind": kind,
+                    "user_id": user,
+                    "grant_id": grant_id,
+                    "role": role,
+                    "scope": scope,
+                    "granted_at": granted_at,
+                    "expires_at": expires_at,
+                    "last_active_at": last_at,
+                    "status": "open",
+                    "handled_by": None,
+                    "handled_at": None,
+                }
+            )
+            if len(batch) >= BATCH:
+                flush()
+    flush()
+    totals = Totals(position, users, checked, by_kind)
+    with db.write() as session:
+        session.execute(
+            update(_REVIEWS)
+            .where(_REVIEWS.c.id == review_id)
+            .values(status="ready", totals=totals.to_json(), through_seq=through)
+        )
+    return totals
+
+
+# -- reading a review back ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: int
+    position: int
+    kind: str
+    user: str
+    grant_id: int
+    role: str
+    scope: str
+    granted_at: datetime
+    expires_at: datetime | None
+    last_active_at: datetime | None
+    status: str
+    handled_by: str | None
+    handled_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ReviewFinding) -> Finding:
+        return cls(
+            row.id,
+            row.position,
+            row.kind,
+            row.user_id,
+            row.grant_id,
+            row.role,
+            row.scope,
+            row.granted_at,
+            row.expires_at,
+            row.last_active_at,
+            row.status,
+            row.handled_by,
+            row.handled_at,
+        )
+
+
+@dataclass(frozen=True)
+class Review:
+    id: int
+    period: str | None
+    requested_by: str
+    created_at: datetime
+    days: int
+    status: str
+    totals: Totals
+    channel: str | None
+    message_ts: str | None
+
+    @classmethod
+    def of(cls, row: AccessReview) -> Review:
+        return cls(
+            row.id,
+            row.period,
+            row.requested_by,
+            row.created_at,
+            row.days,
+            row.status,
+            Totals.from_json(row.totals),
+            row.channel,
+            row.message_ts,
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    review: Review
+    number: int  # from 0
+    pages: int
+    findings: list[Finding]
+
+
+def get_review(db: Database, review_id: int) -> Review | None:
+    with db.read() as session:
+        row = session.get(AccessReview, review_id)
+        return None if row is None else Review.of(row)
+
+
+def page(db: Database, review_id: int, number: int, size: int = PAGE_SIZE) -> Page | None:
+    """Page `number` of a review (clamped to the pages it has); None if no such review."""
+    with db.read() as session:
+        return read_page(session, review_id, number, size)
+
+
+def read_page(session: Session, review_id: int, number: int, size: int = PAGE_SIZE) -> Page | None:
+    row = session.get(AccessReview, review_id)
+    if row is None:
+        return None
+    review = Review.of(row)
+    pages = max(1, -(-review.totals.findings // size))
+    number = min(max(number, 0), pages - 1)
+    findings = session.scalars(
+        select(ReviewFinding)
+        .where(
+            ReviewFinding.review_id == review_id,
+            ReviewFinding.position > number * size,
+            ReviewFinding.position <= (number + 1) * size,
+        )
+        .order_by(ReviewFinding.position)
+    ).all()
+    return Page(review, number, pages, [Finding.of(f) for f in findings])
+
+
+def page_of(position: int, size: int = PAGE_SIZE) -> int:
+    return (position - 1) // size
+
+
+def mark_posted(db: Database, review_id: int, channel: str, ts: str) -> None:
+    with db.write() as session:
+        session.execute(
+            update(_REVIEWS)
+            .where(_REVIEWS.c.id == review_id)
+            .values(status="posted", channel=channel, message_ts=ts)
+        )
+
+
+CSV_COLUMNS = (
+    "position",
+    "finding",
+    "user",
+    "role",
+    "scope",
+    "grant_id",
+    "granted_at",
+    "expires_at",
+    "last_active_at",
+    "status",
+    "handled_by",
+    "handled_at",
+)
+
+
+def _iso(moment: datetime | None) -> str:
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iter_findings(db: Database, review_id: int) -> Iterator[Finding]:
+    """Every finding of a review in order, streamed in one snapshot."""
+    with db.snapshot() as conn:
+        rows = conn.execution_options(stream_results=True, yield_per=BATCH).execute(
+            select(
+                _FINDINGS.c.id,
+                _FINDINGS.c.position,
+                _FINDINGS.c.kind,
+                _FINDINGS.c.user_id,
+                _FINDINGS.c.grant_id,
+                _FINDINGS.c.role,
+                _FINDINGS.c.scope,
+                _FINDINGS.c.granted_at,
+                _FINDINGS.c.expires_at,
+                _FINDINGS.c.last_active_at,
+                _FINDINGS.c.status,
+                _FINDINGS.c.handled_by,
+                _FINDINGS.c.handled_at,
+            )
+            .where(_FINDINGS.c.review_id == review_id)
+            .order_by(_FINDINGS.c.position)
+        )
+        for row in rows:
+            yield Finding(*row)  # type: ignore[call-arg]
+
+
+def write_csv(db: Database, review_id: int, out: IO[str]) -> int:
+    """The whole review as CSV, streamed; returns the number of findings written."""
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    for f in iter_findings(db, review_id):
+        writer.writerow(
+            (
+                f.position,
+                f.kind,
+                f.user,
+                f.role,
+                f.scope,
+                f.grant_id,
+                _iso(f.granted_at),
+                _iso(f.expires_at),
+                _iso(f.last_active_at),
+                f.status,
+                f.handled_by or "",
+                _iso(f.handled_at),
+            )
+        )
+        count += 1
+    return count
+
+
+def count_findings(db: Database, review_id: int) -> int:
+    with db.read() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(_FINDINGS)
+                .where(_FINDINGS.c.review_id == review_id)
+            )
+            or 0
+        )

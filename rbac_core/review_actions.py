@@ -1,0 +1,294 @@
+"""Gate actions of the access review: start one, and act on its findings.
+
+*Revoke* and *Keep 30 days* are decided afresh at the click, like any
+confirmation (SPEC §4 rule 3): the clicker needs `roles:assign` where the
+grant applies, the finding must still be open, the grant still live, and an
+"inactive" finding must still be true — someone who has done anything since
+the review is not revoked on its word. "Keep" on an expiring grant extends it
+by 30 days, which is granting again, so it follows the granting rules (and
+step-up 2FA for a sensitive role); on other findings it leaves the grant out
+of reviews for 30 days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from .access_review import DEFAULT_DAYS, KEEP_FOR, MAX_DAYS, last_active, read_page
+from .builtin_roles import ADMIN
+from .errors import Conflict, InvalidInput, NotFound, SelfGrant
+from .gate import Action, Context, Prepared, Result
+from .grants import ensure_holds, ensure_not_last_admin
+from .models import AccessReview, Grant, ReviewFinding, ReviewKeep
+from .role_actions import check_grantable, sensitive_role
+from .sweeps import SYSTEM_SURFACES
+from .values import WILDCARD, for_scope, format_moment, scope_text
+
+PERIOD_MAX = 32
+
+
+def _days(value: object) -> int:
+    if value is None or value == "":
+        return DEFAULT_DAYS
+    try:
+        days = int(str(value))
+    except ValueError:
+        raise InvalidInput(f"--days takes a whole number of days, not '{value}'") from None
+    if not 1 <= days <= MAX_DAYS:
+        raise InvalidInput(f"--days must be between 1 and {MAX_DAYS}")
+    return days
+
+
+class StartReviewAction(Action):
+    """Open an access review; the scheduler's has a period and is made once per period."""
+
+    name = "audit.review"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        days = _days(params.get("days"))
+        period = params.get("period")
+        system = ctx.surface in SYSTEM_SURFACES
+        if period is not None:
+            if not system:
+                raise InvalidInput("only the scheduler opens a review for a period")
+            period = str(period)[:PERIOD_MAX]
+        return Prepared(
+            {"days": days, "period": period},
+            None if system else "audit:run",
+            WILDCARD,
+            f"review:{period or 'now'}",
+            f"run the access review (inactive for {days} days)",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        session = ctx.session
+        existing = None
+        if p["period"] is not None:
+            existing = session.scalar(
+                select(AccessReview).where(AccessReview.period == p["period"])
+            )
+        review = existing or AccessReview(
+            period=p["period"],
+            requested_by=ctx.actor,
+            created_at=ctx.now,
+            days=p["days"],
+            status="building",
+        )
+        if existing is None:
+            session.add(review)
+            session.flush()
+        elif review.status == "building":
+            review.created_at = ctx.now  # rebuilt by a run that took the period over
+        return Result(
+            f"Access review #{review.id} opened.",
+            data={"review_id": review.id, "status": review.status, "resumed": bool(existing)},
+            details={"review_id": review.id, "days": review.days},
+        )
+
+
+def _finding(ctx: Context, params: Mapping[str, Any]) -> ReviewFinding:
+    try:
+        finding_id = int(str(params.get("finding")))
+    except ValueError:
+        raise InvalidInput("that button names no finding") from None
+    finding = ctx.session.scalar(
+        select(ReviewFinding).where(ReviewFinding.id == finding_id).with_for_update()
+    )
+    if finding is None:
+        raise NotFound("That finding no longer exists (the review was removed).")
+    return finding
+
+
+def _ensure_open(ctx: Context, finding: ReviewFinding) -> Grant:
+    if finding.status != "open":
+        when = format_moment(finding.handled_at) if finding.handled_at else "earlier"
+        raise Conflict(
+            f"Already handled: {finding.status} by <@{finding.handled_by}> at {when}. "
+            "Nothing changed."
+        )
+    grant = ctx.session.get(Grant, finding.grant_id)
+    if grant is None or grant.revoked_at is not None:
+        raise Conflict(
+            f"{finding.user_id} no longer holds {finding.role} in {scope_text(finding.scope)}; "
+            "nothing changed."
+        )
+    if grant.expires_at is not None and grant.expires_at <= ctx.now:
+        raise Conflict(
+            f"{finding.user_id}'s {finding.role} grant expired at "
+            f"{format_moment(grant.expires_at)}; nothing changed."
+        )
+    return grant
+
+
+def _ensure_still_inactive(ctx: Context, finding: ReviewFinding) -> None:
+    if finding.kind != "inactive":
+        return
+    review = ctx.session.get(AccessReview, finding.review_id)
+    since = review.created_at if review is not None else ctx.now
+    seen: datetime | None = last_active(ctx.session, finding.user_id)
+    if seen is not None and seen > since:
+        raise Conflict(
+            f"{finding.user_id} has been active since this review (last at "
+            f"{format_moment(seen)}), so they are no longer inactive; nothing changed."
+        )
+
+
+def _prepared(finding: ReviewFinding, what: str, sensitive: bool = False) -> Prepared:
+    return Prepared(
+        {"finding": finding.id},
+        "roles:assign",
+        finding.scope,
+        f"user:{finding.user_id}",
+        f"{what} {finding.role} of {finding.user_id} in {scope_text(finding.scope)} "
+        f"(review #{finding.review_id}, {finding.kind})",
+        sensitive,
+    )
+
+
+class RevokeFindingAction(Action):
+    name = "review.revoke"
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        finding = _finding(ctx, params)
+        _ensure_open(ctx, finding)
+        _ensure_still_inactive(ctx, finding)
+        return _prepared(finding, "revoke")
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        finding = _finding(ctx, prepared.params)
+        if finding.user_id != ctx.actor:
+            ensure_holds(
+                ctx.policy,
+                ctx.actor,
+                ctx.policy.permissions_of_role(finding.role),
+                finding.scope,
+                f"revoke {finding.role}{for_scope(finding.scope)}",
+            )
+        if finding.role == ADMIN and finding.scope == WILDCARD:
+            ensure_not_last_admin(ctx.session, finding.user_id, ctx.now, "revoking admin")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        finding = _finding(ctx, prepared.params)
+        grant = _ensure_open(ctx, finding)
+        grant.revoked_at = ctx.now
+        grant.revoked_by = ctx.actor
+        grant.revoke_reason = f"access review #{finding.review_id}: {finding.kind}"
+        finding.status = "revoked"
+        finding.handled_by = ctx.actor
+        finding.handled_at = ctx.now
+        ctx.session.flush()
+        return Result(
+            f"Revoked {finding.role} from {finding.user_id} in {scope_text(finding.scope)} "
+            f"(grant #{grant.id}).",
+            data=_data(finding),
+            details={"finding": finding.id, "grant_id": grant.id, "kind": finding.kind},
+        )
+
+
+class KeepFindingAction(Action):
+    name = "review.keep"
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        finding = _finding(ctx, params)
+        _ensure_open(ctx, finding)
+        _ensure_still_inactive(ctx, finding)
+        extends = finding.kind == "expiring"
+        sensitive = extends and sensitive_role(ctx.policy, finding.role)
+        return _prepared(finding, "extend" if extends else "keep", sensitive)
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        finding = _finding(ctx, prepared.params)
+        if finding.kind == "expiring":
+            check_grantable(ctx, finding.user_id, finding.role, finding.scope)
+        elif finding.user_id == ctx.actor:
+            raise SelfGrant("You cannot keep your own access: someone else must decide.")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        finding = _finding(ctx, prepared.params)
+        grant = _ensure_open(ctx, finding)
+        details: dict[str, Any] = {"finding": finding.id, "grant_id": grant.id}
+        if finding.kind == "expiring" and grant.expires_at is not None:
+            grant.expires_at = grant.expires_at + KEEP_FOR
+            message = (
+                f"Extended {finding.role} of {finding.user_id} in {scope_text(finding.scope)} "
+                f"by 30 days, until {format_moment(grant.expires_at)}."
+            )
+            details["expires_at"] = grant.expires_at.isoformat()
+        else:
+            until = ctx.now + KEEP_FOR
+            keep = ctx.session.get(ReviewKeep, grant.id)
+            if keep is None:
+                ctx.session.add(
+                    ReviewKeep(grant_id=grant.id, until=until, kept_by=ctx.actor, kept_at=ctx.now)
+                )
+            else:
+                keep.until, keep.kept_by, keep.kept_at = until, ctx.actor, ctx.now
+            message = (
+                f"Kept {finding.role} of {finding.user_id} in {scope_text(finding.scope)}; "
+                f"reviews leave it alone until {format_moment(until)}."
+            )
+            details["kept_until"] = until.isoformat()
+        finding.status = "kept"
+        finding.handled_by = ctx.actor
+        finding.handled_at = ctx.now
+        ctx.session.flush()
+        return Result(message, data=_data(finding), details=details)
+
+
+def _data(finding: ReviewFinding) -> dict[str, Any]:
+    return {
+        "finding": finding.id,
+        "review_id": finding.review_id,
+        "position": finding.position,
+        "user": finding.user_id,
+        "role": finding.role,
+        "scope": finding.scope,
+    }
+
+
+class ViewReviewPageAction(Action):
+    """One page of a review, for the report's Previous / Next buttons."""
+
+    name = "review.page"
+    read_only = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        try:
+            review_id = int(str(params.get("review")))
+            number = int(str(params.get("page") or 0))
+        except ValueError:
+            raise InvalidInput("that button names no review page") from None
+        return Prepared(
+            {"review": review_id, "page": number},
+            "audit:view",
+            WILDCARD,
+            f"review:{review_id}",
+            f"read page {number + 1} of access review #{review_id}",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        shown = read_page(ctx.session, prepared.params["review"], prepared.params["page"])
+        if shown is None:
+            raise NotFound(f"There is no access review #{prepared.params['review']}.")
+        return Result(
+            f"Page {shown.number + 1} of {shown.pages} of access review #{shown.review.id}.",
+            data={"page": shown},
+        )
+
+
+REVIEW_ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        StartReviewAction(),
+        RevokeFindingAction(),
+        KeepFindingAction(),
+        ViewReviewPageAction(),
+    )
+}

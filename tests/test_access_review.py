@@ -1,0 +1,542 @@
+"""The weekly access review: what it finds, how it is posted, and what its buttons do.
+
+The clock is injected: tests move it to a Monday morning instead of waiting for
+one. Slack is the fake Web API; clicks are signed `block_actions` posts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from bot.app import create_app
+from bot.config import Settings
+from bot.runtime import Runtime, build_runtime
+from bot.scheduler import REVIEW_JOB, Scheduler, build_scheduler
+from bot.slack_app import slack_client
+from rbac_core import Database, ManualClock
+from rbac_core.directory import ensure_user
+from rbac_core.models import AccessReview, Grant, JobRun, ReviewFinding
+
+from .conftest import ADMIN, ALICE, BOB, CAROL
+from .fake_slack import FakeSlack
+from .helpers import audit_rows, live_grants, run
+from .slack_requests import SIGNING_SECRET, block_action, signed_headers
+
+AUDIT = "C0WAAUDIT"
+# 40 days after the team got its grants: Monday 28 December 2026, 09:00 in Paris.
+MONDAY = datetime(2026, 12, 28, 8, 0, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    for user, name in ((ADMIN, "admin"), (ALICE, "alice"), (BOB, "bob")):
+        fake.add_user(user, name)
+    fake.add_user(CAROL, "carol", deleted=True)  # left the company; Slack deactivated her
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def settings(db_url: str, slack: FakeSlack) -> Settings:
+    return Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+        audit_channel=AUDIT,
+        timezone="Europe/Paris",
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings, clock: ManualClock) -> Iterator[Runtime]:
+    built = build_runtime(settings, clock=clock)
+    yield built
+    built.db.dispose()
+
+
+@pytest.fixture
+def scheduler(runtime: Runtime, settings: Settings) -> Scheduler:
+    return build_scheduler(runtime, slack_client(settings), owner="test-scheduler")
+
+
+@pytest.fixture
+def app(runtime: Runtime) -> FlaskClient:
+    return create_app(runtime).test_client()
+
+
+@pytest.fixture
+def workspace(team: dict[str, str], gate: Any, clock: ManualClock) -> dict[str, str]:
+    """Four grants that each deserve a look on MONDAY, for a different reason.
+
+    * the admin holds admin, which requires 2FA, and never enrolled;
+    * alice has done nothing since she got agent 40 days ago;
+    * carol is deactivated in Slack but still holds analyst;
+    * bob is active, and his support grant runs out in 5 days.
+    """
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").status == "done"
+    assert run(gate, ADMIN, "role.assign", user=CAROL, role="analyst").status == "done"
+    bob = run(gate, ADMIN, "role.assign", user=BOB, role="support", **{"for": "45d"})
+    assert bob.status == "done"
+    clock.now = (MONDAY - timedelta(days=1)).timestamp()
+    assert gate.submit(BOB, "slack", "role.show", {}).status == "done"  # bob's activity
+    clock.now = MONDAY.timestamp()
+    return team
+
+
+def reports(slack: FakeSlack) -> list[dict[str, Any]]:
+    return [c.body for c in slack.named("chat.postMessage") if c.body.get("channel") == AUDIT]
+
+
+def finding_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(text, button labels) for each finding in a posted report."""
+    blocks = report["blocks"]
+    rows = []
+    for i, block in enumerate(blocks):
+        if block["type"] == "section" and block["text"]["text"].split(".")[0].strip("*").isdigit():
+            after = blocks[i + 1] if i + 1 < len(blocks) else {}
+            labels = (
+                [e["text"]["text"] for e in after["elements"]]
+                if after.get("type") == "actions"
+                else []
+            )
+            rows.append((block["text"]["text"], labels))
+    return rows
+
+
+def findings(db: Database) -> dict[str, ReviewFinding]:
+    with db.read() as session:
+        return {f.user_id: f for f in session.scalars(select(ReviewFinding))}
+
+
+def click(app: FlaskClient, slack: FakeSlack, user: str, action: str, value: str) -> list[Any]:
+    before = len(slack.responses())
+    body = block_action(user, action, value, slack.response_url("report"))
+    response = app.post("/slack/events", data=body, headers=signed_headers(body))
+    assert response.status_code == 200
+    return slack.responses()[before:]
+
+
+# -- what the review finds and posts -------------------------------------------------
+
+
+def test_the_weekly_review_posts_one_row_per_finding_with_revoke_and_keep(
+    workspace: dict[str, str], scheduler: Scheduler, slack: FakeSlack, db: Database
+) -> None:
+    ran = scheduler.tick()
+    assert [(r.job, r.period, r.status) for r in ran] == [(REVIEW_JOB, "2026-12-28T08:00Z", "done")]
+    [report] = reports(slack)
+    assert report["blocks"][0]["text"]["text"].startswith("Weekly access review #")
+    rows = finding_rows(report)
+    assert len(rows) == 4
+    text = "\n".join(t for t, _ in rows)
+    assert f"<@{ADMIN}> · *admin*" in text and "requires 2FA" in text
+    assert f"<@{ALICE}> · *agent*" in text and "no activity on record" in text
+    assert f"<@{CAROL}> · *analyst*" in text and "deactivated" in text
+    assert f"<@{BOB}> · *support*" in text and "expires 2027-01-02" in text
+    assert all(labels[0] == "Revoke" for _, labels in rows)
+    assert sorted(labels[1] for _, labels in rows) == [
+        "Extend 30 days",
+        "Keep 30 days",
+        "Keep 30 days",
+        "Keep 30 days",
+    ]
+    assert "1 holding a 2FA role without 2FA" in report["blocks"][1]["text"]["text"]
+    assert not slack.named("files.completeUploadExternal")  # one page: no CSV needed
+    with db.read() as session:
+        review = session.scalars(select(AccessReview)).one()
+        assert (review.status, review.channel, review.period) == (
+            "posted",
+            AUDIT,
+            "2026-12-28T08:00Z",
+        )
+
+
+def test_active_people_with_lasting_grants_are_not_reported(
+    workspace: dict[str, str], scheduler: Scheduler, db: Database
+) -> None:
+    scheduler.tick()
+    assert set(findings(db)) == {ADMIN, ALICE, CAROL, BOB}
+    assert findings(db)[BOB].kind == "expiring"  # bob is active: only his expiry shows
+
+
+def test_a_review_runs_once_per_period_however_often_schedulers_look(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    runtime: Runtime,
+    settings: Settings,
+    slack: FakeSlack,
+    clock: ManualClock,
+) -> None:
+    others = [
+        build_scheduler(runtime, slack_client(settings), owner=f"replica-{i}") for i in range(2)
+    ]
+    for minute in range(5):
+        clock.now = MONDAY.timestamp() + 60 * minute
+        for each in (scheduler, *others):
+            each.tick()
+    assert len(reports(slack)) == 1
+
+
+def test_a_missed_review_runs_once_when_the_scheduler_comes_back_within_the_grace_time(
+    workspace: dict[str, str], scheduler: Scheduler, slack: FakeSlack, clock: ManualClock
+) -> None:
+    clock.now = (MONDAY + timedelta(hours=5)).timestamp()  # down from 09:00 to 14:00
+    ran = scheduler.tick()
+    assert [r.period for r in ran] == ["2026-12-28T08:00Z"]
+    clock.now += 60
+    assert scheduler.tick() == []
+    assert len(reports(slack)) == 1
+
+
+def test_a_review_missed_beyond_the_grace_time_is_not_run_late(
+    workspace: dict[str, str], scheduler: Scheduler, slack: FakeSlack, clock: ManualClock
+) -> None:
+    clock.now = (MONDAY + timedelta(hours=25)).timestamp()
+    assert scheduler.tick() == []
+    assert reports(slack) == []
+
+
+def test_nothing_runs_before_the_hour(
+    workspace: dict[str, str], scheduler: Scheduler, slack: FakeSlack, clock: ManualClock
+) -> None:
+    clock.now = (MONDAY - timedelta(minutes=2)).timestamp()  # 08:58 in Paris
+    assert scheduler.tick() == []
+    assert reports(slack) == []
+
+
+def test_the_schedule_follows_the_configured_time_zone(
+    workspace: dict[str, str], runtime: Runtime, settings: Settings, clock: ManualClock
+) -> None:
+    from dataclasses import replace
+
+    tokyo = replace(settings, timezone="Asia/Tokyo")
+    runtime = replace(runtime, settings=tokyo)
+    scheduler = build_scheduler(runtime, slack_client(tokyo), owner="tokyo")
+    clock.now = datetime(2026, 12, 28, 0, 0, 30, tzinfo=UTC).timestamp()  # 09:00 in Tokyo
+    assert [r.period for r in scheduler.tick()] == ["2026-12-28T00:00Z"]
+
+
+def test_large_reports_are_paged_and_attached_whole_as_csv(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    slack: FakeSlack,
+    db: Database,
+    gate: Any,
+    clock: ManualClock,
+    app: FlaskClient,
+) -> None:
+    clock.now = (MONDAY - timedelta(days=40)).timestamp()
+    with db.write() as session:
+        for i in range(36):
+            ensure_user(session, f"U0IDLE{i:04d}", datetime.fromtimestamp(clock.now, UTC))
+    for i in range(36):
+        assert run(gate, ADMIN, "role.assign", user=f"U0IDLE{i:04d}", role="agent").ok
+    clock.now = MONDAY.timestamp()
+    scheduler.tick()
+    [report] = reports(slack)
+    assert len(report["blocks"]) <= 50  # Slack's limit for one message
+    assert "page 1 of 3" in report["blocks"][2]["elements"][0]["text"]
+    assert "attached as CSV" in report["blocks"][2]["elements"][0]["text"]
+    [upload] = [c for c in slack.calls if c.method.startswith("upload/")]
+    rows = list(csv.reader(io.StringIO(upload.body["content"].decode())))
+    assert rows[0][:3] == ["position", "finding", "user"]
+    assert len(rows) == 1 + 40  # every finding, none cut off
+    [complete] = slack.named("files.completeUploadExternal")
+    assert complete.body["thread_ts"] == "1795000000.000001"
+
+    nav = report["blocks"][-1]
+    assert [e["text"]["text"] for e in nav["elements"]] == ["Next page"]
+    [redrawn] = click(app, slack, ADMIN, "wa_review_page", nav["elements"][0]["value"])
+    assert redrawn["replace_original"] is True
+    assert "page 2 of 3" in json.dumps(redrawn["blocks"])
+    first = finding_rows(redrawn)[0][0]
+    assert first.startswith("*16.*")
+
+
+# -- the buttons --------------------------------------------------------------------
+
+
+def test_revoke_revokes_the_grant_audits_it_and_redraws_the_report(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+) -> None:
+    scheduler.tick()
+    alice = findings(db)[ALICE]
+    redrawn, told = click(app, slack, ADMIN, "wa_review_revoke", str(alice.id))
+    assert live_grants(db, ALICE) == []
+    assert redrawn["replace_original"] is True
+    row = next(t for t, labels in finding_rows(redrawn) if f"<@{ALICE}>" in t)
+    assert row  # still listed, now with who handled it and no buttons
+    assert f"Revoked by <@{ADMIN}>" in json.dumps(redrawn["blocks"])
+    assert told["response_type"] == "ephemeral" and "Revoked agent" in told["text"]
+    entry = audit_rows(db)[-1]
+    assert (entry.actor, entry.action, entry.decision, entry.outcome) == (
+        ADMIN,
+        "review.revoke",
+        "allow",
+        "done",
+    )
+    with db.read() as session:
+        grant = session.get(Grant, alice.grant_id)
+        assert (
+            grant is not None
+            and grant.revoke_reason == f"access review #{alice.review_id}: inactive"
+        )
+
+
+def test_a_second_click_on_a_handled_row_changes_nothing(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+) -> None:
+    scheduler.tick()
+    carol = findings(db)[CAROL]
+    click(app, slack, ADMIN, "wa_review_revoke", str(carol.id))
+    entries = len(audit_rows(db))
+    [answer] = click(app, slack, ADMIN, "wa_review_keep", str(carol.id))
+    assert answer["response_type"] == "ephemeral" and answer["replace_original"] is False
+    assert "Already handled: revoked by" in answer["text"]
+    assert findings(db)[CAROL].status == "revoked"
+    assert len(audit_rows(db)) == entries + 1  # the refusal is audited, nothing else
+
+
+def test_revoke_by_someone_without_roles_assign_is_denied_and_changes_nothing(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+) -> None:
+    scheduler.tick()
+    carol = findings(db)[CAROL]
+    [answer] = click(app, slack, BOB, "wa_review_revoke", str(carol.id))
+    assert "You are not allowed to revoke analyst" in answer["text"]
+    assert "roles:assign" in answer["text"]
+    assert live_grants(db, CAROL) == [(CAROL, "analyst", "*")]
+    assert findings(db)[CAROL].status == "open"
+    entry = audit_rows(db)[-1]
+    assert (entry.actor, entry.action, entry.decision) == (BOB, "review.revoke", "deny")
+
+
+def test_a_click_after_the_person_was_active_again_changes_nothing(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+    gate: Any,
+    clock: ManualClock,
+) -> None:
+    scheduler.tick()
+    clock.now += 3600
+    assert gate.submit(ALICE, "slack", "role.show", {}).status == "done"  # alice is back
+    clock.now += 60
+    alice = findings(db)[ALICE]
+    [answer] = click(app, slack, ADMIN, "wa_review_revoke", str(alice.id))
+    assert "has been active since this review" in answer["text"]
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+    assert findings(db)[ALICE].status == "open"
+
+
+def test_keep_leaves_the_grant_out_of_the_next_reviews_for_30_days(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+    clock: ManualClock,
+) -> None:
+    scheduler.tick()
+    click(app, slack, ADMIN, "wa_review_keep", str(findings(db)[ALICE].id))
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+    clock.now = (MONDAY + timedelta(days=7)).timestamp()
+    scheduler.tick()
+    with db.read() as session:
+        latest = max(session.scalars(select(AccessReview)), key=lambda r: r.id)
+        kinds = {
+            f.user_id
+            for f in session.scalars(
+                select(ReviewFinding).where(ReviewFinding.review_id == latest.id)
+            )
+        }
+    assert ALICE not in kinds
+    clock.now = (MONDAY + timedelta(days=35)).timestamp()
+    scheduler.tick()
+    assert findings(db)[ALICE].kind == "inactive"  # the keep ran out: she is back on the list
+
+
+def test_extend_on_an_expiring_grant_moves_its_expiry_30_days(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+) -> None:
+    scheduler.tick()
+    bob = findings(db)[BOB]
+    with db.read() as session:
+        before = session.get(Grant, bob.grant_id)
+        assert before is not None and before.expires_at is not None
+        was = before.expires_at
+    click(app, slack, ADMIN, "wa_review_keep", str(bob.id))
+    with db.read() as session:
+        after = session.get(Grant, bob.grant_id)
+        assert after is not None and after.expires_at == was + timedelta(days=30)
+
+
+def test_nobody_keeps_their_own_access(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+) -> None:
+    scheduler.tick()
+    [answer] = click(app, slack, ADMIN, "wa_review_keep", str(findings(db)[ADMIN].id))
+    assert "You cannot keep your own access" in answer["text"]
+    assert findings(db)[ADMIN].status == "open"
+
+
+def test_a_malformed_button_value_gets_a_clear_answer(
+    workspace: dict[str, str], scheduler: Scheduler, app: FlaskClient, slack: FakeSlack
+) -> None:
+    scheduler.tick()
+    [answer] = click(app, slack, ADMIN, "wa_review_revoke", "not-a-number")
+    assert answer["text"] == "that button names no finding"
+    [missing] = click(app, slack, ADMIN, "wa_review_revoke", "999999")
+    assert "no longer exists" in missing["text"]
+
+
+def test_job_runs_record_each_period(
+    workspace: dict[str, str], scheduler: Scheduler, db: Database
+) -> None:
+    scheduler.tick()
+    with db.read() as session:
+        [row] = session.scalars(select(JobRun))
+        assert (row.job, row.status, row.attempt) == (REVIEW_JOB, "done", 1)
+        assert row.summary and "4 findings for 4 people" in row.summary
+
+
+# -- several replicas, and a replica that dies ---------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def replica(
+    db_url: str, slack: FakeSlack, owner: str, periods: int, go_at: float
+) -> subprocess.Popen[bytes]:
+    """A scheduler replica in a process of its own (see tests/scheduler_worker.py)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.scheduler_worker",
+            "--db",
+            db_url,
+            "--slack",
+            slack.url,
+            "--owner",
+            owner,
+            "--periods",
+            str(periods),
+            "--go-at",
+            str(go_at),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+def test_three_schedulers_over_ten_periods_post_exactly_ten_reports(
+    workspace: dict[str, str], db_url: str, slack: FakeSlack, db: Database
+) -> None:
+    go_at = time.time() + 3.0  # all three are up by then, and race from the same instant
+    procs = [replica(db_url, slack, f"replica-{i}", 10, go_at) for i in range(3)]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, output.decode()[-3000:]
+    posted = reports(slack)
+    assert len(posted) == 10
+    with db.read() as session:
+        runs = list(session.scalars(select(JobRun).order_by(JobRun.period)))
+        reviews = list(session.scalars(select(AccessReview)))
+    assert len({r.owner for r in runs}) > 1  # the replicas really raced for the periods
+    assert [r.status for r in runs] == ["done"] * 10
+    assert len({r.period for r in runs}) == 10
+    assert sorted(r.period or "" for r in reviews) == [r.period for r in runs]
+    assert all(r.status == "posted" for r in reviews)
+    # The expiry sweep ran on every replica; bob still heard about his grant once.
+    expiry_dms = [
+        c.body
+        for c in slack.named("chat.postMessage")
+        if c.body.get("channel") == BOB and "expired" in c.body.get("text", "")
+    ]
+    assert len(expiry_dms) == 1
+
+
+@pytest.mark.slow
+def test_a_run_killed_half_way_is_taken_over_once_its_claim_lapses(
+    workspace: dict[str, str],
+    db_url: str,
+    slack: FakeSlack,
+    db: Database,
+    scheduler: Scheduler,
+    clock: ManualClock,
+) -> None:
+    slack.hold.add("users.list")  # the first run hangs half way, on its call to Slack
+    proc = replica(db_url, slack, "doomed", 1, 0.0)
+    deadline = time.time() + 60
+    while not slack.named("users.list") and time.time() < deadline:
+        time.sleep(0.05)
+    assert slack.named("users.list"), "the first run never reached Slack"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    slack.hold.clear()
+    with db.read() as session:
+        [claim] = session.scalars(select(JobRun))
+        assert (claim.owner, claim.status, claim.attempt) == ("doomed", "running", 1)
+
+    clock.now = (MONDAY + timedelta(minutes=5)).timestamp()
+    assert scheduler.tick() == []  # its lease has not lapsed yet: nobody steps in
+    clock.now = (MONDAY + timedelta(minutes=11)).timestamp()
+    [ran] = scheduler.tick()
+    assert (ran.status, ran.period) == ("done", "2026-12-28T08:00Z")
+    assert len(reports(slack)) == 1
+    with db.read() as session:
+        [claim] = session.scalars(select(JobRun))
+        assert (claim.owner, claim.status, claim.attempt) == ("test-scheduler", "done", 2)
+        [review] = session.scalars(select(AccessReview))
+        assert review.status == "posted"
+        assert (
+            len(
+                list(
+                    session.scalars(
+                        select(ReviewFinding).where(ReviewFinding.review_id == review.id)
+                    )
+                )
+            )
+            == 4
+        )

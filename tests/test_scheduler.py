@@ -1,0 +1,117 @@
+"""Period claims: one run per (job, period) across schedulers, with takeover and retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot.scheduler import Periodic, Scheduler, cron
+from rbac_core import Database, ManualClock
+from rbac_core.job_runs import MAX_ATTEMPTS, JobRuns, LostClaim
+
+MONDAY_9 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def runs(db: Database, clock: ManualClock) -> JobRuns:
+    clock.now = MONDAY_9.timestamp()
+    return JobRuns(db, clock)
+
+
+def test_of_several_claimants_exactly_one_gets_the_period(runs: JobRuns) -> None:
+    claims = [runs.claim("review", "2026-11-23T09:00Z", f"s{i}") for i in range(3)]
+    assert [c is not None for c in claims] == [True, False, False]
+
+
+def test_a_finished_period_is_never_claimed_again(runs: JobRuns, clock: ManualClock) -> None:
+    claim = runs.claim("review", "p1", "s1")
+    assert claim is not None and runs.finish(claim, "posted")
+    clock.advance(3600)
+    assert runs.claim("review", "p1", "s2") is None
+
+
+def test_a_live_lease_keeps_others_out_and_a_lapsed_one_is_taken_over(
+    runs: JobRuns, clock: ManualClock
+) -> None:
+    first = runs.claim("review", "p1", "s1")
+    assert first is not None
+    clock.advance(9 * 60)
+    assert runs.claim("review", "p1", "s2") is None
+    runs.renew(first)  # still working: the lease runs 10 minutes from now
+    clock.advance(9 * 60)
+    assert runs.claim("review", "p1", "s2") is None
+    clock.advance(2 * 60)
+    second = runs.claim("review", "p1", "s2")
+    assert second is not None and second.attempt == 2
+
+
+def test_a_run_whose_period_was_taken_over_learns_it_at_its_next_checkpoint(
+    runs: JobRuns, clock: ManualClock
+) -> None:
+    first = runs.claim("review", "p1", "s1")
+    assert first is not None
+    clock.advance(11 * 60)
+    assert runs.claim("review", "p1", "s2") is not None
+    with pytest.raises(LostClaim):
+        runs.renew(first)
+    assert not runs.finish(first, "late")  # and its result does not count
+
+
+def test_a_failed_run_can_be_retried_at_once_but_not_forever(
+    runs: JobRuns, clock: ManualClock
+) -> None:
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        claim = runs.claim("review", "p1", f"s{attempt}")
+        assert claim is not None and claim.attempt == attempt
+        assert runs.fail(claim, "Slack was down")
+    assert runs.claim("review", "p1", "again") is None
+    row = runs.status("review", "p1")
+    assert row is not None and (row.status, row.attempt) == ("failed", MAX_ATTEMPTS)
+
+
+def test_a_job_that_raises_is_recorded_as_failed_and_retried_on_the_next_look(
+    db: Database, clock: ManualClock
+) -> None:
+    clock.now = MONDAY_9.timestamp() + 30
+    calls: list[str] = []
+
+    def flaky(period: datetime, checkpoint: object) -> str:
+        calls.append(period.isoformat())
+        if len(calls) == 1:
+            raise ConnectionError("Slack unreachable")
+        return "posted"
+
+    job = Periodic("review", cron("0 9 * * mon", "UTC"), timedelta(hours=1), flaky)
+    scheduler = Scheduler(JobRuns(db, clock), [job], clock=clock, owner="s1")
+    assert [r.status for r in scheduler.tick()] == ["failed"]
+    clock.advance(60)
+    assert [r.status for r in scheduler.tick()] == ["done"]
+    clock.advance(60)
+    assert scheduler.tick() == []
+    assert calls == [MONDAY_9.isoformat()] * 2
+
+
+@pytest.mark.parametrize(
+    ("now", "due"),
+    [
+        (datetime(2026, 11, 23, 8, 59, tzinfo=UTC), None),  # last week's is past the grace
+        (datetime(2026, 11, 23, 9, 0, tzinfo=UTC), MONDAY_9),
+        (datetime(2026, 11, 24, 8, 59, tzinfo=UTC), MONDAY_9),  # back within 24 hours
+        (datetime(2026, 11, 24, 9, 1, tzinfo=UTC), None),
+    ],
+)
+def test_the_due_period_is_the_latest_scheduled_moment_within_the_grace_time(
+    now: datetime, due: datetime | None
+) -> None:
+    job = Periodic("review", cron("0 9 * * mon", "UTC"), timedelta(hours=24), lambda p, c: "")
+    assert job.due(now) == due
+
+
+def test_a_malformed_schedule_is_refused_at_start_up() -> None:
+    from bot.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="WA_AUDIT_SCHEDULE is malformed"):
+        load_settings({"WA_AUDIT_SCHEDULE": "every monday"}, dotenv=None)
+    with pytest.raises(ConfigError, match="WA_AUDIT_INACTIVE_DAYS is malformed"):
+        load_settings({"WA_AUDIT_INACTIVE_DAYS": "-3"}, dotenv=None)
