@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from . import audit_chain, decisions, slack_roundtrip
+from . import access_review, audit_chain, decisions, slack_roundtrip
 from .report import say
 
 DEFAULT_SEED = 20_241_124
@@ -57,8 +57,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=("decisions", "audit", "slack"),
-        help="run one benchmark instead of all three",
+        choices=("decisions", "audit", "slack", "review"),
+        help="run one benchmark instead of all four",
+    )
+    parser.add_argument(
+        "--pg",
+        metavar="URL",
+        help="also run the access review benchmark on this PostgreSQL database "
+        "(in a schema of its own, dropped afterwards)",
     )
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help="random seed of the decision workload"
@@ -75,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         audit_chain.run(quick=args.quick)
     if args.only in (None, "slack"):
         slack_roundtrip.run(quick=args.quick)
+    if args.only in (None, "review"):
+        access_review.run(quick=args.quick, pg_url=args.pg)
     return 0
 
 

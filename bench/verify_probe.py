@@ -30,7 +30,7 @@ from rbac_core.db import Database
 _STATUS = Path("/proc/self/status")
 
 
-def _status_kib(field: str) -> float | None:
+def status_kib(field: str) -> float | None:
     """A `Vm…:` line of /proc/self/status in KiB, or None where there is no procfs."""
     try:
         for line in _STATUS.read_text().splitlines():
@@ -41,16 +41,16 @@ def _status_kib(field: str) -> float | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0); False if that is not possible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         return False
-    return _status_kib("VmHWM") is not None
+    return status_kib("VmHWM") is not None
 
 
-def _ru_maxrss_kib() -> float:
+def ru_maxrss_kib() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform == "darwin" else float(peak)
 
@@ -59,13 +59,13 @@ def probe(url: str, *, with_tracemalloc: bool) -> dict[str, Any]:
     db = Database(url)
     try:
         gc.collect()
-        procfs = _reset_peak()
-        before = _status_kib("VmRSS") if procfs else _ru_maxrss_kib()
+        procfs = reset_peak()
+        before = status_kib("VmRSS") if procfs else ru_maxrss_kib()
         start = time.perf_counter()
         with db.snapshot() as conn:
             result = verify(conn)
         seconds = time.perf_counter() - start
-        peak = _status_kib("VmHWM") if procfs else _ru_maxrss_kib()
+        peak = status_kib("VmHWM") if procfs else ru_maxrss_kib()
         report: dict[str, Any] = {
             "ok": result.ok,
             "entries": result.entries,

@@ -139,13 +139,28 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
             show(reply)
             if "uri" in reply.data:  # the operator's own terminal: the one place to show it
                 print(f"otpauth URI (shown once): {reply.data['uri']}", file=out)
+        elif command == "/wa-audit":
+            pending = None
+            reply = runtime.audit.handle(actor, "cli", rest)
+            show(reply)
+            _show_audit_extras(reply, out)
         else:
-            show(
-                Reply(
-                    "usage", f"unknown command '{command}': the console knows /wa-role and /wa-2fa"
-                )
-            )
+            known = "/wa-role, /wa-2fa and /wa-audit"
+            show(Reply("usage", f"unknown command '{command}': the console knows {known}"))
     return worst
+
+
+def _show_audit_extras(reply: Reply, out: TextIO) -> None:
+    """What Slack shows as blocks or a file, the console prints or points to."""
+    shown = reply.data.get("page")
+    if isinstance(shown, access_review.Page):
+        for f in shown.findings:
+            print(f"  {f.position:>4}. {f.kind:<11} {f.user} {f.role} in {f.scope}", file=out)
+        if shown.pages > 1:
+            more = f"page 1 of {shown.pages}: `wa-access audit run --csv FILE` lists all"
+            print(f"  ({more})", file=out)
+    if reply.outcome is not None and reply.outcome.action == "audit.export" and reply.outcome.ok:
+        print("Use `wa-access audit export --format csv -o FILE` to write it here.", file=out)
 
 
 def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
@@ -219,7 +234,6 @@ def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
     totals = access_review.build(
         runtime.db,
         review_id,
-        gate.policy(),
         now=utcnow(gate.clock),
         deactivated_in_slack=deactivated,
     )

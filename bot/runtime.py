@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from handlers.audit_command import AuditCommand
 from handlers.role_command import RoleCommand
 from handlers.twofa_command import TwoFactorCommand
 from rbac_core import Database, Gate, build_gate
@@ -21,11 +22,18 @@ class Runtime:
     roles: RoleCommand
     twofa: TwoFactorCommand
     deliveries: Deliveries
+    audit: AuditCommand
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     db = Database(settings.database_url)
     gate = build_gate(db, clock=clock, secret_key=settings.secret_key)
     return Runtime(
-        settings, db, gate, RoleCommand(gate), TwoFactorCommand(gate), Deliveries(db, clock)
+        settings,
+        db,
+        gate,
+        RoleCommand(gate),
+        TwoFactorCommand(gate),
+        Deliveries(db, clock),
+        AuditCommand(gate),
     )

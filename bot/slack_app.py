@@ -19,6 +19,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from handlers.slack_access import DECISION_KIND, register_request_form
 from handlers.slack_access import register as register_access
+from handlers.slack_audit import register as register_audit
 from handlers.slack_home import register as register_home
 from handlers.slack_review import RESUME_KIND as REVIEW_KIND
 from handlers.slack_review import register as register_review
@@ -67,6 +68,7 @@ def build_slack_app(runtime: Runtime) -> App:
     register_request_form(app, runtime.gate, client, settings.audit_channel)
     register_home(app, runtime.gate, client, runtime.deliveries)
     resume_review = register_review(app, runtime.gate)
+    register_audit(app, runtime.audit, client)
     reruns: dict[str, Rerun] = {
         "/wa-role": lambda actor, text: runtime.roles.handle(
             actor, "slack", text, directory.lookup_new

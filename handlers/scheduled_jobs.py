@@ -107,7 +107,6 @@ def run_review(
     totals = build(
         gate.db,
         review_id,
-        gate.policy(),
         now=now,
         deactivated_in_slack=deactivated,
         checkpoint=checkpoint,

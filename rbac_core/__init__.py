@@ -5,6 +5,7 @@ to it through `Gate`.
 """
 
 from .access_requests import ACCESS_ACTIONS
+from .audit_actions import AUDIT_ACTIONS
 from .clock import Clock, ManualClock, system_clock
 from .db import Database
 from .errors import RbacError
@@ -30,6 +31,7 @@ def build_gate(
         **ACCESS_ACTIONS,
         **SWEEP_ACTIONS,
         **REVIEW_ACTIONS,
+        **AUDIT_ACTIONS,
         **twofa_actions(SecretBox(secret_key)),
     }
     return Gate(db, actions, clock=clock, step_up=step_up or TotpStepUp())

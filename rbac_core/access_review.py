@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, cast
 
-from sqlalchemy import Table, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from .db import Database
@@ -33,12 +33,11 @@ from .models import (
     ActivityRollup,
     Grant,
     ReviewFinding,
-    ReviewKeep,
-    SecondFactor,
     User,
     UserActivity,
+    UTCDateTime,
 )
-from .policy import Policy
+from .policy import Policy, load_roles
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3650
@@ -59,18 +58,19 @@ KIND_TITLES = {
 _GRANTS = cast(Table, Grant.__table__)
 _USERS = cast(Table, User.__table__)
 _ACTIVITY = cast(Table, UserActivity.__table__)
-_FACTORS = cast(Table, SecondFactor.__table__)
-_KEEPS = cast(Table, ReviewKeep.__table__)
 _FINDINGS = cast(Table, ReviewFinding.__table__)
 _REVIEWS = cast(Table, AccessReview.__table__)
 
 # Dialect-neutral upsert: both SQLite (3.24+) and PostgreSQL speak ON CONFLICT.
 # The WHERE clause is required by SQLite's parser when an upsert takes a SELECT.
+# Grouped first, then joined to `users` (one lookup per person, not per entry), so
+# operator and scheduler entries fold into nothing.
 _FOLD = text(
     "INSERT INTO user_activity (user_id, last_active_us) "
-    "SELECT a.actor, MAX(a.ts_us) FROM audit_log a JOIN users u ON u.id = a.actor "
-    "WHERE a.seq > :after AND a.seq <= :upto AND a.decision = 'allow' "
-    "GROUP BY a.actor "
+    "SELECT g.actor, g.last_us FROM ("
+    "SELECT actor, MAX(ts_us) AS last_us FROM audit_log "
+    "WHERE seq > :after AND seq <= :upto AND decision = 'allow' GROUP BY actor"
+    ") g JOIN users u ON u.id = g.actor WHERE 1 = 1 "
     "ON CONFLICT (user_id) DO UPDATE SET last_active_us = CASE "
     "WHEN excluded.last_active_us > user_activity.last_active_us "
     "THEN excluded.last_active_us ELSE user_activity.last_active_us END"
@@ -144,53 +144,57 @@ class Totals:
         )
 
 
-def classify(
-    *,
-    active: bool,
-    deactivated_in_slack: bool,
-    needs_2fa: bool,
-    has_2fa: bool,
-    kept: bool,
-    granted_at: datetime,
-    expires_at: datetime | None,
-    last_active_at: datetime | None,
-    cutoff: datetime,
-    now: datetime,
-) -> str | None:
-    """The one finding a live grant gets, or None; "Keep 30 days" silences all but expiry."""
-    if not kept:
-        if not active or deactivated_in_slack:
-            return "deactivated"
-        if needs_2fa and not has_2fa:
-            return "no_2fa"
-        if granted_at < cutoff and (last_active_at is None or last_active_at < cutoff):
-            return "inactive"
-    if expires_at is not None and expires_at <= now + EXPIRING_WITHIN:
-        return "expiring"
-    return None
+# The findings, computed where the rows are: one INSERT ... SELECT gives each live
+# grant at most one finding, the first that applies, and numbers them by holder.
+# "Keep 30 days" (a live row in review_keeps) silences all but expiry.
+_FINDINGS_INSERT = text(
+    "INSERT INTO review_findings (review_id, position, kind, user_id, grant_id, role, scope, "
+    "granted_at, expires_at, last_active_us, status) "
+    "SELECT :review_id, ROW_NUMBER() OVER (ORDER BY c.user_id, c.role, c.scope), c.kind, "
+    "c.user_id, c.id, c.role, c.scope, c.granted_at, c.expires_at, c.last_active_us, 'open' "
+    "FROM (SELECT g.id, g.user_id, g.role, g.scope, g.granted_at, g.expires_at, "
+    "a.last_active_us, CASE "
+    "WHEN k.grant_id IS NULL AND (NOT u.active OR s.user_id IS NOT NULL) THEN 'deactivated' "
+    "WHEN k.grant_id IS NULL AND g.role IN :needs_2fa AND (f.user_id IS NULL OR NOT f.active) "
+    "THEN 'no_2fa' "
+    "WHEN k.grant_id IS NULL AND g.granted_at < :cutoff "
+    "AND (a.last_active_us IS NULL OR a.last_active_us < :cutoff_us) THEN 'inactive' "
+    "WHEN g.expires_at IS NOT NULL AND g.expires_at <= :soon THEN 'expiring' "
+    "END AS kind "
+    "FROM grants g JOIN users u ON u.id = g.user_id "
+    "LEFT JOIN user_activity a ON a.user_id = g.user_id "
+    "LEFT JOIN second_factors f ON f.user_id = g.user_id "
+    "LEFT JOIN review_keeps k ON k.grant_id = g.id AND k.until > :now "
+    "LEFT JOIN review_slack_gone s ON s.user_id = g.user_id "
+    "WHERE g.revoked_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > :now)"
+    ") c WHERE c.kind IS NOT NULL"
+).bindparams(
+    bindparam("needs_2fa", expanding=True),
+    bindparam("cutoff", type_=UTCDateTime()),
+    bindparam("now", type_=UTCDateTime()),
+    bindparam("soon", type_=UTCDateTime()),
+)
+_LIVE_COUNT = text(
+    "SELECT COUNT(*) FROM grants "
+    "WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > :now)"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_COUNTS = text(
+    "SELECT kind, COUNT(*) FROM review_findings WHERE review_id = :review_id GROUP BY kind"
+)
+_PEOPLE = text("SELECT COUNT(DISTINCT user_id) FROM review_findings WHERE review_id = :review_id")
+# People Slack says are deactivated, for the statement above to join; per connection,
+# emptied before each use (and on PostgreSQL at each commit).
+_GONE_TABLE = "CREATE TEMP TABLE IF NOT EXISTS review_slack_gone (user_id VARCHAR(64) PRIMARY KEY)"
+_GONE_INSERT = text("INSERT INTO review_slack_gone (user_id) VALUES (:user_id)")
 
 
-def _live_grants(now: datetime) -> Any:
-    g, u, a, f, k = _GRANTS, _USERS, _ACTIVITY, _FACTORS, _KEEPS
+def live_grants_query(now: datetime) -> Any:
+    """Every live grant with what the review weighs it by (for the benchmark's baseline)."""
+    g, u, a = _GRANTS, _USERS, _ACTIVITY
     return (
-        select(
-            g.c.id,
-            g.c.user_id,
-            g.c.role,
-            g.c.scope,
-            g.c.granted_at,
-            g.c.expires_at,
-            u.c.active,
-            a.c.last_active_us,
-            f.c.active,
-            k.c.until,
-        )
-        .select_from(
-            g.join(u, u.c.id == g.c.user_id)
-            .outerjoin(a, a.c.user_id == g.c.user_id)
-            .outerjoin(f, f.c.user_id == g.c.user_id)
-            .outerjoin(k, and_(k.c.grant_id == g.c.id, k.c.until > now))
-        )
+        select(g.c.id, g.c.user_id, g.c.role, g.c.scope, g.c.granted_at, g.c.expires_at)
+        .add_columns(u.c.active, a.c.last_active_us)
+        .select_from(g.join(u, u.c.id == g.c.user_id).outerjoin(a, a.c.user_id == g.c.user_id))
         .where(g.c.revoked_at.is_(None), or_(g.c.expires_at.is_(None), g.c.expires_at > now))
         .order_by(g.c.user_id, g.c.role, g.c.scope)
     )
@@ -199,101 +203,54 @@ def _live_grants(now: datetime) -> Any:
 def build(
     db: Database,
     review_id: int,
-    policy: Policy,
     *,
     now: datetime,
     deactivated_in_slack: Collection[str] = frozenset(),
     checkpoint: Checkpoint = lambda: None,
 ) -> Totals:
-    """Compute and store the findings of review `review_id`; returns its totals."""
+    """Compute and store the findings of review `review_id`; returns its totals.
+
+    Rebuilding a review replaces its findings, so a run that took a period over
+    after another died half way starts clean.
+    """
     through = fold_activity(db)
     checkpoint()
-    with db.write() as session:
+    with db.transaction(write=True) as txn:
+        session = txn.session
+        roles = Policy(load_roles(session), [])  # roles only: no grant is loaded
+        needs_2fa = sorted(role for role in roles.roles if roles.requires_2fa(role))
         review = session.get(AccessReview, review_id)
         if review is None:
             raise LookupError(f"no access review #{review_id}")
-        days = review.days
+        cutoff = now - timedelta(days=review.days)
         session.execute(delete(_FINDINGS).where(_FINDINGS.c.review_id == review_id))
-    cutoff = now - timedelta(days=days)
-    needs_2fa: dict[str, bool] = {}
-    by_kind = dict.fromkeys(KINDS, 0)
-    checked = users = position = 0
-    previous_user: str | None = None
-    batch: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        if batch:
-            with db.write() as session:
-                session.execute(insert(_FINDINGS), batch)
-            batch.clear()
-            checkpoint()
-
-    with db.snapshot() as conn:
-        rows = conn.execution_options(stream_results=True, yield_per=BATCH).execute(
-            _live_grants(now)
-        )
-        for (
-            grant_id,
-            user,
-            role,
-            scope,
-            granted_at,
-            expires_at,
-            active,
-            last_us,
-            factor,
-            keep,
-        ) in rows:
-            checked += 1
-            if role not in needs_2fa:
-                needs_2fa[role] = policy.requires_2fa(role)
-            last_at = _moment(last_us)
-            kind = classify(
-                active=bool(active),
-                deactivated_in_slack=user in deactivated_in_slack,
-                needs_2fa=needs_2fa[role],
-                has_2fa=bool(factor),
-                kept=keep is not None,
-                granted_at=granted_at,
-                expires_at=expires_at,
-                last_active_at=last_at,
-                cutoff=cutoff,
-                now=now,
-            )
-            if kind is None:
-                continue
-            position += 1
-            by_kind[kind] += 1
-            if user != previous_user:
-                users += 1
-                previous_user = user
-            batch.append(
-                {
-                    "review_id": review_id,
-                    "position": position,
-                    "kind": kind,
-                    "user_id": user,
-                    "grant_id": grant_id,
-                    "role": role,
-                    "scope": scope,
-                    "granted_at": granted_at,
-                    "expires_at": expires_at,
-                    "last_active_at": last_at,
-                    "status": "open",
-                    "handled_by": None,
-                    "handled_at": None,
-                }
-            )
-            if len(batch) >= BATCH:
-                flush()
-    flush()
-    totals = Totals(position, users, checked, by_kind)
-    with db.write() as session:
+        session.execute(text(_GONE_TABLE + (" ON COMMIT DELETE ROWS" if not db.is_sqlite else "")))
+        session.execute(text("DELETE FROM review_slack_gone"))
+        gone = sorted(set(deactivated_in_slack))
+        for start in range(0, len(gone), BATCH):
+            session.execute(_GONE_INSERT, [{"user_id": u} for u in gone[start : start + BATCH]])
         session.execute(
-            update(_REVIEWS)
-            .where(_REVIEWS.c.id == review_id)
-            .values(status="ready", totals=totals.to_json(), through_seq=through)
+            _FINDINGS_INSERT,
+            {
+                "review_id": review_id,
+                "needs_2fa": needs_2fa,
+                "cutoff": cutoff,
+                "cutoff_us": _us(cutoff),
+                "now": now,
+                "soon": now + EXPIRING_WITHIN,
+            },
         )
+        by_kind = dict.fromkeys(KINDS, 0)
+        for kind, count in session.execute(_COUNTS, {"review_id": review_id}):
+            by_kind[str(kind)] = int(count)
+        people = int(session.scalar(_PEOPLE, {"review_id": review_id}) or 0)
+        checked = int(session.scalar(_LIVE_COUNT, {"now": now}) or 0)
+        if db.is_sqlite:
+            session.execute(text("DELETE FROM review_slack_gone"))
+        totals = Totals(sum(by_kind.values()), people, checked, by_kind)
+        review.status = "ready"
+        review.totals = totals.to_json()
+        review.through_seq = through
     return totals
 
 
@@ -311,10 +268,14 @@ class Finding:
     scope: str
     granted_at: datetime
     expires_at: datetime | None
-    last_active_at: datetime | None
+    last_active_us: int | None
     status: str
     handled_by: str | None
     handled_at: datetime | None
+
+    @property
+    def last_active_at(self) -> datetime | None:
+        return _moment(self.last_active_us)
 
     @classmethod
     def of(cls, row: ReviewFinding) -> Finding:
@@ -328,7 +289,7 @@ class Finding:
             row.scope,
             row.granted_at,
             row.expires_at,
-            row.last_active_at,
+            row.last_active_us,
             row.status,
             row.handled_by,
             row.handled_at,
@@ -448,7 +409,7 @@ def iter_findings(db: Database, review_id: int) -> Iterator[Finding]:
                 _FINDINGS.c.scope,
                 _FINDINGS.c.granted_at,
                 _FINDINGS.c.expires_at,
-                _FINDINGS.c.last_active_at,
+                _FINDINGS.c.last_active_us,
                 _FINDINGS.c.status,
                 _FINDINGS.c.handled_by,
                 _FINDINGS.c.handled_at,

@@ -23,7 +23,7 @@ import logging
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -62,14 +62,25 @@ REDACTED = "[redacted]"
 
 @dataclass
 class Context:
-    """What an action may use while it runs: the open transaction and the policy."""
+    """What an action may use while it runs: the open transaction and the policy.
+
+    The policy snapshot is read on first use: system actions that decide
+    nothing (sweeps, the scheduler's review) never pay for loading every grant.
+    """
 
     txn: Txn
-    policy: Policy
+    load_policy: Callable[[], Policy]
     actor: str
     surface: str
     now: datetime
     clock: Clock
+    _policy: Policy | None = None
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = self.load_policy()
+        return self._policy
 
     @property
     def session(self) -> Session:
@@ -285,8 +296,14 @@ class Gate:
         # A policy writer locks the version row before reading policy: on PostgreSQL
         # this waits for any other policy writer to commit, so its rules see current data.
         version = lock_policy(txn) if handler.mutates_policy else None
-        policy = self.policies.refresh(txn, version)
-        return Context(txn, policy, actor, surface, utcnow(self.clock), self.clock)
+        return Context(
+            txn,
+            lambda: self.policies.refresh(txn, version),
+            actor,
+            surface,
+            utcnow(self.clock),
+            self.clock,
+        )
 
     def _run(
         self,

@@ -352,7 +352,7 @@ class ReviewFinding(Base):
     scope: Mapped[str] = mapped_column(String(32))
     granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_active_us: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))  # open, revoked, kept
     handled_by: Mapped[str | None] = mapped_column(String(32))
     handled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

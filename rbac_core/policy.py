@@ -266,12 +266,8 @@ class Policy:
         return {p for p in wanted if not self.decide(user, p, scope).allowed}
 
 
-def load_policy(session: Session, *, version: int, clock: Clock = system_clock) -> Policy:
-    """Read roles and every unrevoked grant of an active user into a new snapshot.
-
-    Expired grants are loaded too: they never allow anything, but they let a
-    denial say "your grant expired" instead of "you have no grant".
-    """
+def load_roles(session: Session) -> list[RoleSpec]:
+    """Every role with its permissions and parents: the part of a snapshot that is small."""
     perms: dict[str, set[str]] = {}
     for role_name, perm in session.execute(select(RolePermission.role, RolePermission.permission)):
         if perm in PERMISSIONS:
@@ -282,7 +278,7 @@ def load_policy(session: Session, *, version: int, clock: Clock = system_clock) 
     parents: dict[str, list[str]] = {}
     for role_name, parent in session.execute(select(RoleParent.role, RoleParent.parent)):
         parents.setdefault(role_name, []).append(parent)
-    roles = [
+    return [
         RoleSpec(
             name=name,
             permissions=frozenset(perms.get(name, ())),
@@ -295,6 +291,15 @@ def load_policy(session: Session, *, version: int, clock: Clock = system_clock) 
             select(Role.name, Role.requires_2fa, Role.builtin, Role.description)
         )
     ]
+
+
+def load_policy(session: Session, *, version: int, clock: Clock = system_clock) -> Policy:
+    """Read roles and every unrevoked grant of an active user into a new snapshot.
+
+    Expired grants are loaded too: they never allow anything, but they let a
+    denial say "your grant expired" instead of "you have no grant".
+    """
+    roles = load_roles(session)
     rows = session.execute(
         select(
             Grant.id,

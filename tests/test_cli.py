@@ -267,3 +267,12 @@ def test_scheduler_needs_the_bot_token_and_the_audit_channel(
         "SLACK_BOT_TOKEN is required but not set",
         "WA_AUDIT_CHANNEL is required but not set",
     ]
+
+
+def test_console_runs_wa_audit_through_the_same_gate(staffed: Cli) -> None:
+    code, out, _ = staffed("console", "--as", ADMIN, stdin="/wa-audit verify\n/wa-audit inactive\n")
+    assert code == 0, out
+    assert "The audit log is intact:" in out
+    assert f"1. no_2fa      {ADMIN} admin in *" in out
+    code, out, _ = staffed("console", "--as", ALICE, stdin="/wa-audit log\n")
+    assert code == 1 and "You are not allowed to read the audit log" in out

@@ -188,6 +188,10 @@ READ_ONLY_CALLS = [
     (ALICE, "2fa.status", {}),
     (ADMIN, "review.page", {"review": 1, "page": 0}),
     (ALICE, "review.page", {"review": "x"}),
+    (ADMIN, "audit.log", {"user": ALICE, "since": "7d"}),
+    (ALICE, "audit.log", {}),
+    (ADMIN, "audit.verify", {}),
+    (ADMIN, "audit.export", {}),
     ("", "role.show", {}),
 ]
 

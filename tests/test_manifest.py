@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft7Validator
 
+from handlers.audit_command import COMMAND as AUDIT_COMMAND
 from handlers.role_command import COMMAND
 from handlers.twofa_command import COMMAND as TWOFA_COMMAND
 
@@ -28,7 +29,7 @@ def test_the_manifest_validates_against_slacks_schema() -> None:
 
 def test_every_command_the_bot_serves_is_declared_and_escaped() -> None:
     commands = {c["command"]: c for c in _manifest()["features"]["slash_commands"]}  # type: ignore[index]
-    assert {COMMAND, TWOFA_COMMAND} <= set(commands)
+    assert {COMMAND, TWOFA_COMMAND, AUDIT_COMMAND} <= set(commands)
     for command in commands.values():
         assert command["should_escape"] is True  # mentions must arrive as <@U…> ids
         assert command["url"].endswith("/slack/events")
