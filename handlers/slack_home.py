@@ -77,7 +77,24 @@ def home_view(gate: Gate, user: str) -> dict[str, Any]:
                 )
             )
             blocks.append(decision_buttons(r["request_id"]))
+    blocks += _latest_review(gate, user)
     return {"type": "home", "blocks": blocks[:100]}
+
+
+def _latest_review(gate: Gate, user: str) -> list[dict[str, Any]]:
+    """For those who may read the audit log (SPEC §5): the latest access review."""
+    if not gate.decide(user, "audit:view").allowed:
+        return []  # not offered, and no denial in the log for merely opening the tab
+    latest = gate.submit(user, "slack", "review.latest", {})
+    review = latest.data.get("review") if latest.ok else None
+    if review is None:
+        return [{"type": "divider"}, _section("*Latest access review*\nNone has run yet.")]
+    where = f" in <#{review.channel}>" if review.channel else ""
+    text = (
+        f"*Latest access review* #{review.id}, {review.created_at:%Y-%m-%d}{where}: "
+        f"{review.totals.findings} grants to look at, {latest.data['open']} still open."
+    )
+    return [{"type": "divider"}, _section(text)]
 
 
 def register(app: App, gate: Gate, client: WebClient, deliveries: Deliveries) -> None:

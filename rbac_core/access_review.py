@@ -1,18 +1,17 @@
 """The access review: which live grants deserve a second look, and why.
 
-A review is created by the gate (`audit.review`, authorised and audited),
-then built here outside the writers' lock, because it reads every live grant:
+A review is opened by the gate (`audit.review`, authorised and audited), then
+built here by two statements that run in the database, so nothing is loaded
+into Python whatever the size of the workspace:
 
 1. `fold_activity` brings `user_activity` up to date from the audit log (every
    allowed entry is activity). It folds only entries it has not folded before,
    so after the first review a fold reads a week of log, not all of it.
-2. The live grants are streamed, ordered by holder, in one read snapshot, and
-   each gets at most one finding, the most pressing: its holder is deactivated
-   (here or in Slack), lacks the 2FA its role requires, has been inactive for
-   the review's N days, or the grant expires within 7 days.
-3. Findings are written in batches of short write transactions, so memory and
-   lock hold stay flat however many grants there are; a run that dies half way
-   is rebuilt from scratch by whoever takes the period over.
+2. One INSERT ... SELECT gives each live grant at most one finding, the most
+   pressing: its holder is deactivated (here or in Slack), lacks the 2FA its
+   role requires, has done nothing for the review's N days, or the grant
+   expires within 7 days. Rebuilding replaces a review's findings, so a run
+   that died half way is rebuilt from scratch by whoever takes the period over.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from .access_review import DEFAULT_DAYS, KEEP_FOR, MAX_DAYS, last_active, read_page
+from .access_review import DEFAULT_DAYS, KEEP_FOR, MAX_DAYS, Review, last_active, read_page
 from .builtin_roles import ADMIN
 from .errors import Conflict, InvalidInput, NotFound, SelfGrant
 from .gate import Action, Context, Prepared, Result
@@ -283,6 +283,37 @@ class ViewReviewPageAction(Action):
         )
 
 
+class LatestReviewAction(Action):
+    """The last finished review and how much of it is still open: for admins' App Home."""
+
+    name = "review.latest"
+    read_only = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        return Prepared({}, "audit:view", WILDCARD, "review:latest", "see the latest access review")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        row = ctx.session.scalar(
+            select(AccessReview)
+            .where(AccessReview.status.in_(("ready", "posted")))
+            .order_by(AccessReview.id.desc())
+            .limit(1)
+        )
+        if row is None:
+            return Result("No access review has run yet.", data={"review": None, "open": 0})
+        still_open = ctx.session.scalar(
+            select(func.count())
+            .select_from(ReviewFinding)
+            .where(ReviewFinding.review_id == row.id, ReviewFinding.status == "open")
+        )
+        review = Review.of(row)
+        return Result(
+            f"Access review #{review.id}: {review.totals.findings} findings, "
+            f"{still_open} still open.",
+            data={"review": review, "open": int(still_open or 0)},
+        )
+
+
 REVIEW_ACTIONS: dict[str, Action] = {
     a.name: a
     for a in (
@@ -290,5 +321,6 @@ REVIEW_ACTIONS: dict[str, Action] = {
         RevokeFindingAction(),
         KeepFindingAction(),
         ViewReviewPageAction(),
+        LatestReviewAction(),
     )
 }

@@ -540,3 +540,56 @@ def test_a_run_killed_half_way_is_taken_over_once_its_claim_lapses(
             )
             == 4
         )
+
+
+@pytest.mark.slow
+def test_the_scheduler_process_posts_the_due_review_and_stops_on_sigterm(
+    workspace: dict[str, str], db_url: str, slack: FakeSlack, db: Database
+) -> None:
+    """`wa-access scheduler` for real: APScheduler, the wall clock, a minutely schedule."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": db_url,
+        "SLACK_BOT_TOKEN": "xoxb-0000-test",
+        "SLACK_API_URL": slack.url,
+        "WA_AUDIT_CHANNEL": AUDIT,
+        "WA_AUDIT_SCHEDULE": "* * * * *",
+        "WA_AUDIT_GRACE_HOURS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "scheduler"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not reports(slack) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert reports(slack), "no review was posted"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output.decode()[-2000:]
+    log = output.decode()
+    assert "weekly_access_review for" in log and "done" in log
+    assert "xoxb-0000-test" not in log  # the token never reaches the log
+
+
+def test_the_admins_app_home_shows_the_latest_review_and_what_is_still_open(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+) -> None:
+    from .slack_requests import app_home_opened
+
+    scheduler.tick()
+    click(app, slack, ADMIN, "wa_review_revoke", str(findings(db)[CAROL].id))
+    body = app_home_opened(ADMIN, event_id="Ev0HOMEREVIEW")
+    headers = {**signed_headers(body), "Content-Type": "application/json"}
+    assert app.post("/slack/events", data=body, headers=headers).status_code == 200
+    view = json.dumps(slack.named("views.publish")[-1].body["view"])
+    assert f"in <#{AUDIT}>: 4 grants to look at, 3 still open." in view

@@ -192,6 +192,7 @@ READ_ONLY_CALLS = [
     (ALICE, "audit.log", {}),
     (ADMIN, "audit.verify", {}),
     (ADMIN, "audit.export", {}),
+    (ADMIN, "review.latest", {}),
     ("", "role.show", {}),
 ]
 

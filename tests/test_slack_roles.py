@@ -375,6 +375,8 @@ def test_app_home_shows_roles_2fa_and_requests_waiting_for_an_approver(
     assert "2FA: off" in alice and "Waiting for your decision" not in alice
     admin = home(ADMIN)
     assert "Waiting for your decision" in admin and "wa_access_approve" in admin
+    assert "Latest access review" not in alice  # only for those who may read the audit log
+    assert "*Latest access review*\\nNone has run yet." in admin
 
 
 def test_a_sensitive_command_asks_for_a_code_in_a_modal_then_carries_on(
