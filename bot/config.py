@@ -156,7 +156,7 @@ def load_settings(
             problems.append(f"{ENV_NAMES[attr]} is malformed: expected digits, got '{ident}'")
     _check_schedule(values, problems)
     typed: dict[str, object] = dict(values)
-    for attr, low, high in (("audit_inactive_days", 1, 3650), ("audit_grace_hours", 0, 24 * 7)):
+    for attr, low, high in (("audit_inactive_days", 1, 3650), ("audit_grace_hours", 1, 24 * 7)):
         if attr in values:
             raw = values[attr]
             if not raw.isdigit() or not low <= int(raw) <= high:

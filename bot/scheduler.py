@@ -20,6 +20,8 @@ import os
 import secrets
 import signal
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +34,7 @@ from slack_sdk import WebClient
 
 from handlers.scheduled_jobs import slack_notifier, sweep_expired, weekly_review
 from rbac_core.clock import Clock, system_clock, utcnow
-from rbac_core.job_runs import JobRuns, LostClaim, period_key
+from rbac_core.job_runs import LEASE, MAX_ATTEMPTS, Claim, JobRuns, LostClaim, period_key
 
 from .runtime import Runtime
 
@@ -62,7 +64,12 @@ class Periodic:
         latest = None
         while moment is not None and moment <= now:
             latest = moment
-            moment = self.trigger.get_next_fire_time(None, moment + timedelta(microseconds=1))
+            # Step in UTC: in the hour a clock change repeats, local time plus a
+            # microsecond can fold back onto the first occurrence and loop forever.
+            after = moment.astimezone(UTC) + timedelta(microseconds=1)
+            moment = self.trigger.get_next_fire_time(None, after)
+            if moment is not None and moment.astimezone(UTC) <= latest.astimezone(UTC):
+                break
         return None if latest is None else latest.astimezone(UTC)
 
 
@@ -73,6 +80,51 @@ def cron(expression: str, timezone: str) -> CronTrigger:
 
 def default_owner() -> str:
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Heartbeat:
+    """Renews a run's lease in the background, so one long step cannot lose it.
+
+    Checkpoints between steps still renew too, and are where a run learns it lost
+    its claim (`LostClaim`). A run that hangs stops being renewed after
+    `MAX_RUN`, so its period can be taken over in the end.
+    """
+
+    EVERY = LEASE / 3
+    MAX_RUN = timedelta(hours=2)
+
+    def __init__(self, runs: JobRuns, claim: Claim) -> None:
+        self.runs = runs
+        self.claim = claim
+        self._lost = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        deadline = time.monotonic() + self.MAX_RUN.total_seconds()
+        while not self._stopped.wait(self.EVERY.total_seconds()):
+            if time.monotonic() > deadline:
+                log.error("%s %s runs too long: no longer renewing its claim", *self._names())
+                return
+            try:
+                self.runs.renew(self.claim)
+            except LostClaim:
+                self._lost.set()
+                return
+            except Exception:  # the database away for a moment: try again next beat
+                log.warning("renewing the claim of %s %s failed", *self._names())
+
+    def _names(self) -> tuple[str, str]:
+        return self.claim.job, self.claim.period
+
+    def checkpoint(self) -> None:
+        if self._lost.is_set():
+            raise LostClaim(f"{self.claim.job} {self.claim.period} was taken over")
+        self.runs.renew(self.claim)
+
+    def stop(self) -> None:
+        self._stopped.set()
 
 
 @dataclass(frozen=True)
@@ -92,12 +144,14 @@ class Scheduler:
         *,
         clock: Clock = system_clock,
         owner: str | None = None,
+        on_gave_up: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.runs = runs
         self.periodic = list(periodic)
         self.sweep = sweep
         self.clock = clock
         self.owner = owner or default_owner()
+        self.on_gave_up = on_gave_up  # (job, period, why): the last attempt failed
 
     def look(self, job: Periodic) -> Ran | None:
         """Run `job`'s due period if this scheduler wins its claim; None if nothing to do."""
@@ -109,15 +163,21 @@ class Scheduler:
         if claim is None:
             return None
         log.info("running %s for %s (attempt %d)", job.name, key, claim.attempt)
+        heartbeat = Heartbeat(self.runs, claim)
         try:
-            summary = job.run(period, lambda: self.runs.renew(claim))
+            summary = job.run(period, heartbeat.checkpoint)
         except LostClaim:
             log.warning("%s for %s was taken over by another scheduler; stopped", job.name, key)
             return Ran(job.name, key, "lost", "taken over")
         except Exception as exc:
             log.exception("%s for %s failed", job.name, key)
-            self.runs.fail(claim, f"failed: {type(exc).__name__}")
+            why = f"failed: {type(exc).__name__}"
+            self.runs.fail(claim, why)
+            if claim.attempt >= MAX_ATTEMPTS and self.on_gave_up is not None:
+                self.on_gave_up(job.name, key, why)
             return Ran(job.name, key, "failed", type(exc).__name__)
+        finally:
+            heartbeat.stop()
         if not self.runs.finish(claim, summary):
             log.warning("%s for %s finished after its claim was taken over", job.name, key)
             return Ran(job.name, key, "lost", summary)
@@ -192,10 +252,27 @@ def build_scheduler(runtime: Runtime, client: WebClient, *, owner: str | None = 
         weekly_review(gate, client, settings.audit_channel, settings.audit_inactive_days),
     )
     notify = slack_notifier(client)
+    alert_channel = settings.alert_channel
+
+    def gave_up(job: str, period: str, why: str) -> None:
+        log.error("%s for %s gave up after %d attempts (%s)", job, period, MAX_ATTEMPTS, why)
+        if alert_channel is None:
+            return
+        try:
+            client.chat_postMessage(
+                channel=alert_channel,
+                text=f":warning: The {job.replace('_', ' ')} for {period} failed "
+                f"{MAX_ATTEMPTS} times ({why}) and will not be retried; "
+                "run `wa-access audit run --post` once the cause is fixed.",
+            )
+        except Exception:
+            log.error("could not post the scheduler alert to %s", alert_channel)
+
     return Scheduler(
         JobRuns(runtime.db, gate.clock),
         [review],
         lambda: sweep_expired(gate, notify),
         clock=gate.clock,
         owner=owner,
+        on_gave_up=gave_up,
     )

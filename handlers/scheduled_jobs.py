@@ -13,12 +13,12 @@ from datetime import datetime
 from slack_sdk import WebClient
 
 from rbac_core import Gate, Outcome
-from rbac_core.access_review import DEFAULT_DAYS, build, mark_posted, page
+from rbac_core.access_review import DEFAULT_DAYS, build, mark_posted, mark_posting, page
 from rbac_core.clock import utcnow
 from rbac_core.job_runs import period_key
 from rbac_core.sweeps import Expired, sweep_due
 
-from .slack_review import post_report
+from .slack_review import post_report, report_csv
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +100,24 @@ def run_review(
     if opened.status != "done":
         raise ReviewRefused(opened.message)
     review_id = int(opened.data["review_id"])
-    if opened.data.get("status") == "posted":
+    status = opened.data.get("status")
+    if status == "posted":
         return f"review #{review_id} was already posted"
-    deactivated = slack_deactivated(client, checkpoint)
     now = utcnow(gate.clock)
-    totals = build(
-        gate.db,
-        review_id,
-        now=now,
-        deactivated_in_slack=deactivated,
-        checkpoint=checkpoint,
-    )
+    if status == "building":
+        deactivated = slack_deactivated(client, checkpoint)
+        build(gate.db, review_id, now=now, deactivated_in_slack=deactivated, checkpoint=checkpoint)
+    # Built (now or by a run that died later): never rebuilt from here, so buttons of a
+    # report that may already be out keep working; at worst it is posted a second time.
     first = page(gate.db, review_id, 0)
     if first is None:
         raise ReviewRefused(f"review #{review_id} vanished while it was built")
+    csv_text = report_csv(gate.db, first)
     checkpoint()
-    ts = post_report(client, gate.db, channel, first, now)
-    if ts:
-        mark_posted(gate.db, review_id, channel, ts)
+    mark_posting(gate.db, review_id)
+    ts = post_report(client, channel, first, now, csv_text)
+    mark_posted(gate.db, review_id, channel, ts)
+    totals = first.review.totals
     return f"review #{review_id}: {totals.findings} findings for {totals.users} people"
 
 

@@ -153,27 +153,40 @@ def _page_button(label: str, review_id: int, number: int) -> dict[str, Any]:
     }
 
 
+def report_csv(db: Database, page: Page) -> str | None:
+    """The whole list as CSV when it has more than one page; built before anything is posted."""
+    if page.pages <= 1:
+        return None
+    buffer = io.StringIO()
+    write_csv(db, page.review.id, buffer)
+    return buffer.getvalue()
+
+
 def post_report(
-    client: WebClient, db: Database, channel: str, page: Page, now: datetime
-) -> str | None:
-    """Post page 1 to `channel` and, when there is more, the CSV in its thread; returns ts."""
-    attached = page.pages > 1
-    answer = client.chat_postMessage(channel=channel, **render(page, now, attached=attached))
+    client: WebClient, channel: str, page: Page, now: datetime, csv_text: str | None
+) -> str:
+    """Post page 1 to `channel` and the CSV, if any, in its thread; returns the message ts.
+
+    Raises when Slack gives no ts: the report is then not known to be out.
+    """
+    answer = client.chat_postMessage(
+        channel=channel, **render(page, now, attached=csv_text is not None)
+    )
     ts = str(answer.get("ts") or "")
-    if attached and ts:
-        buffer = io.StringIO()
-        write_csv(db, page.review.id, buffer)
+    if not ts:
+        raise RuntimeError("chat.postMessage answered without a message ts")
+    if csv_text is not None:
         try:
             client.files_upload_v2(
                 channel=channel,
                 thread_ts=ts,
-                content=buffer.getvalue(),
+                content=csv_text,
                 filename=f"access-review-{page.review.id}.csv",
                 title=f"Access review #{page.review.id}: all findings",
             )
         except Exception:
             log.error("could not attach the CSV of access review #%s", page.review.id)
-    return ts or None
+    return ts
 
 
 def register(app: App, gate: Gate) -> Resume:

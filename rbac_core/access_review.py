@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, text, update
+from sqlalchemy import String, Table, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from .db import Database
@@ -143,9 +143,15 @@ class Totals:
         )
 
 
+# A live "Keep 30 days" of one kind of finding for the grant `g`.
+_KEPT = (
+    "EXISTS (SELECT 1 FROM review_keeps k WHERE k.grant_id = g.id "
+    "AND k.kind = '{kind}' AND k.until > :now)"
+)
 # The findings, computed where the rows are: one INSERT ... SELECT gives each live
 # grant at most one finding, the first that applies, and numbers them by holder.
-# "Keep 30 days" (a live row in review_keeps) silences all but expiry.
+# "Keep 30 days" silences the kind of finding it was given for (expiry excepted:
+# keeping an expiring grant extends it instead).
 _FINDINGS_INSERT = text(
     "INSERT INTO review_findings (review_id, position, kind, user_id, grant_id, role, scope, "
     "granted_at, expires_at, last_active_us, status) "
@@ -153,22 +159,22 @@ _FINDINGS_INSERT = text(
     "c.user_id, c.id, c.role, c.scope, c.granted_at, c.expires_at, c.last_active_us, 'open' "
     "FROM (SELECT g.id, g.user_id, g.role, g.scope, g.granted_at, g.expires_at, "
     "a.last_active_us, CASE "
-    "WHEN k.grant_id IS NULL AND (NOT u.active OR s.user_id IS NOT NULL) THEN 'deactivated' "
-    "WHEN k.grant_id IS NULL AND g.role IN :needs_2fa AND (f.user_id IS NULL OR NOT f.active) "
-    "THEN 'no_2fa' "
-    "WHEN k.grant_id IS NULL AND g.granted_at < :cutoff "
-    "AND (a.last_active_us IS NULL OR a.last_active_us < :cutoff_us) THEN 'inactive' "
+    "WHEN (NOT u.active OR s.user_id IS NOT NULL) AND NOT " + _KEPT.format(kind="deactivated") + " "
+    "THEN 'deactivated' "
+    "WHEN g.role IN :needs_2fa AND (f.user_id IS NULL OR NOT f.active) "
+    "AND NOT " + _KEPT.format(kind="no_2fa") + " THEN 'no_2fa' "
+    "WHEN g.granted_at < :cutoff AND (a.last_active_us IS NULL OR a.last_active_us < :cutoff_us) "
+    "AND NOT " + _KEPT.format(kind="inactive") + " THEN 'inactive' "
     "WHEN g.expires_at IS NOT NULL AND g.expires_at <= :soon THEN 'expiring' "
     "END AS kind "
     "FROM grants g JOIN users u ON u.id = g.user_id "
     "LEFT JOIN user_activity a ON a.user_id = g.user_id "
     "LEFT JOIN second_factors f ON f.user_id = g.user_id "
-    "LEFT JOIN review_keeps k ON k.grant_id = g.id AND k.until > :now "
     "LEFT JOIN review_slack_gone s ON s.user_id = g.user_id "
     "WHERE g.revoked_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > :now)"
     ") c WHERE c.kind IS NOT NULL"
 ).bindparams(
-    bindparam("needs_2fa", expanding=True),
+    bindparam("needs_2fa", expanding=True, type_=String()),
     bindparam("cutoff", type_=UTCDateTime()),
     bindparam("now", type_=UTCDateTime()),
     bindparam("soon", type_=UTCDateTime()),
@@ -209,8 +215,9 @@ def build(
 ) -> Totals:
     """Compute and store the findings of review `review_id`; returns its totals.
 
-    Rebuilding a review replaces its findings, so a run that took a period over
-    after another died half way starts clean.
+    Only a review still being built is built: rebuilding replaces its findings,
+    so a run that took a period over after another died half way starts clean,
+    while a review already built (and perhaps posted, its buttons out) stays.
     """
     through = fold_activity(db)
     checkpoint()
@@ -221,6 +228,8 @@ def build(
         review = session.get(AccessReview, review_id)
         if review is None:
             raise LookupError(f"no access review #{review_id}")
+        if review.status != "building":
+            return Totals.from_json(review.totals)  # built already: its buttons may be out
         cutoff = now - timedelta(days=review.days)
         session.execute(delete(_FINDINGS).where(_FINDINGS.c.review_id == review_id))
         session.execute(text(_GONE_TABLE + (" ON COMMIT DELETE ROWS" if not db.is_sqlite else "")))
@@ -363,6 +372,16 @@ def read_page(session: Session, review_id: int, number: int, size: int = PAGE_SI
 
 def page_of(position: int, size: int = PAGE_SIZE) -> int:
     return (position - 1) // size
+
+
+def mark_posting(db: Database, review_id: int) -> None:
+    """Posting starts: from here the review is never rebuilt, only posted (again)."""
+    with db.write() as session:
+        session.execute(
+            update(_REVIEWS)
+            .where(_REVIEWS.c.id == review_id, _REVIEWS.c.status == "ready")
+            .values(status="posting")
+        )
 
 
 def mark_posted(db: Database, review_id: int, channel: str, ts: str) -> None:

@@ -6,8 +6,9 @@ a run first inserts the row (job, period); the primary key lets exactly one
 insert succeed. The row is a lease, renewed while the run works. A run that
 dies (killed, host lost) stops renewing; once its lease lapses, the next
 scheduler to look takes the period over. A run that fails cleanly gives its
-lease up at once so a retry need not wait. Attempts are capped, so a period
-that fails every time is reported and left alone rather than retried forever.
+lease up, and the period is retried after a delay that doubles each time.
+Attempts are capped, so a period that fails every time is reported and left
+alone rather than retried forever.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ from .db import Database
 from .models import JobRun
 
 LEASE = timedelta(minutes=10)
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5
+RETRY_AFTER = timedelta(minutes=5)  # then 10, 20, 40: a Slack outage of an hour is outlasted
 SUMMARY_MAX = 1000
+
+
+def retry_delay(attempt: int) -> timedelta:
+    """How long after failed attempt number `attempt` the next one may start."""
+    factor: int = 2 ** (attempt - 1)
+    return RETRY_AFTER * factor
+
 
 _RUNS = cast(Table, JobRun.__table__)
 
@@ -48,7 +57,9 @@ def period_key(moment: datetime) -> str:
 def _takeable(run: JobRun, now: datetime) -> bool:
     if run.attempt >= MAX_ATTEMPTS:
         return False
-    return run.status == "failed" or (run.status == "running" and run.lease_until < now)
+    if run.status == "failed":
+        return run.finished_at is None or run.finished_at + retry_delay(run.attempt) <= now
+    return run.status == "running" and run.lease_until < now
 
 
 class LostClaim(RuntimeError):
@@ -92,6 +103,7 @@ class JobRuns:
             if row is None:
                 return None
             attempt = int(row[0]) + 1
+            retry_from = now - retry_delay(attempt - 1)
             taken = txn.session.execute(
                 update(_RUNS)
                 .where(
@@ -100,7 +112,7 @@ class JobRuns:
                     _RUNS.c.attempt == attempt - 1,
                     _RUNS.c.attempt < MAX_ATTEMPTS,
                     or_(
-                        _RUNS.c.status == "failed",
+                        and_(_RUNS.c.status == "failed", _RUNS.c.finished_at <= retry_from),
                         and_(_RUNS.c.status == "running", _RUNS.c.lease_until < now),
                     ),
                 )

@@ -328,7 +328,7 @@ class AccessReview(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     days: Mapped[int] = mapped_column(Integer)
     through_seq: Mapped[int | None] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16))  # building, ready, posted
+    status: Mapped[str] = mapped_column(String(16))  # building, ready, posting, posted
     totals: Mapped[str | None] = mapped_column(Text)
     channel: Mapped[str | None] = mapped_column(String(32))
     message_ts: Mapped[str | None] = mapped_column(String(32))
@@ -359,11 +359,12 @@ class ReviewFinding(Base):
 
 
 class ReviewKeep(Base):
-    """ "Keep 30 days": the grant is left out of reviews until `until`."""
+    """A "Keep 30 days": the grant gets no finding of this kind until `until`."""
 
     __tablename__ = "review_keeps"
 
     grant_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True, server_default="inactive")
     until: Mapped[datetime] = mapped_column(UTCDateTime)
     kept_by: Mapped[str] = mapped_column(String(32))
     kept_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -16,17 +16,17 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from .access_review import DEFAULT_DAYS, KEEP_FOR, MAX_DAYS, Review, last_active, read_page
 from .builtin_roles import ADMIN
 from .errors import Conflict, InvalidInput, NotFound, SelfGrant
 from .gate import Action, Context, Prepared, Result
 from .grants import ensure_holds, ensure_not_last_admin
-from .models import AccessReview, Grant, ReviewFinding, ReviewKeep
+from .models import AccessReview, Grant, ReviewFinding, ReviewKeep, SecondFactor
 from .role_actions import check_grantable, sensitive_role
-from .sweeps import SYSTEM_SURFACES
-from .values import WILDCARD, for_scope, format_moment, scope_text
+from .sweeps import is_system
+from .values import MAX_DURATION, WILDCARD, for_scope, format_moment, scope_text
 
 PERIOD_MAX = 32
 
@@ -51,7 +51,7 @@ class StartReviewAction(Action):
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         days = _days(params.get("days"))
         period = params.get("period")
-        system = ctx.surface in SYSTEM_SURFACES
+        system = is_system(ctx)
         if period is not None:
             if not system:
                 raise InvalidInput("only the scheduler opens a review for a period")
@@ -91,11 +91,21 @@ class StartReviewAction(Action):
         )
 
 
-def _finding(ctx: Context, params: Mapping[str, Any]) -> ReviewFinding:
+ID_MAX = 2**31 - 1  # the largest id either database's integer column holds
+
+
+def _id(value: object, problem: str) -> int:
     try:
-        finding_id = int(str(params.get("finding")))
+        number = int(str(value))
     except ValueError:
-        raise InvalidInput("that button names no finding") from None
+        raise InvalidInput(problem) from None
+    if not 1 <= number <= ID_MAX:
+        raise InvalidInput(problem)
+    return number
+
+
+def _finding(ctx: Context, params: Mapping[str, Any]) -> ReviewFinding:
+    finding_id = _id(params.get("finding"), "that button names no finding")
     finding = ctx.session.scalar(
         select(ReviewFinding).where(ReviewFinding.id == finding_id).with_for_update()
     )
@@ -125,7 +135,15 @@ def _ensure_open(ctx: Context, finding: ReviewFinding) -> Grant:
     return grant
 
 
-def _ensure_still_inactive(ctx: Context, finding: ReviewFinding) -> None:
+def _ensure_still_true(ctx: Context, finding: ReviewFinding) -> None:
+    """Refuse to act on a finding that stopped being true since the review."""
+    if finding.kind == "no_2fa":
+        factor = ctx.session.get(SecondFactor, finding.user_id)
+        if factor is not None and factor.active:
+            raise Conflict(
+                f"{finding.user_id} has turned on 2FA since this review; nothing changed."
+            )
+        return
     if finding.kind != "inactive":
         return
     review = ctx.session.get(AccessReview, finding.review_id)
@@ -155,13 +173,13 @@ class RevokeFindingAction(Action):
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        finding = _finding(ctx, params)
-        _ensure_open(ctx, finding)
-        _ensure_still_inactive(ctx, finding)
-        return _prepared(finding, "revoke")
+        return _prepared(_finding(ctx, params), "revoke")
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        # After the permission check, so only those allowed learn how the row stands.
         finding = _finding(ctx, prepared.params)
+        _ensure_open(ctx, finding)
+        _ensure_still_true(ctx, finding)
         if finding.user_id != ctx.actor:
             ensure_holds(
                 ctx.policy,
@@ -179,10 +197,7 @@ class RevokeFindingAction(Action):
         grant.revoked_at = ctx.now
         grant.revoked_by = ctx.actor
         grant.revoke_reason = f"access review #{finding.review_id}: {finding.kind}"
-        finding.status = "revoked"
-        finding.handled_by = ctx.actor
-        finding.handled_at = ctx.now
-        ctx.session.flush()
+        _handled(ctx, finding, "revoked", same_kind=False)
         return Result(
             f"Revoked {finding.role} from {finding.user_id} in {scope_text(finding.scope)} "
             f"(grant #{grant.id}).",
@@ -197,49 +212,87 @@ class KeepFindingAction(Action):
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         finding = _finding(ctx, params)
-        _ensure_open(ctx, finding)
-        _ensure_still_inactive(ctx, finding)
         extends = finding.kind == "expiring"
         sensitive = extends and sensitive_role(ctx.policy, finding.role)
         return _prepared(finding, "extend" if extends else "keep", sensitive)
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         finding = _finding(ctx, prepared.params)
+        _ensure_open(ctx, finding)
+        _ensure_still_true(ctx, finding)
         if finding.kind == "expiring":
             check_grantable(ctx, finding.user_id, finding.role, finding.scope)
-        elif finding.user_id == ctx.actor:
+            return
+        if finding.user_id == ctx.actor:
             raise SelfGrant("You cannot keep your own access: someone else must decide.")
+        # Keeping a grant vouches for it: only someone who could grant it may.
+        ensure_holds(
+            ctx.policy,
+            ctx.actor,
+            ctx.policy.permissions_of_role(finding.role),
+            finding.scope,
+            f"keep {finding.role}{for_scope(finding.scope)}",
+        )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         finding = _finding(ctx, prepared.params)
         grant = _ensure_open(ctx, finding)
         details: dict[str, Any] = {"finding": finding.id, "grant_id": grant.id}
-        if finding.kind == "expiring" and grant.expires_at is not None:
-            grant.expires_at = grant.expires_at + KEEP_FOR
+        if finding.kind == "expiring":
+            if grant.expires_at is None or grant.expires_at != finding.expires_at:
+                raise Conflict(
+                    f"{finding.user_id}'s {finding.role} grant changed since this review "
+                    "(it was extended or made permanent); nothing changed."
+                )
+            extended = grant.expires_at + KEEP_FOR
+            if extended - ctx.now > MAX_DURATION:
+                raise Conflict("Time-bound access is limited to 366 days; nothing changed.")
+            grant.expires_at = extended
             message = (
                 f"Extended {finding.role} of {finding.user_id} in {scope_text(finding.scope)} "
-                f"by 30 days, until {format_moment(grant.expires_at)}."
+                f"by 30 days, until {format_moment(extended)}."
             )
-            details["expires_at"] = grant.expires_at.isoformat()
+            details["expires_at"] = extended.isoformat()
         else:
             until = ctx.now + KEEP_FOR
-            keep = ctx.session.get(ReviewKeep, grant.id)
+            keep = ctx.session.get(ReviewKeep, (grant.id, finding.kind))
             if keep is None:
                 ctx.session.add(
-                    ReviewKeep(grant_id=grant.id, until=until, kept_by=ctx.actor, kept_at=ctx.now)
+                    ReviewKeep(
+                        grant_id=grant.id,
+                        kind=finding.kind,
+                        until=until,
+                        kept_by=ctx.actor,
+                        kept_at=ctx.now,
+                    )
                 )
             else:
                 keep.until, keep.kept_by, keep.kept_at = until, ctx.actor, ctx.now
             message = (
                 f"Kept {finding.role} of {finding.user_id} in {scope_text(finding.scope)}; "
-                f"reviews leave it alone until {format_moment(until)}."
+                f"reviews will not call it {finding.kind.replace('_', ' ')} again "
+                f"until {format_moment(until)}."
             )
             details["kept_until"] = until.isoformat()
-        finding.status = "kept"
-        finding.handled_by = ctx.actor
-        finding.handled_at = ctx.now
-        ctx.session.flush()
+        _handled(ctx, finding, "kept", same_kind=True)
         return Result(message, data=_data(finding), details=details)
+
+
+def _handled(ctx: Context, finding: ReviewFinding, status: str, *, same_kind: bool) -> None:
+    """Close this finding, and the grant's open findings in other reviews it settles too,
+    so an older report's button cannot act on the grant a second time."""
+    others = update(ReviewFinding).where(
+        ReviewFinding.grant_id == finding.grant_id,
+        ReviewFinding.status == "open",
+        ReviewFinding.id != finding.id,
+    )
+    if same_kind:
+        others = others.where(ReviewFinding.kind == finding.kind)
+    ctx.session.execute(others.values(status=status, handled_by=ctx.actor, handled_at=ctx.now))
+    finding.status = status
+    finding.handled_by = ctx.actor
+    finding.handled_at = ctx.now
+    ctx.session.flush()
 
 
 def _data(finding: ReviewFinding) -> dict[str, Any]:
@@ -260,11 +313,11 @@ class ViewReviewPageAction(Action):
     read_only = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        try:
-            review_id = int(str(params.get("review")))
-            number = int(str(params.get("page") or 0))
-        except ValueError:
-            raise InvalidInput("that button names no review page") from None
+        review_id = _id(params.get("review"), "that button names no review page")
+        raw_page = str(params.get("page") or 0)
+        if not raw_page.isdigit() or int(raw_page) >= ID_MAX:
+            raise InvalidInput("that button names no review page")
+        number = int(raw_page)
         return Prepared(
             {"review": review_id, "page": number},
             "audit:view",

@@ -83,8 +83,11 @@ def _has_active_2fa(session: Session, user: str) -> bool:
     return row is not None and row.active
 
 
+OPERATOR = "operator"  # the actor the CLI's operator commands run as
+
+
 def _operator_only(ctx: Context, what: str) -> None:
-    if ctx.surface != "cli":
+    if ctx.surface != "cli" or ctx.actor != OPERATOR:
         raise OperatorOnly(f"Only an operator at the server's command line can {what}.")
 
 

@@ -24,6 +24,18 @@ from .models import AccessRequest, Grant, PendingAction
 from .values import format_moment, scope_text
 
 SYSTEM_SURFACES = frozenset({"scheduler", "cli"})
+SYSTEM_ACTORS = frozenset({"scheduler", "operator"})
+
+
+def is_system(ctx: Context) -> bool:
+    """The scheduler, or the operator at the server's command line; never a person.
+
+    Both the actor and the surface count: `wa-access console --as U…` is the
+    command-line surface acting for a person, who gets no system rights.
+    """
+    return ctx.actor in SYSTEM_ACTORS and ctx.surface in SYSTEM_SURFACES
+
+
 AUDITED_IDS = 50  # ids listed per kind in the audit entry; the counts are always whole
 
 _GRANTS = cast(Table, Grant.__table__)
@@ -33,7 +45,7 @@ _REQUESTS = cast(Table, AccessRequest.__table__)
 
 def system_only(ctx: Context, what: str) -> None:
     """Housekeeping runs for the scheduler or an operator, never from a chat surface."""
-    if ctx.surface not in SYSTEM_SURFACES:
+    if not is_system(ctx):
         raise OperatorOnly(f"Only the scheduler or an operator can {what}.")
 
 

@@ -29,6 +29,8 @@ class FakeSlack:
     calls: list[Call] = field(default_factory=list)
     team_id: str = "T0WA0ACCESS"
     bot_user_id: str = "U0WABOT01"
+    scripted: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Answers to give, in order, before the usual ones (e.g. a malformed reply)."""
     hold: set[str] = field(default_factory=set)
     """Methods whose calls are recorded and then never answered (a Slack that hangs)."""
     _ts: int = 0
@@ -94,6 +96,9 @@ class FakeSlack:
         return f"{self.base}/response/{name}"
 
     def answer(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            if self.scripted.get(method):
+                return self.scripted[method].pop(0)
         if method == "auth.test":
             return {
                 "ok": True,

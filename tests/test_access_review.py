@@ -593,3 +593,119 @@ def test_the_admins_app_home_shows_the_latest_review_and_what_is_still_open(
     assert app.post("/slack/events", data=body, headers=headers).status_code == 200
     view = json.dumps(slack.named("views.publish")[-1].body["view"])
     assert f"in <#{AUDIT}>: 4 grants to look at, 3 still open." in view
+
+
+# -- findings that stop being true, or that several reports share ----------------------
+
+
+def test_keeping_someone_inactive_does_not_hide_them_once_deactivated(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+    clock: ManualClock,
+) -> None:
+    scheduler.tick()
+    click(app, slack, ADMIN, "wa_review_keep", str(findings(db)[ALICE].id))
+    slack.add_user(ALICE, "alice", deleted=True)  # she leaves the next day
+    clock.now = (MONDAY + timedelta(days=7)).timestamp()
+    scheduler.tick()
+    assert findings_of_latest(db)[ALICE] == "deactivated"
+
+
+def findings_of_latest(db: Database) -> dict[str, str]:
+    with db.read() as session:
+        latest = max(session.scalars(select(AccessReview)), key=lambda r: r.id)
+        return {
+            f.user_id: f.kind
+            for f in session.scalars(
+                select(ReviewFinding).where(ReviewFinding.review_id == latest.id)
+            )
+        }
+
+
+def test_a_grant_in_two_reports_is_acted_on_once(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+    gate: Any,
+) -> None:
+    scheduler.tick()
+    older = findings(db)[BOB]
+    newer = gate.submit("operator", "cli", "audit.review", {"days": 30})  # an on-demand one
+    from rbac_core.access_review import build
+    from rbac_core.clock import utcnow
+
+    build(db, int(newer.data["review_id"]), now=utcnow(gate.clock))
+    with db.read() as session:
+        both = list(session.scalars(select(ReviewFinding).where(ReviewFinding.user_id == BOB)))
+    assert len(both) == 2 and {f.grant_id for f in both} == {older.grant_id}
+    fresh = next(f for f in both if f.id != older.id)
+    click(app, slack, ADMIN, "wa_review_keep", str(fresh.id))  # extends by 30 days
+    [answer] = click(app, slack, ADMIN, "wa_review_keep", str(older.id))
+    assert "Already handled: kept" in answer["text"]
+    with db.read() as session:
+        grant = session.get(Grant, older.grant_id)
+        assert grant is not None and grant.expires_at == older.expires_at + timedelta(days=30)
+
+
+def test_revoking_for_missing_2fa_is_refused_once_they_turned_it_on(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+    clock: ManualClock,
+) -> None:
+    from .helpers import give_2fa
+
+    scheduler.tick()
+    give_2fa(db, ADMIN, datetime.fromtimestamp(clock.now, UTC))
+    other_admin = "U0ADMIN02"
+    finding = findings(db)[ADMIN]
+    [answer] = click(app, slack, other_admin, "wa_review_revoke", str(finding.id))
+    assert "You are not allowed" in answer["text"]  # a stranger is refused first
+    [answer] = click(app, slack, ADMIN, "wa_review_revoke", str(finding.id))
+    assert "has turned on 2FA since this review" in answer["text"]
+    assert findings(db)[ADMIN].status == "open"
+
+
+def test_keep_needs_the_power_the_grant_carries(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+    gate: Any,
+) -> None:
+    """Someone who may assign roles but lacks agent's permissions cannot vouch for agent."""
+    made = run(gate, ADMIN, "role.create", name="assigner", perms=["roles:assign", "roles:view"])
+    assert made.ok, made.message
+    assert run(gate, ADMIN, "role.assign", user=BOB, role="assigner").ok
+    scheduler.tick()
+    [answer] = click(app, slack, BOB, "wa_review_keep", str(findings(db)[ALICE].id))
+    assert "You cannot keep agent" in answer["text"]
+    assert findings(db)[ALICE].status == "open"
+
+
+def test_a_report_whose_posting_failed_is_posted_again_without_being_rebuilt(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    slack: FakeSlack,
+    db: Database,
+    clock: ManualClock,
+) -> None:
+    slack.scripted["chat.postMessage"] = [{"ok": True}]  # accepted, but no ts came back
+    [ran] = scheduler.tick()
+    assert ran.status == "failed"
+    before = {f.id for f in findings(db).values()}
+    clock.advance(5 * 60)
+    [ran] = scheduler.tick()
+    assert ran.status == "done"
+    assert {f.id for f in findings(db).values()} == before  # same findings, same buttons
+    assert len(reports(slack)) == 2
+    with db.read() as session:
+        assert session.scalars(select(AccessReview.status)).all() == ["posted"]

@@ -276,3 +276,6 @@ def test_console_runs_wa_audit_through_the_same_gate(staffed: Cli) -> None:
     assert f"1. no_2fa      {ADMIN} admin in *" in out
     code, out, _ = staffed("console", "--as", ALICE, stdin="/wa-audit log\n")
     assert code == 1 and "You are not allowed to read the audit log" in out
+    # The console is the command line, but acting for a person: no operator rights.
+    code, out, _ = staffed("console", "--as", ALICE, stdin="/wa-audit inactive\n")
+    assert code == 1 and "You are not allowed to run the access review" in out

@@ -8,7 +8,7 @@ import pytest
 
 from bot.scheduler import Periodic, Scheduler, cron
 from rbac_core import Database, ManualClock
-from rbac_core.job_runs import MAX_ATTEMPTS, JobRuns, LostClaim
+from rbac_core.job_runs import MAX_ATTEMPTS, JobRuns, LostClaim, retry_delay
 
 MONDAY_9 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 
@@ -58,19 +58,24 @@ def test_a_run_whose_period_was_taken_over_learns_it_at_its_next_checkpoint(
     assert not runs.finish(first, "late")  # and its result does not count
 
 
-def test_a_failed_run_can_be_retried_at_once_but_not_forever(
+def test_a_failed_run_is_retried_later_and_later_but_not_forever(
     runs: JobRuns, clock: ManualClock
 ) -> None:
     for attempt in range(1, MAX_ATTEMPTS + 1):
         claim = runs.claim("review", "p1", f"s{attempt}")
         assert claim is not None and claim.attempt == attempt
         assert runs.fail(claim, "Slack was down")
+        wait = retry_delay(attempt).total_seconds()
+        clock.advance(wait - 1)
+        assert runs.claim("review", "p1", "too-soon") is None
+        clock.advance(1)
     assert runs.claim("review", "p1", "again") is None
     row = runs.status("review", "p1")
     assert row is not None and (row.status, row.attempt) == ("failed", MAX_ATTEMPTS)
+    assert [retry_delay(n).total_seconds() // 60 for n in (1, 2, 3, 4)] == [5, 10, 20, 40]
 
 
-def test_a_job_that_raises_is_recorded_as_failed_and_retried_on_the_next_look(
+def test_a_job_that_raises_is_recorded_as_failed_and_retried_after_a_delay(
     db: Database, clock: ManualClock
 ) -> None:
     clock.now = MONDAY_9.timestamp() + 30
@@ -86,6 +91,8 @@ def test_a_job_that_raises_is_recorded_as_failed_and_retried_on_the_next_look(
     scheduler = Scheduler(JobRuns(db, clock), [job], clock=clock, owner="s1")
     assert [r.status for r in scheduler.tick()] == ["failed"]
     clock.advance(60)
+    assert scheduler.tick() == []  # too soon to try again
+    clock.advance(4 * 60)
     assert [r.status for r in scheduler.tick()] == ["done"]
     clock.advance(60)
     assert scheduler.tick() == []
@@ -115,3 +122,45 @@ def test_a_malformed_schedule_is_refused_at_start_up() -> None:
         load_settings({"WA_AUDIT_SCHEDULE": "every monday"}, dotenv=None)
     with pytest.raises(ConfigError, match="WA_AUDIT_INACTIVE_DAYS is malformed"):
         load_settings({"WA_AUDIT_INACTIVE_DAYS": "-3"}, dotenv=None)
+    with pytest.raises(ConfigError, match="WA_AUDIT_GRACE_HOURS is malformed"):
+        load_settings({"WA_AUDIT_GRACE_HOURS": "0"}, dotenv=None)  # no look would be in time
+
+
+def test_the_last_failed_attempt_is_reported(db: Database, clock: ManualClock) -> None:
+    clock.now = MONDAY_9.timestamp() + 30
+    gave_up: list[tuple[str, str, str]] = []
+
+    def broken(period: datetime, checkpoint: object) -> str:
+        raise ConnectionError("Slack unreachable")
+
+    job = Periodic("review", cron("0 9 * * mon", "UTC"), timedelta(hours=24), broken)
+    scheduler = Scheduler(
+        JobRuns(db, clock),
+        [job],
+        clock=clock,
+        owner="s1",
+        on_gave_up=lambda *args: gave_up.append(args),
+    )
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        assert [r.status for r in scheduler.tick()] == ["failed"]
+        assert len(gave_up) == (1 if attempt == MAX_ATTEMPTS else 0)
+        clock.advance(retry_delay(attempt).total_seconds())
+    assert gave_up == [("review", "2026-11-23T09:00Z", "failed: ConnectionError")]
+    assert scheduler.tick() == []
+
+
+@pytest.mark.parametrize("expression", ["30 2 * * *", "0 * * * *", "*/30 * * * *"])
+def test_looks_in_the_hour_a_clock_change_repeats_end_and_find_the_right_period(
+    expression: str,
+) -> None:
+    """Berlin leaves summer time on 25 October 2026: 02:00-03:00 local happens twice."""
+    job = Periodic("review", cron(expression, "Europe/Berlin"), timedelta(hours=3), lambda p, c: "")
+    for minute in range(0, 181, 7):
+        now = datetime(2026, 10, 24, 23, 0, tzinfo=UTC) + timedelta(minutes=minute)
+        due = job.due(now)  # returns at all: this used to loop forever
+        if due is None:
+            assert expression == "30 2 * * *"  # a daily job is not due all day long
+            continue
+        assert due <= now and now - due <= timedelta(hours=3)
+    second = datetime(2026, 10, 25, 1, 31, tzinfo=UTC)  # 02:31 in Berlin, the second time
+    assert job.due(second) is not None
