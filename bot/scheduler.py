@@ -124,7 +124,9 @@ class Heartbeat:
         self.runs.renew(self.claim)
 
     def stop(self) -> None:
+        """Stop beating; returns once no renewal is under way any more."""
         self._stopped.set()
+        self._thread.join(timeout=30)
 
 
 @dataclass(frozen=True)

@@ -164,3 +164,26 @@ def test_looks_in_the_hour_a_clock_change_repeats_end_and_find_the_right_period(
         assert due <= now and now - due <= timedelta(hours=3)
     second = datetime(2026, 10, 25, 1, 31, tzinfo=UTC)  # 02:31 in Berlin, the second time
     assert job.due(second) is not None
+
+
+def test_the_heartbeat_keeps_a_long_step_from_losing_its_claim(
+    runs: JobRuns, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from bot.scheduler import Heartbeat
+
+    monkeypatch.setattr(Heartbeat, "EVERY", timedelta(milliseconds=20))
+    claim = runs.claim("review", "p1", "s1")
+    assert claim is not None
+    heartbeat = Heartbeat(runs, claim)
+    try:
+        for _ in range(3):  # half an hour of one long step, with no checkpoint in it
+            clock.advance(9 * 60)
+            time.sleep(0.2)  # the heartbeat renews meanwhile
+            assert runs.claim("review", "p1", "s2") is None
+        heartbeat.checkpoint()  # still ours
+    finally:
+        heartbeat.stop()
+    clock.advance(11 * 60)
+    assert runs.claim("review", "p1", "s2") is not None  # stopped beating: taken over
