@@ -3,7 +3,8 @@
 The database is filled the way production fills it where it matters: users and
 grants as rows, and the audit log through `audit.append` (a real hash chain).
 Every fifth person has done nothing for 45 days, every 50th is deactivated,
-every 100th holds a grant expiring in 3 days. The review itself runs in a fresh
+every 100th holds a grant expiring in 3 days, every 1,000th holds developer
+(which requires 2FA) without 2FA. The review itself runs in a fresh
 process (`bench.review_probe`) at two sizes, so the peak memory growth is the
 review's own and the sizes show whether memory stays flat.
 
@@ -43,6 +44,7 @@ BAR_SECONDS = 3.0
 DORMANT_EVERY = 5
 DEACTIVATED_EVERY = 50
 EXPIRING_EVERY = 100
+DEVELOPER_EVERY = 1_000
 BATCH = 10_000
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,6 +95,18 @@ def fill(db: Database, users: int, entries: int) -> float:
                 }
                 for k in ks
                 if k % EXPIRING_EVERY == 2
+            ]
+            rows += [
+                {
+                    "user_id": _user(k),
+                    "role": "developer",  # requires 2FA, which nobody here has
+                    "scope": "*",
+                    "granted_by": "U0BENCHADM",
+                    "granted_at": granted,
+                    "expires_at": None,
+                }
+                for k in ks
+                if k % DEVELOPER_EVERY == 3
             ]
             session.execute(insert(Grant), rows)
     start_us = audit.micros(now - timedelta(days=60))
