@@ -60,6 +60,7 @@ def settings(db_url: str, slack: FakeSlack) -> Settings:
         slack_api_url=slack.url,
         audit_channel=AUDIT,
         timezone="Europe/Paris",
+        secret_key="s" * 40,
     )
 
 
@@ -709,3 +710,80 @@ def test_a_report_whose_posting_failed_is_posted_again_without_being_rebuilt(
     assert len(reports(slack)) == 2
     with db.read() as session:
         assert session.scalars(select(AccessReview.status)).all() == ["posted"]
+
+
+def test_extending_a_sensitive_grant_asks_the_clicker_for_a_2fa_code_first(
+    workspace: dict[str, str],
+    scheduler: Scheduler,
+    app: FlaskClient,
+    slack: FakeSlack,
+    db: Database,
+    clock: ManualClock,
+) -> None:
+    import pyotp
+
+    from rbac_core.db import txn_of
+    from rbac_core.policy_store import bump_policy_version
+
+    from .helpers import give_2fa
+    from .slack_requests import slash_command, view_submission
+
+    now = datetime.fromtimestamp(clock.now, UTC)
+    give_2fa(db, BOB, now)
+    with db.write() as session:  # developer (2FA role) for bob, ending in 5 days
+        session.add(
+            Grant(
+                user_id=BOB,
+                role="developer",
+                scope="*",
+                granted_by=ADMIN,
+                granted_at=now - timedelta(days=40),
+                expires_at=now + timedelta(days=5),
+            )
+        )
+        bump_policy_version(txn_of(session))
+    scheduler.tick()
+    finding = next(f for f in session_findings(db) if f.user_id == BOB and f.role == "developer")
+    assert finding.kind == "expiring"
+
+    def slash(line: str) -> None:
+        body = slash_command(ADMIN, line, slack.response_url("c"), command="/wa-2fa")
+        assert app.post("/slack/events", data=body, headers=signed_headers(body)).status_code == 200
+
+    slash("enroll")
+    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
+    totp = pyotp.TOTP(secret)
+    slash(f"verify {totp.at(clock())}")
+    clock.advance(11 * 60)  # the verification is too old for a sensitive action
+
+    [prompt] = click(app, slack, ADMIN, "wa_review_keep", str(finding.id))
+    assert "enter a 2FA code" in prompt["text"]
+    assert session_grant(db, finding.grant_id).expires_at == finding.expires_at  # not yet
+    modal = slack.named("views.open")[-1].body["view"]
+    modal = json.loads(modal) if isinstance(modal, str) else modal
+    assert json.loads(modal["private_metadata"])["kind"] == "review_finding"
+
+    before = len(slack.responses())
+    body = view_submission(
+        ADMIN,
+        "wa_stepup",
+        modal["private_metadata"],
+        {"code": {"code": {"type": "plain_text_input", "value": totp.at(clock())}}},
+    )
+    assert app.post("/slack/events", data=body, headers=signed_headers(body)).status_code == 200
+    redrawn, told = slack.responses()[before:]
+    assert redrawn["replace_original"] is True and "Extended developer" in told["text"]
+    assert finding.expires_at is not None
+    assert session_grant(db, finding.grant_id).expires_at == finding.expires_at + timedelta(days=30)
+
+
+def session_findings(db: Database) -> list[ReviewFinding]:
+    with db.read() as session:
+        return list(session.scalars(select(ReviewFinding)))
+
+
+def session_grant(db: Database, grant_id: int) -> Grant:
+    with db.read() as session:
+        grant = session.get(Grant, grant_id)
+        assert grant is not None
+        return grant
