@@ -19,21 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert, text
 
 from rbac_core import audit, migrate
 from rbac_core.audit import NewEntry
 from rbac_core.clock import utcnow
 from rbac_core.db import Database
 from rbac_core.models import Grant, User
+from tests.helpers import throwaway_schema
 
 from .report import fmt_count, fmt_kib, say, section, verdict
 
@@ -177,21 +174,6 @@ def _measure(label: str, url: str, users: int, entries: int) -> dict[str, Any]:
     return r
 
 
-@contextmanager
-def _pg_schema(url: str) -> Iterator[str]:
-    schema = f"wa_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(Database(url).url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    scoped = make_url(Database(url).url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def run(*, quick: bool, pg_url: str | None = None) -> None:
     sizes = QUICK if quick else FULL
     section("4. Weekly access review (rbac_core.access_review)")
@@ -209,7 +191,7 @@ def run(*, quick: bool, pg_url: str | None = None) -> None:
     )
     if pg_url:
         users, entries = sizes[-1]
-        with _pg_schema(pg_url) as url:
+        with throwaway_schema(pg_url, "wa_bench") as url:
             _measure(f"PostgreSQL, {fmt_count(users)} people", url, users, entries)
     else:
         say("PostgreSQL: not measured (pass --pg URL)")

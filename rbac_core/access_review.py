@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, cast
 
-from sqlalchemy import String, Table, bindparam, delete, func, or_, select, text, update
+from sqlalchemy import String, Table, bindparam, delete, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from .db import Database
@@ -339,12 +339,6 @@ class Page:
     findings: list[Finding]
 
 
-def get_review(db: Database, review_id: int) -> Review | None:
-    with db.read() as session:
-        row = session.get(AccessReview, review_id)
-        return None if row is None else Review.of(row)
-
-
 def page(db: Database, review_id: int, number: int, size: int = PAGE_SIZE) -> Page | None:
     """Page `number` of a review (clamped to the pages it has); None if no such review."""
     with db.read() as session:
@@ -415,28 +409,15 @@ def _iso(moment: datetime | None) -> str:
 
 def iter_findings(db: Database, review_id: int) -> Iterator[Finding]:
     """Every finding of a review in order, streamed in one snapshot."""
-    with db.snapshot() as conn:
-        rows = conn.execution_options(stream_results=True, yield_per=BATCH).execute(
-            select(
-                _FINDINGS.c.id,
-                _FINDINGS.c.position,
-                _FINDINGS.c.kind,
-                _FINDINGS.c.user_id,
-                _FINDINGS.c.grant_id,
-                _FINDINGS.c.role,
-                _FINDINGS.c.scope,
-                _FINDINGS.c.granted_at,
-                _FINDINGS.c.expires_at,
-                _FINDINGS.c.last_active_us,
-                _FINDINGS.c.status,
-                _FINDINGS.c.handled_by,
-                _FINDINGS.c.handled_at,
-            )
-            .where(_FINDINGS.c.review_id == review_id)
-            .order_by(_FINDINGS.c.position)
-        )
-        for row in rows:
-            yield Finding(*row)  # type: ignore[call-arg]
+    query = (
+        select(ReviewFinding)
+        .where(ReviewFinding.review_id == review_id)
+        .order_by(ReviewFinding.position)
+        .execution_options(yield_per=BATCH)
+    )
+    with db.snapshot() as conn, Session(bind=conn) as session:
+        for row in session.scalars(query):
+            yield Finding.of(row)
 
 
 def write_csv(db: Database, review_id: int, out: IO[str]) -> int:
@@ -463,15 +444,3 @@ def write_csv(db: Database, review_id: int, out: IO[str]) -> int:
         )
         count += 1
     return count
-
-
-def count_findings(db: Database, review_id: int) -> int:
-    with db.read() as session:
-        return int(
-            session.scalar(
-                select(func.count())
-                .select_from(_FINDINGS)
-                .where(_FINDINGS.c.review_id == review_id)
-            )
-            or 0
-        )

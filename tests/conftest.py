@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from rbac_core import Database, Gate, ManualClock, build_gate
@@ -22,6 +21,8 @@ from rbac_core.audit import GENESIS_HASH
 from rbac_core.clock import utcnow
 from rbac_core.directory import ensure_user
 from rbac_core.migrate import sync_builtin_roles, upgrade
+
+from .helpers import throwaway_schema
 
 PG_URL = os.environ.get("WA_TEST_DATABASE_URL", "").strip()
 START = 1_795_000_000.0  # 2026-11-18, a fixed instant: tests move the clock, never sleep
@@ -57,20 +58,11 @@ def pg_schema_url() -> Iterator[str | None]:
     if not PG_URL:
         yield None
         return
-    schema = f"wa_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(Database(PG_URL).url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(Database(PG_URL).url).update_query_dict({"options": f"-csearch_path={schema}"})
-    migrated = Database(url.render_as_string(hide_password=False))
-    upgrade(migrated)
-    migrated.dispose()
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with throwaway_schema(PG_URL, "wa_test") as url:
+        migrated = Database(url)
+        upgrade(migrated)
+        migrated.dispose()
+        yield url
 
 
 @pytest.fixture(scope="session")

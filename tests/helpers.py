@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from rbac_core import Database, Gate, Outcome
@@ -68,3 +72,20 @@ def give_2fa(db: Database, user: str, now: datetime) -> None:
                 failures=0,
             )
         )
+
+
+@contextmanager
+def throwaway_schema(url: str, prefix: str) -> Iterator[str]:
+    """A URL for a fresh PostgreSQL schema on `url`'s database, dropped afterwards,
+    so parallel test sessions and benchmarks never see each other's rows."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(Database(url).url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    scoped = make_url(Database(url).url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
