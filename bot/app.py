@@ -27,11 +27,10 @@ def create_app(runtime: Runtime) -> Flask:
         return jsonify(status="ok", database="ok"), 200
 
     if runtime.settings.slack_signing_secret and runtime.settings.slack_bot_token:
-        from slack_bolt.adapter.flask import SlackRequestHandler
-
+        from .slack_adapter import SlackEndpoint
         from .slack_app import build_slack_app
 
-        slack = SlackRequestHandler(build_slack_app(runtime))
+        slack = SlackEndpoint(build_slack_app(runtime))
 
         @app.post("/slack/events")
         def slack_events() -> Response:

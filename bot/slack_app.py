@@ -59,6 +59,9 @@ def build_slack_app(runtime: Runtime) -> App:
         client=client,
         process_before_response=True,
         token_verification_enabled=False,
+        # Only for Slack's workflow functions (`function_executed`), which this app
+        # does not offer: skip its middleware on every request.
+        attaching_function_token_enabled=False,
         logger=logging.getLogger("wa_access.slack"),
     )
     directory = SlackDirectory(runtime.db, client, runtime.gate.clock)

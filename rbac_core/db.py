@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+_IDLE_MAX = 8  # kept connections per engine and process, about one per serving thread
 _READ_ONLY = "wa_read_only"
 _QUERY_ONLY = "wa_query_only"  # per DB-API connection: the state last set on it
 
@@ -339,10 +340,10 @@ class Database:
         self.engine = create_engine(self.url, **kwargs)
         self._reader = self.engine.execution_options(**{_READ_ONLY: True})
         path = make_url(self.url).database if self.is_sqlite else None
+        in_memory = self.is_sqlite and (not path or path == ":memory:" or "mode=memory" in self.url)
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             self._begin: Callable[[Any, bool], None] = _begin_sqlite
-            in_memory = not path or path == ":memory:" or "mode=memory" in self.url
             self.writer_lock: WriterLock | None = WriterLock(None if in_memory else path)
             if not in_memory:
                 # Readers get connections of their own, read-only for good, so no
@@ -355,6 +356,16 @@ class Database:
             _configure_postgresql(self.engine)
             self._begin = _begin_postgresql
             self.writer_lock = None
+        # Connections to a SQLite file that a finished transaction left clean are kept
+        # checked out for the next one: SQLAlchemy's checkout and checkin (events, a
+        # reset by rollback) cost a tenth of a `/wa-role show`. Not on PostgreSQL,
+        # whose pool pings a connection before handing it out, nor for in-memory
+        # SQLite, whose pool gives each thread its own database. Per process: SQLite
+        # connections must never cross a fork.
+        self._idle: dict[bool, list[PoolProxiedConnection]] | None = (
+            {True: [], False: []} if self.is_sqlite and not in_memory else None
+        )
+        self._idle_pid = os.getpid()
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Txn]:
@@ -363,10 +374,11 @@ class Database:
             self.writer_lock.held() if write and self.writer_lock else nullcontext()
         )
         engine = self.engine if write else self._reader
-        # The pool checkout and checkin stay outside the writers' lock: every
+        # The checkout and checkin stay outside the writers' lock: every
         # microsecond inside it is one all other writers of every process wait.
-        pooled = engine.raw_connection()
+        pooled = self._checkout(engine, write)
         txn = Txn(engine, pooled)
+        reusable = False
         try:
             with lock:
                 try:
@@ -381,8 +393,29 @@ class Database:
                     txn._rollback()
                     raise
                 txn._commit()
+                # Ended cleanly on the driver and owned by nothing else: fit for reuse.
+                reusable = txn._conn is None
         finally:
-            txn._release()
+            if not (reusable and self._keep(pooled, write)):
+                txn._release()
+
+    def _checkout(self, engine: Engine, write: bool) -> PoolProxiedConnection:
+        if self._idle is not None and self._idle_pid == os.getpid():
+            try:
+                return self._idle[write].pop()
+            except IndexError:
+                pass
+        return engine.raw_connection()
+
+    def _keep(self, pooled: PoolProxiedConnection, write: bool) -> bool:
+        """Keep a connection for this process's next transaction instead of checking it in."""
+        if self._idle is None or self._idle_pid != os.getpid():
+            return False
+        idle = self._idle[write]
+        if len(idle) >= _IDLE_MAX:
+            return False
+        idle.append(pooled)
+        return True
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -421,5 +454,9 @@ class Database:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
+        if self._idle is not None:
+            for idle in self._idle.values():
+                while idle:
+                    idle.pop().close()
         self.engine.dispose()
         self._reader.engine.dispose()

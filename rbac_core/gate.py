@@ -14,6 +14,7 @@ transaction with their audit append: measured through gunicorn on SQLite, a
 read transaction followed by a separate audit transaction cost 15% more CPU
 per `/wa-role show` and a worse p99 than one short transaction, because
 writers queue on a lock (see db.py) instead of SQLite's sleeping busy handler.
+Read-only calls that overlap share that transaction (group_commit.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .clock import Clock, system_clock, utcnow
 from .db import Database, Txn
 from .directory import resolve_scope
 from .errors import InvalidInput, PermissionDenied, RbacError
+from .group_commit import GroupCommit
 from .models import PendingAction
 from .policy import Decision, Policy, PolicyCache
 from .policy_store import bump_policy_version, lock_policy
@@ -191,6 +193,7 @@ class Gate:
         self.step_up: StepUp = step_up or NoStepUp()
         self.confirmation_ttl = confirmation_ttl
         self.policies = PolicyCache(clock)
+        self._read_only = GroupCommit(db)
 
     # -- public entry points -------------------------------------------------
 
@@ -204,11 +207,17 @@ class Gate:
         handler = self._handler(action, surface)
         if not isinstance(params, Mapping):
             raise ValueError("params must be a mapping")
-        with self.db.transaction(write=True) as txn:
+
+        def run(txn: Txn) -> Outcome:
             ctx = self._context(txn, _actor(actor), surface, handler)
             if ctx.actor != actor:
                 return self._invalid_actor(ctx, action)
             return self._run(ctx, handler, params, confirmed=False)
+
+        if handler.read_only:
+            return self._read_only.run(run)
+        with self.db.transaction(write=True) as txn:
+            return run(txn)
 
     def confirm(self, pending_id: str, actor: str, surface: str) -> Outcome:
         """Confirm a pending action: only its actor, once, before it expires."""

@@ -239,6 +239,32 @@ def test_a_stale_but_correctly_signed_request_is_refused(
     assert client.post("/slack/events", data=body, headers=headers).status_code == 401
 
 
+def test_bolts_internal_lazy_headers_are_not_taken_from_the_wire(
+    client: FlaskClient, slack: FakeSlack
+) -> None:
+    """`X-Slack-Bolt-Lazy-*` exist for a process re-invoking itself; sent from outside
+    they would ask Bolt to skip the listener's answer. Only the headers Slack sends
+    reach Bolt, so such a request is answered like any other."""
+    body = slash_command(ADMIN, "show", slack.response_url())
+    response = post(
+        client,
+        body,
+        **{"X-Slack-Bolt-Lazy-Only": "true", "X-Slack-Bolt-Lazy-Function-Name": "role_command"},
+    )
+    assert response.status_code == 200
+    assert json.loads(response.data)["text"].startswith(f"Grants of <@{ADMIN}>")
+
+
+def test_a_query_string_on_the_events_url_changes_nothing(
+    client: FlaskClient, slack: FakeSlack
+) -> None:
+    body = slash_command(ADMIN, "show", slack.response_url())
+    response = client.post("/slack/events?source=proxy", data=body, headers=signed_headers(body))
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert json.loads(response.data)["response_type"] == "ephemeral"
+
+
 def test_ssl_checks_are_acknowledged(client: FlaskClient) -> None:
     body = "ssl_check=1&token=gIkuvaNzQIHg97ATvDxqgjtO"
     assert post(client, body).status_code == 200

@@ -1,0 +1,63 @@
+"""How transactions get and give back connections.
+
+On a SQLite file, a connection that a transaction ended cleanly is kept for
+the process's next transaction instead of going back through SQLAlchemy's
+pool; a connection that saw an error always goes back, so the pool rolls it
+back. None of this may ever be visible in the data.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy import func, select
+
+from rbac_core import Database
+from rbac_core.clock import utcnow
+from rbac_core.models import User
+
+
+def _count(db: Database, user: str) -> int:
+    with db.read() as session:
+        return int(session.scalar(select(func.count()).where(User.id == user)) or 0)
+
+
+def _driver(db: Database, *, write: bool) -> object:
+    with db.transaction(write=write) as txn:
+        return txn._raw
+
+
+def test_the_next_transaction_reuses_a_connection_left_clean(db: Database) -> None:
+    if not db.is_sqlite:
+        pytest.skip("PostgreSQL connections always go back to the pool, which pings them")
+    for write in (True, False):
+        assert _driver(db, write=write) is _driver(db, write=write)
+
+
+def test_a_failed_transaction_leaves_nothing_behind_for_the_next(db: Database) -> None:
+    with pytest.raises(RuntimeError), db.write() as session:
+        session.add(User(id="U0HALFDONE", created_at=utcnow()))
+        session.flush()
+        raise RuntimeError("half way")
+    with db.write() as session:  # whichever connection this gets, it starts clean
+        session.add(User(id="U0WHOLE001", created_at=utcnow()))
+    assert _count(db, "U0HALFDONE") == 0
+    assert _count(db, "U0WHOLE001") == 1
+
+
+def test_a_transaction_using_the_orm_still_commits_and_reads_back(db: Database) -> None:
+    for i in range(3):  # its connection goes back through the pool each time
+        with db.write() as session:
+            session.add(User(id=f"U0ORMUSE{i}", created_at=utcnow()))
+    assert sum(_count(db, f"U0ORMUSE{i}") for i in range(3)) == 3
+
+
+def test_dispose_closes_the_connections_kept_for_reuse(db: Database) -> None:
+    if not db.is_sqlite:
+        pytest.skip("only SQLite keeps connections")
+    raw = _driver(db, write=True)
+    assert isinstance(raw, sqlite3.Connection)
+    db.dispose()
+    with pytest.raises(sqlite3.ProgrammingError):
+        raw.execute("SELECT 1")
