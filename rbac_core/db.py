@@ -366,6 +366,7 @@ class Database:
             {True: [], False: []} if self.is_sqlite and not in_memory else None
         )
         self._idle_pid = os.getpid()
+        self._here = threading.local()  # this thread's open transactions
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Txn]:
@@ -379,6 +380,7 @@ class Database:
         pooled = self._checkout(engine, write)
         txn = Txn(engine, pooled)
         reusable = False
+        self._here.depth = getattr(self._here, "depth", 0) + 1
         try:
             with lock:
                 try:
@@ -389,6 +391,19 @@ class Database:
                     ) from exc
                 try:
                     yield txn
+                    if self.is_sqlite and not txn._raw.in_transaction:
+                        # SQLite rolls a whole transaction back on some errors (disk
+                        # full, I/O error) that a caller may have caught; what ran after
+                        # that ran in autocommit. Never report such a transaction as one.
+                        raise DBAPIError.instance(
+                            None,
+                            None,
+                            engine.dialect.loaded_dbapi.OperationalError(
+                                "the transaction was rolled back by SQLite before it ended"
+                            ),
+                            engine.dialect.loaded_dbapi.Error,
+                            hide_parameters=True,
+                        )
                 except BaseException:
                     txn._rollback()
                     raise
@@ -396,8 +411,13 @@ class Database:
                 # Ended cleanly on the driver and owned by nothing else: fit for reuse.
                 reusable = txn._conn is None
         finally:
+            self._here.depth -= 1
             if not (reusable and self._keep(pooled, write)):
                 txn._release()
+
+    def in_transaction_here(self) -> bool:
+        """Whether this thread is inside a transaction of this database."""
+        return bool(getattr(self._here, "depth", 0))
 
     def _checkout(self, engine: Engine, write: bool) -> PoolProxiedConnection:
         if self._idle is not None and self._idle_pid == os.getpid():
@@ -457,6 +477,8 @@ class Database:
         if self._idle is not None:
             for idle in self._idle.values():
                 while idle:
-                    idle.pop().close()
+                    kept = idle.pop()
+                    if self._idle_pid == os.getpid():  # never close a parent's connection
+                        kept.close()
         self.engine.dispose()
         self._reader.engine.dispose()

@@ -15,9 +15,11 @@ warm in the CPU's caches.
 
 Each call still runs the whole gate against the transaction's current state,
 one after the other, so every answer and audit entry is exactly what running
-them one by one would have produced. If the shared transaction fails, nothing
-of it was committed and each call runs again alone, so one bad call never
-costs another its answer or its audit entry. Alone, a call runs exactly as it
+them one by one would have produced. If the shared transaction fails in one
+of the calls, nothing of it was committed and each call runs again alone, so
+one bad call never costs another its answer or its audit entry; if it fails
+on its own (BEGIN or COMMIT), every caller gets that error at once rather
+than each retrying in turn while the rest of the process waits. Alone, a call runs exactly as it
 did before: at low load this adds two uncontended lock operations.
 """
 
@@ -65,6 +67,11 @@ class GroupCommit:
 
     def run(self, work: Callable[[Txn], T]) -> T:
         """`work(txn)` in a write transaction, possibly shared; its result or its exception."""
+        if self._db.in_transaction_here():
+            # Called from inside a transaction of this thread: whoever has the turn
+            # may be waiting for a lock this thread holds, so never queue behind it.
+            with self._db.transaction(write=True) as txn:
+                return work(txn)
         call: _Call[T] = _Call(work)
         with self._queue_lock:
             self._queued.append(cast(_Call[object], call))
@@ -82,22 +89,39 @@ class GroupCommit:
             if len(batch) == 1:
                 self._alone(batch[0])
                 return
+            failed_call = False
             try:
                 with self._db.transaction(write=True) as txn:
-                    values = [call.work(txn) for call in batch]
-            except Exception:
+                    values = []
+                    for call in batch:
+                        try:
+                            values.append(call.work(txn))
+                        except Exception:
+                            failed_call = True
+                            raise
+            except Exception as exc:
+                if not failed_call:
+                    # The transaction itself failed (could not begin or commit): running
+                    # the calls one by one would meet that failure once per call while
+                    # every other read-only caller of the process waits.
+                    for call in batch:
+                        call.fail(exc)
+                    return
                 log.warning(
-                    "a transaction shared by %d calls failed; running each alone", len(batch)
+                    "a transaction shared by %d calls failed in one of them; running each alone",
+                    len(batch),
                 )
                 for call in batch:
                     self._alone(call)
                 return
             for call, value in zip(batch, values, strict=True):
                 call.answer(value)
-        except BaseException as exc:  # interrupted (KeyboardInterrupt, SystemExit) mid-batch
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: the combiner's own
             for call in batch:
                 if not call.answered:
-                    call.fail(exc)
+                    interrupted = RuntimeError("interrupted while sharing a transaction")
+                    interrupted.__cause__ = exc
+                    call.fail(interrupted)
             raise
         finally:
             for call in batch:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy.exc import DBAPIError
 
 from rbac_core import Database
 from rbac_core.clock import utcnow
+from rbac_core.db import Sql
 from rbac_core.models import User
 
 
@@ -44,6 +46,37 @@ def test_a_failed_transaction_leaves_nothing_behind_for_the_next(db: Database) -
         session.add(User(id="U0WHOLE001", created_at=utcnow()))
     assert _count(db, "U0HALFDONE") == 0
     assert _count(db, "U0WHOLE001") == 1
+
+
+def test_a_fast_statement_before_an_error_leaves_nothing_behind(db: Database) -> None:
+    """The connection of a failed transaction is never kept: the next one starts clean."""
+    add = Sql(
+        insert(User.__table__).values(id=bindparam("id"), active=True, created_at=bindparam("at"))
+    )
+    with pytest.raises(RuntimeError), db.transaction(write=True) as txn:
+        txn.run(add, {"id": "U0FASTHALF", "at": utcnow().replace(tzinfo=None)})
+        raise RuntimeError("half way")
+    for write in (True, False):
+        with db.transaction(write=write) as txn:
+            assert txn._raw.in_transaction if db.is_sqlite else True
+    assert _count(db, "U0FASTHALF") == 0
+
+
+def test_a_transaction_sqlite_rolled_back_under_us_is_never_reported_as_committed(
+    db: Database,
+) -> None:
+    """SQLite ends a transaction on some errors (disk full, I/O error) that a caller may
+    have caught; what runs after that runs in autocommit. Such a transaction raises."""
+    if not db.is_sqlite:
+        pytest.skip("SQLite's behaviour")
+    with (
+        pytest.raises(DBAPIError, match="rolled back by SQLite"),
+        db.transaction(write=True) as txn,
+    ):
+        txn._raw.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL
+    with db.write() as session:  # and the next transaction is fine
+        session.add(User(id="U0AFTERFUL", created_at=utcnow()))
+    assert _count(db, "U0AFTERFUL") == 1
 
 
 def test_a_transaction_using_the_orm_still_commits_and_reads_back(db: Database) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from rbac_core import Database, Gate, Outcome
 from rbac_core import audit as audit_log
@@ -47,7 +49,7 @@ def _in_thread(
     def call() -> None:
         try:
             results[name] = commit.run(work)
-        except Exception as exc:  # the caller's own exception, in the caller's thread
+        except BaseException as exc:  # the caller's own exception, in the caller's thread
             results[name] = exc
 
     thread = threading.Thread(target=call)
@@ -58,15 +60,16 @@ def _in_thread(
 def _queue_behind(
     commit: GroupCommit, held: Held, calls: dict[str, Callable[[Txn], Any]]
 ) -> dict[str, Any]:
-    """Run `held` first, queue `calls` behind it, then let everything finish."""
+    """Run `held` first, queue `calls` behind it in order, then let everything finish."""
     results: dict[str, Any] = {}
     threads = [_in_thread(commit, held.work, results, "held")]
     assert held.started.wait(JOIN_SECONDS)
-    threads += [_in_thread(commit, work, results, name) for name, work in calls.items()]
     deadline = time.monotonic() + JOIN_SECONDS
-    while len(commit._queued) < len(calls):  # every later call is waiting for its turn
-        assert time.monotonic() < deadline, "the calls never queued"
-        time.sleep(0.001)
+    for queued, (name, work) in enumerate(calls.items(), start=1):
+        threads.append(_in_thread(commit, work, results, name))
+        while len(commit._queued) < queued:  # waiting for its turn, behind the ones before
+            assert time.monotonic() < deadline, "the calls never queued"
+            time.sleep(0.001)
     held.release.set()
     for thread in threads:
         thread.join(JOIN_SECONDS)
@@ -122,6 +125,96 @@ def test_a_call_that_fails_costs_the_others_nothing(db: Database) -> None:
     shared, alone = seen[:2], seen[2:]
     assert shared[0] is shared[1]
     assert len(alone) == 3 and len({id(txn) for txn in alone}) == 3
+
+
+def test_an_interrupted_batch_answers_every_caller_and_commits_nothing(db: Database) -> None:
+    """SystemExit (or KeyboardInterrupt) in the thread running a batch goes on in that
+    thread; every other caller still hears back, with an error of its own."""
+    commit = GroupCommit(db)
+    seen: list[Txn] = []
+
+    def leaves(txn: Txn) -> str:
+        raise SystemExit(3)
+
+    calls = {
+        "U0GROUPG7": _register("U0GROUPG7", seen),
+        "leaves": leaves,
+        "U0GROUPH8": _register("U0GROUPH8", seen),
+    }
+    results = _queue_behind(commit, Held(), calls)
+
+    outcomes = sorted(type(results[name]).__name__ for name in calls)
+    assert outcomes == ["RuntimeError", "RuntimeError", "SystemExit"]
+    assert _users(db, "U0GROUPG7", "U0GROUPH8") == 0
+
+
+class FailingDatabase:
+    """A database whose transactions never commit, counting how often one is tried."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def in_transaction_here(self) -> bool:
+        return False
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Any]:
+        self.attempts += 1
+        yield object()
+        raise OperationalError("COMMIT", {}, Exception("database is locked"))
+
+
+def test_a_transaction_that_cannot_commit_fails_every_caller_at_once() -> None:
+    """Retrying each call alone would meet the same failure once per call while every
+    other read-only caller of the process waits behind them."""
+    failing = FailingDatabase()
+    commit = GroupCommit(failing)  # type: ignore[arg-type]
+    results = _queue_behind(commit, Held(), {name: (lambda txn: "ok") for name in "abc"})
+
+    assert all(isinstance(results[name], OperationalError) for name in "abc")
+    assert failing.attempts == 2  # the held call alone, then one shared attempt
+
+
+def test_a_read_only_call_inside_a_transaction_never_waits_for_its_turn(
+    db: Database, gate: Gate, team: dict[str, str]
+) -> None:
+    """Another thread may have the turn and be waiting for the writers' lock this thread
+    holds: queueing behind it would hang both, and every read-only call after them.
+    SQLite refuses the nested write at once, as before; PostgreSQL runs it."""
+    inside = threading.Event()
+    nested_answer: list[object] = []
+    other_answer: list[Outcome] = []
+
+    def holds_a_transaction() -> None:
+        try:
+            with db.write():
+                inside.set()
+                deadline = time.monotonic() + JOIN_SECONDS
+                while db.is_sqlite and not gate._read_only._turn.locked():
+                    assert time.monotonic() < deadline  # the other caller has the turn
+                    time.sleep(0.001)
+                nested_answer.append(gate.submit(ALICE, "cli", "role.show", {}))
+        except RuntimeError as exc:
+            nested_answer.append(exc)
+
+    def asks_meanwhile() -> None:
+        assert inside.wait(JOIN_SECONDS)
+        other_answer.append(gate.submit(BOB, "cli", "role.show", {}))
+
+    threads = [
+        threading.Thread(target=f, daemon=True) for f in (holds_a_transaction, asks_meanwhile)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(JOIN_SECONDS)
+    assert not any(t.is_alive() for t in threads), "a read-only call inside a transaction hung"
+    assert other_answer[0].status == "done"
+    if db.is_sqlite:
+        assert isinstance(nested_answer[0], RuntimeError)
+        assert "inside another" in str(nested_answer[0])
+    else:
+        assert isinstance(nested_answer[0], Outcome) and nested_answer[0].status == "done"
 
 
 def test_a_call_alone_runs_in_a_transaction_of_its_own(db: Database) -> None:
