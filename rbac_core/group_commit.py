@@ -19,8 +19,9 @@ them one by one would have produced. If the shared transaction fails in one
 of the calls, nothing of it was committed and each call runs again alone, so
 one bad call never costs another its answer or its audit entry; if it fails
 on its own (BEGIN or COMMIT), every caller gets that error at once rather
-than each retrying in turn while the rest of the process waits. Alone, a call runs exactly as it
-did before: at low load this adds two uncontended lock operations.
+than each retrying in turn while the rest of the process waits. Alone, a
+call runs exactly as it did before: at low load this adds two uncontended
+lock operations.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class GroupCommit:
                 return work(txn)
         call: _Call[T] = _Call(work)
         with self._queue_lock:
-            self._queued.append(cast(_Call[object], call))
+            self._queued.append(cast("_Call[object]", call))  # a string: no runtime cost
         with self._turn:
             if not call.done:
                 with self._queue_lock:
