@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlalchemy
 
-from . import access_review, audit_chain, decisions, slack_roundtrip
+from . import access_review, audit_chain, decisions, slack_instructions, slack_roundtrip
 from .report import say
 
 DEFAULT_SEED = 20_241_124
@@ -57,8 +57,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=("decisions", "audit", "slack", "review"),
-        help="run one benchmark instead of all four",
+        choices=("decisions", "audit", "slack", "slack-instructions", "review"),
+        help="run one benchmark instead of all five",
     )
     parser.add_argument(
         "--pg",
@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         audit_chain.run(quick=args.quick)
     if args.only in (None, "slack"):
         slack_roundtrip.run(quick=args.quick)
+    if args.only in (None, "slack-instructions"):
+        slack_instructions.run(quick=args.quick)
     if args.only in (None, "review"):
         access_review.run(quick=args.quick, pg_url=args.pg)
     return 0

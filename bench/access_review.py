@@ -176,7 +176,7 @@ def _measure(label: str, url: str, users: int, entries: int) -> dict[str, Any]:
 
 def run(*, quick: bool, pg_url: str | None = None) -> None:
     sizes = QUICK if quick else FULL
-    section("4. Weekly access review (rbac_core.access_review)")
+    section("5. Weekly access review (rbac_core.access_review)")
     results: dict[int, dict[str, Any]] = {}
     for users, entries in sizes:
         with tempfile.TemporaryDirectory(prefix="wa-access-bench-") as tmp:

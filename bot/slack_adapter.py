@@ -18,12 +18,37 @@ request, because `/slack/events` is the hottest path of the app:
 Bolt still verifies the signature and timestamp before anything is parsed
 (its RequestVerification middleware runs first), so nothing here trusts the
 request.
+
+`LeanApp` is Bolt's `App` without two costs per request that this app gets
+nothing for (measured by `python -m bench --only slack-instructions`, which
+counts instructions and so is not at the mercy of a noisy machine: together
+they were 9.6% of a whole `/wa-role show`):
+
+* Bolt builds a new `WebClient` for every request, so that a listener may
+  swap the token of its own client safely. Ours never do: there is one bot
+  token, and every listener and job already shares one client. `LeanApp`
+  hands listeners that client.
+* Every listener Bolt checks runs its built-in matcher through the keyword
+  injection that listeners use, which builds some thirty arguments (say,
+  respond, payload views...) to pass one, `body`. Bolt checks listeners in
+  order until one matches, so a Home-tab event paid that for every listener
+  registered before it. `LeanApp` calls those matchers with the body alone.
+
+Both override internals of `slack_bolt.App` (`_init_context`,
+`_register_listener`); tests/test_slack_roles.py checks them against
+Bolt's own behaviour, so an upgrade of Bolt that changes either fails there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Request, Response
 from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt.listener_matcher import ListenerMatcher
+from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
+from slack_bolt.logger import get_bolt_app_logger
 
 # The headers Bolt and our listeners read, as WSGI environ keys.
 _HEADERS = (
@@ -61,3 +86,33 @@ class SlackEndpoint:
 
     def handle(self, request: Request) -> Response:
         return to_response(self.app.dispatch(to_bolt_request(request)))
+
+
+class BodyMatcher(ListenerMatcher):
+    """One of Bolt's built-in matchers (`func(body) -> bool`), called with the body alone."""
+
+    def __init__(self, func: Callable[[dict[str, Any]], bool]) -> None:
+        self.func = func
+
+    def matches(self, req: BoltRequest, resp: BoltResponse) -> bool:
+        return bool(self.func(req.body))
+
+
+class LeanApp(App):
+    """Bolt's App, sharing the app's WebClient and matching on the body alone (see above)."""
+
+    def _init_context(self, req: BoltRequest) -> None:
+        logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)
+        req.context["logger"] = logger
+        req.context["token"] = self._token
+        req.context["client"] = self._client
+        req.context["listener_runner"] = self.listener_runner
+
+    def _register_listener(
+        self, functions: Any, primary_matcher: ListenerMatcher, *args: Any, **kwargs: Any
+    ) -> Any:
+        if isinstance(primary_matcher, BuiltinListenerMatcher) and primary_matcher.arg_names == [
+            "body"
+        ]:
+            primary_matcher = BodyMatcher(primary_matcher.func)  # type: ignore[arg-type]
+        return super()._register_listener(functions, primary_matcher, *args, **kwargs)

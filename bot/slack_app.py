@@ -32,6 +32,7 @@ from handlers.slack_twofa import register as register_twofa
 
 from .config import Settings
 from .runtime import Runtime
+from .slack_adapter import LeanApp
 
 SLACK_TIMEOUT_SECONDS = 5
 
@@ -47,14 +48,13 @@ def slack_client(settings: Settings) -> WebClient:
     return client
 
 
-def build_slack_app(runtime: Runtime) -> App:
-    settings = runtime.settings
-    client = slack_client(settings)
+def bolt_app(settings: Settings, client: WebClient) -> App:
+    """The Bolt app as configured for this product, before any listener is registered."""
     # slack_sdk and Bolt log request and response bodies at DEBUG: those carry 2FA
     # codes and secrets, so they never log below INFO whatever the root level.
     for name in ("slack_sdk", "slack_bolt", "wa_access.slack"):
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
-    app = App(
+    return LeanApp(
         signing_secret=settings.slack_signing_secret,
         client=client,
         process_before_response=True,
@@ -64,6 +64,12 @@ def build_slack_app(runtime: Runtime) -> App:
         attaching_function_token_enabled=False,
         logger=logging.getLogger("wa_access.slack"),
     )
+
+
+def build_slack_app(runtime: Runtime) -> App:
+    settings = runtime.settings
+    client = slack_client(settings)
+    app = bolt_app(settings, client)
     directory = SlackDirectory(runtime.db, client, runtime.gate.clock)
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)

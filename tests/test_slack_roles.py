@@ -9,16 +9,26 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from slack_bolt import App, BoltRequest, BoltResponse
 
 from bot.app import create_app
 from bot.config import Settings
 from bot.runtime import build_runtime
+from bot.slack_adapter import BodyMatcher, LeanApp
+from bot.slack_app import build_slack_app
 from rbac_core import Database, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB
 from .fake_slack import FakeSlack
 from .helpers import audit_rows, live_grants, run
-from .slack_requests import SIGNING_SECRET, block_action, signed_headers, slash_command
+from .slack_requests import (
+    SIGNING_SECRET,
+    app_home_opened,
+    block_action,
+    signed_headers,
+    slash_command,
+    view_submission,
+)
 
 CAROL_NEW = "U0NEWCAROL"
 
@@ -263,6 +273,78 @@ def test_a_query_string_on_the_events_url_changes_nothing(
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/json")
     assert json.loads(response.data)["response_type"] == "ephemeral"
+
+
+def _bolt_request(body: str) -> BoltRequest:
+    headers = {k.lower(): [v] for k, v in signed_headers(body).items()}
+    return BoltRequest(body=body, headers=headers)
+
+
+def test_listeners_get_the_apps_own_client_and_everything_else_bolt_gives_them(
+    db_url: str, slack: FakeSlack, team: dict[str, str]
+) -> None:
+    """LeanApp skips Bolt's client per request; a Bolt that put more into the
+    context than LeanApp does would fail here rather than in production."""
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+    )
+    app = build_slack_app(build_runtime(settings))
+    assert isinstance(app, LeanApp)
+    body = slash_command(ADMIN, "show", slack.response_url())
+    ours, bolts = _bolt_request(body), _bolt_request(body)
+    app._init_context(ours)
+    App._init_context(app, bolts)
+    assert ours.context.keys() == bolts.context.keys()
+    assert ours.context["client"] is app.client
+    assert bolts.context["client"].token == app.client.token
+    assert bolts.context["client"].base_url == app.client.base_url
+    assert ours.context["logger"] is bolts.context["logger"]
+    assert ours.context["listener_runner"] is bolts.context["listener_runner"]
+    for key in ours.context.keys() - {"client"}:
+        assert ours.context[key] == bolts.context[key], key
+
+
+def test_every_listener_matches_exactly_what_bolts_own_matchers_match(
+    db_url: str, slack: FakeSlack, team: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(
+        database_url=db_url,
+        slack_signing_secret=SIGNING_SECRET,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+    )
+    runtime = build_runtime(settings)
+    lean = build_slack_app(runtime)
+    monkeypatch.setattr("bot.slack_app.LeanApp", App)
+    plain = build_slack_app(runtime)
+    assert type(plain) is App
+    assert len(lean._listeners) == len(plain._listeners)
+    assert all(isinstance(listener.matchers[0], BodyMatcher) for listener in lean._listeners)
+    url = slack.response_url()
+    bodies = [
+        slash_command(ADMIN, "show", url),
+        slash_command(ADMIN, "verify 123456", url, command="/wa-2fa"),
+        slash_command(ADMIN, "log", url, command="/wa-audit"),
+        slash_command(ADMIN, "show", url, command="/someone-elses"),
+        block_action(ADMIN, "wa_confirm", "p1", url),
+        block_action(ADMIN, "wa_cancel", "p1", url),
+        block_action(ADMIN, "no_such_button", "p1", url),
+        app_home_opened(ADMIN),
+        view_submission(ADMIN, "wa_stepup", "{}", {}),
+        view_submission(ADMIN, "not_ours", "{}", {}),
+    ]
+    matched_somewhere = 0
+    for body in bodies:
+        request = _bolt_request(body)
+        response = BoltResponse(status=200)
+        ours = [lst.matches(req=request, resp=response) for lst in lean._listeners]
+        bolts = [lst.matches(req=request, resp=response) for lst in plain._listeners]
+        assert ours == bolts, body
+        matched_somewhere += any(ours)
+    assert matched_somewhere >= 6  # the sample reaches real listeners, not only misses
 
 
 def test_ssl_checks_are_acknowledged(client: FlaskClient) -> None:
