@@ -49,6 +49,12 @@ def _ids_pattern(ids: frozenset[str]) -> re.Pattern[str]:
 
 def _chunks(text: str, limit: int) -> list[str]:
     """Split at line ends where possible, so no section exceeds Slack's limit."""
+    if len(text) <= limit and text[:1] != "\n" and text.strip():
+        return [text]  # what _split makes of it (nearly every reply), without the work
+    return _split(text, limit)
+
+
+def _split(text: str, limit: int) -> list[str]:
     pieces = [
         line[i : i + limit] for line in text.split("\n") for i in range(0, max(len(line), 1), limit)
     ]

@@ -27,7 +27,9 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -159,7 +161,7 @@ class Sql:
 
     def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+        self._compiled: dict[str, _Compiled] = {}
 
     def bind(
         self, dialect: Dialect, params: Mapping[str, Any]
@@ -170,19 +172,43 @@ class Sql:
         """
         found = self._compiled.get(dialect.name)
         if found is None:
-            compiled = cast(SQLCompiler, self.statement.compile(dialect=dialect))
-            order = tuple(compiled.positiontup or ()) if compiled.positional else None
-            fixed = {
-                compiled.bind_names[bind]: bind.value
-                for bind in compiled.binds.values()
-                if not bind.required
-            }
-            found = self._compiled[dialect.name] = (compiled.string, order, fixed)
-        sql, order, fixed = found
-        merged = {**fixed, **params} if fixed else params
-        if order is None:
-            return sql, merged
-        return sql, tuple(merged[name] for name in order)
+            found = self._compiled[dialect.name] = _Compiled.of(self.statement, dialect)
+        merged = {**found.fixed, **params} if found.fixed else params
+        if found.pick is None:
+            return found.sql, merged
+        return found.sql, found.pick(merged)
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A statement's text for one dialect, its fixed values and how to order its params.
+
+    `pick` turns a name-to-value mapping into the positional tuple the driver
+    wants (SQLite's qmark style) in one C-level call: the hot statements of a
+    `/wa-role show` run five times per request.
+    """
+
+    sql: str
+    fixed: dict[str, Any]
+    pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None
+
+    @classmethod
+    def of(cls, statement: ClauseElement, dialect: Dialect) -> _Compiled:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        fixed = {
+            compiled.bind_names[bind]: bind.value
+            for bind in compiled.binds.values()
+            if not bind.required
+        }
+        if not compiled.positional:
+            return cls(compiled.string, fixed, None)
+        order = tuple(compiled.positiontup or ())
+        if not order:
+            return cls(compiled.string, fixed, lambda params: ())
+        if len(order) == 1:
+            name = order[0]
+            return cls(compiled.string, fixed, lambda params: (params[name],))
+        return cls(compiled.string, fixed, itemgetter(*order))
 
 
 def utc(value: Any) -> datetime | None:

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from handlers.role_command import Reply
-from handlers.slack_blocks import BLOCK_LIMIT, SECTION_LIMIT, escape, mention_users, message
+from handlers.slack_blocks import (
+    BLOCK_LIMIT,
+    SECTION_LIMIT,
+    _chunks,
+    _split,
+    escape,
+    mention_users,
+    message,
+)
 
 
 def test_long_replies_are_split_into_sections_within_limits() -> None:
@@ -19,6 +30,12 @@ def test_long_replies_are_split_into_sections_within_limits() -> None:
 def test_a_short_reply_is_one_section_and_keeps_every_line() -> None:
     rendered = message(Reply("text", "a\nb\nc"))
     assert [b["text"]["text"] for b in rendered["blocks"]] == ["a\nb\nc"]
+
+
+@given(st.text(alphabet="ab \n", max_size=40), st.integers(min_value=1, max_value=12))
+def test_a_short_reply_takes_the_shortcut_to_the_same_sections(text: str, limit: int) -> None:
+    """Most replies fit one section; the shortcut must split them as the full walk would."""
+    assert _chunks(text, limit) == _split(text, limit)
 
 
 def test_a_confirmation_carries_confirm_and_cancel_bound_to_the_pending_action() -> None:
