@@ -12,9 +12,16 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+# Bolt reads and parses a body before it checks its signature, so without a cap
+# anyone could make a worker hold and parse gigabytes. 4 MiB is far above any
+# Slack payload (a message of 50 blocks, percent-encoded) and above the 3 MB a
+# WhatsApp webhook batch may reach; larger bodies get a 413 before being read.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
 
 def create_app(runtime: Runtime) -> Flask:
     app = Flask("wa_access")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["wa_access"] = runtime
 
     @app.get("/healthz")

@@ -24,10 +24,14 @@ nothing for (measured by `python -m bench --only slack-instructions`, which
 counts instructions and so is not at the mercy of a noisy machine: together
 they were 9.6% of a whole `/wa-role show`):
 
-* Bolt builds a new `WebClient` for every request, so that a listener may
-  swap the token of its own client safely. Ours never do: there is one bot
-  token, and every listener and job already shares one client. `LeanApp`
-  hands listeners that client.
+* Bolt builds a new `WebClient` for every request, so that a listener, or
+  Bolt itself, may swap the token of that request's client safely. Bolt does
+  so only for multi-workspace installs and workflow functions; `LeanApp`
+  refuses both, so there is one bot token, and every listener and job shares
+  the app's one client. (Bolt's per-request client also sent the request's
+  `team_id` with every call, which matters only to an org-wide Enterprise
+  Grid install; a single-workspace token already names its team. Lazy
+  listeners get a copy of the client, as they got a copy before.)
 * Every listener Bolt checks runs its built-in matcher through the keyword
   injection that listeners use, which builds some thirty arguments (say,
   respond, payload views...) to pass one, `body`. Bolt checks listeners in
@@ -35,8 +39,10 @@ they were 9.6% of a whole `/wa-role show`):
   registered before it. `LeanApp` calls those matchers with the body alone.
 
 Both override internals of `slack_bolt.App` (`_init_context`,
-`_register_listener`); tests/test_slack_roles.py checks them against
-Bolt's own behaviour, so an upgrade of Bolt that changes either fails there.
+`_register_listener`). tests/test_slack_roles.py compares the context and,
+for a sample of every kind of payload this app handles, the matching with
+Bolt's own, and sends requests through to check the shared client is never
+changed, so an upgrade of Bolt that breaks either assumption fails there.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.listener_matcher import ListenerMatcher
 from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
 from slack_bolt.logger import get_bolt_app_logger
+from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization
 
 # The headers Bolt and our listeners read, as WSGI environ keys.
 _HEADERS = (
@@ -100,6 +107,20 @@ class BodyMatcher(ListenerMatcher):
 
 class LeanApp(App):
     """Bolt's App, sharing the app's WebClient and matching on the body alone (see above)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The middleware that would write a token into the shared client.
+        writers = [
+            type(m).__name__
+            for m in self._middleware_list
+            if isinstance(m, MultiTeamsAuthorization | AttachingFunctionToken)
+        ]
+        if writers:
+            raise ValueError(
+                f"LeanApp shares one WebClient, and {', '.join(writers)} would change its "
+                "token per request: give it one bot token and no workflow functions"
+            )
 
     def _init_context(self, req: BoltRequest) -> None:
         logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -11,11 +12,16 @@ import pytest
 from flask.testing import FlaskClient
 from slack_bolt import App, BoltRequest, BoltResponse
 
-from bot.app import create_app
+from bot.app import MAX_BODY_BYTES, create_app
 from bot.config import Settings
 from bot.runtime import build_runtime
 from bot.slack_adapter import BodyMatcher, LeanApp
 from bot.slack_app import build_slack_app
+from handlers.slack_access import APPROVE_ACTION, DENY_ACTION, REQUEST_BUTTON, REQUEST_VIEW
+from handlers.slack_audit import OLDER_ACTION
+from handlers.slack_blocks import CANCEL_ACTION, CONFIRM_ACTION
+from handlers.slack_review import KEEP_ACTION, PAGE_ACTION, REVOKE_ACTION
+from handlers.slack_stepup import CALLBACK_ID as STEPUP_VIEW
 from rbac_core import Database, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB
@@ -241,6 +247,30 @@ def test_unverified_requests_are_401_and_reach_nothing(
     assert len(audit_rows(db)) == before
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_413_before_anything_reads_it(
+    client: FlaskClient, slack: FakeSlack, db: Database, declared: bool
+) -> None:
+    """Bolt parses before it verifies: a body past the cap never reaches it."""
+    before = len(audit_rows(db))
+    text = "show " + "x" * MAX_BODY_BYTES
+    body = slash_command(ADMIN, text, slack.response_url())
+    headers = signed_headers(body)  # even correctly signed
+    if declared:
+        response = client.post("/slack/events", data=body, headers=headers)
+    else:  # no Content-Length: the server says the stream ends where the body does
+        response = client.post(
+            "/slack/events",
+            input_stream=io.BytesIO(body.encode()),
+            headers=headers,
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+    assert response.status_code == 413
+    assert response.get_json()["error"] == "request_entity_too_large"
+    assert len(audit_rows(db)) == before
+    assert slack.calls == [] and slack.responses() == []
+
+
 def test_a_stale_but_correctly_signed_request_is_refused(
     client: FlaskClient, slack: FakeSlack
 ) -> None:
@@ -280,18 +310,51 @@ def _bolt_request(body: str) -> BoltRequest:
     return BoltRequest(body=body, headers=headers)
 
 
-def test_listeners_get_the_apps_own_client_and_everything_else_bolt_gives_them(
-    db_url: str, slack: FakeSlack, team: dict[str, str]
-) -> None:
-    """LeanApp skips Bolt's client per request; a Bolt that put more into the
-    context than LeanApp does would fail here rather than in production."""
-    settings = Settings(
+@pytest.fixture
+def slack_settings(db_url: str, slack: FakeSlack, team: dict[str, str]) -> Settings:
+    return Settings(
         database_url=db_url,
         slack_signing_secret=SIGNING_SECRET,
         slack_bot_token="xoxb-0000-test",
         slack_api_url=slack.url,
     )
-    app = build_slack_app(build_runtime(settings))
+
+
+def every_kind_of_payload(url: str) -> list[str]:
+    """One payload per listener this app registers, and a few that match none."""
+    return [
+        slash_command(ADMIN, "show", url),
+        slash_command(ADMIN, "verify 123456", url, command="/wa-2fa"),
+        slash_command(ADMIN, "log", url, command="/wa-audit"),
+        slash_command(ADMIN, "show", url, command="/someone-elses"),
+        *(
+            block_action(ADMIN, action, "p1", url)
+            for action in (
+                CONFIRM_ACTION,
+                CANCEL_ACTION,
+                APPROVE_ACTION,
+                DENY_ACTION,
+                REQUEST_BUTTON,
+                OLDER_ACTION,
+                REVOKE_ACTION,
+                KEEP_ACTION,
+                PAGE_ACTION,
+                "no_such_button",
+            )
+        ),
+        app_home_opened(ADMIN),
+        view_submission(ADMIN, STEPUP_VIEW, "{}", {}),
+        view_submission(ADMIN, REQUEST_VIEW, "{}", {}),
+        view_submission(ADMIN, "not_ours", "{}", {}),
+    ]
+
+
+def test_listeners_get_the_apps_own_client_and_everything_else_bolt_gives_them(
+    slack_settings: Settings, slack: FakeSlack
+) -> None:
+    """LeanApp skips Bolt's client per request; a Bolt that put more into the
+    context than LeanApp does would fail here rather than in production."""
+    app = build_slack_app(build_runtime(slack_settings))
     assert isinstance(app, LeanApp)
     body = slash_command(ADMIN, "show", slack.response_url())
     ours, bolts = _bolt_request(body), _bolt_request(body)
@@ -299,52 +362,57 @@ def test_listeners_get_the_apps_own_client_and_everything_else_bolt_gives_them(
     App._init_context(app, bolts)
     assert ours.context.keys() == bolts.context.keys()
     assert ours.context["client"] is app.client
-    assert bolts.context["client"].token == app.client.token
-    assert bolts.context["client"].base_url == app.client.base_url
+    for setting in ("token", "base_url", "timeout", "ssl", "proxy", "headers", "retry_handlers"):
+        assert getattr(bolts.context["client"], setting) == getattr(app.client, setting), setting
     assert ours.context["logger"] is bolts.context["logger"]
     assert ours.context["listener_runner"] is bolts.context["listener_runner"]
     for key in ours.context.keys() - {"client"}:
         assert ours.context[key] == bolts.context[key], key
 
 
-def test_every_listener_matches_exactly_what_bolts_own_matchers_match(
-    db_url: str, slack: FakeSlack, team: dict[str, str], monkeypatch: pytest.MonkeyPatch
+def test_the_shared_client_comes_out_of_every_request_unchanged(
+    slack_settings: Settings, slack: FakeSlack
 ) -> None:
-    settings = Settings(
-        database_url=db_url,
-        slack_signing_secret=SIGNING_SECRET,
-        slack_bot_token="xoxb-0000-test",
-        slack_api_url=slack.url,
-    )
-    runtime = build_runtime(settings)
+    app = build_slack_app(build_runtime(slack_settings))
+    before = (app.client.token, dict(app.client.default_params), dict(app.client.headers))
+    for body in every_kind_of_payload(slack.response_url()):
+        assert app.dispatch(_bolt_request(body)).status in (200, 404), body
+    assert (app.client.token, app.client.default_params, app.client.headers) == before
+
+
+def test_lean_app_refuses_what_would_write_a_token_into_the_shared_client() -> None:
+    def authorize(**kwargs: Any) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="AttachingFunctionToken"):
+        LeanApp(signing_secret=SIGNING_SECRET, token="xoxb-1", token_verification_enabled=False)
+    with pytest.raises(ValueError, match="MultiTeamsAuthorization"):
+        LeanApp(
+            signing_secret=SIGNING_SECRET,
+            authorize=authorize,
+            attaching_function_token_enabled=False,
+        )
+
+
+def test_every_listener_matches_exactly_what_bolts_own_matchers_match(
+    slack_settings: Settings, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = build_runtime(slack_settings)
     lean = build_slack_app(runtime)
     monkeypatch.setattr("bot.slack_app.LeanApp", App)
     plain = build_slack_app(runtime)
     assert type(plain) is App
     assert len(lean._listeners) == len(plain._listeners)
     assert all(isinstance(listener.matchers[0], BodyMatcher) for listener in lean._listeners)
-    url = slack.response_url()
-    bodies = [
-        slash_command(ADMIN, "show", url),
-        slash_command(ADMIN, "verify 123456", url, command="/wa-2fa"),
-        slash_command(ADMIN, "log", url, command="/wa-audit"),
-        slash_command(ADMIN, "show", url, command="/someone-elses"),
-        block_action(ADMIN, "wa_confirm", "p1", url),
-        block_action(ADMIN, "wa_cancel", "p1", url),
-        block_action(ADMIN, "no_such_button", "p1", url),
-        app_home_opened(ADMIN),
-        view_submission(ADMIN, "wa_stepup", "{}", {}),
-        view_submission(ADMIN, "not_ours", "{}", {}),
-    ]
-    matched_somewhere = 0
-    for body in bodies:
+    matched = set()
+    for body in every_kind_of_payload(slack.response_url()):
         request = _bolt_request(body)
         response = BoltResponse(status=200)
         ours = [lst.matches(req=request, resp=response) for lst in lean._listeners]
         bolts = [lst.matches(req=request, resp=response) for lst in plain._listeners]
         assert ours == bolts, body
-        matched_somewhere += any(ours)
-    assert matched_somewhere >= 6  # the sample reaches real listeners, not only misses
+        matched.update(i for i, hit in enumerate(ours) if hit)
+    assert matched == set(range(len(lean._listeners)))  # the sample reaches every listener
 
 
 def test_ssl_checks_are_acknowledged(client: FlaskClient) -> None:
