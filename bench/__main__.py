@@ -17,7 +17,14 @@ from pathlib import Path
 
 import sqlalchemy
 
-from . import access_review, audit_chain, decisions, slack_instructions, slack_roundtrip
+from . import (
+    access_review,
+    audit_chain,
+    decisions,
+    policy_reload,
+    slack_instructions,
+    slack_roundtrip,
+)
 from .report import say
 
 DEFAULT_SEED = 20_241_124
@@ -57,8 +64,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=("decisions", "audit", "slack", "slack-instructions", "review"),
-        help="run one benchmark instead of all five",
+        choices=("decisions", "audit", "slack", "slack-instructions", "review", "reload"),
+        help="run one benchmark instead of all six",
     )
     parser.add_argument(
         "--pg",
@@ -85,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         slack_instructions.run(quick=args.quick)
     if args.only in (None, "review"):
         access_review.run(quick=args.quick, pg_url=args.pg)
+    if args.only in (None, "reload"):
+        policy_reload.run(quick=args.quick)
     return 0
 
 

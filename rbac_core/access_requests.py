@@ -164,6 +164,7 @@ class DecideAccessAction(Action):
                 f"{scope_text(request.scope)}.",
                 data={**base, "status": "denied"},
                 details={"request_id": request.id},
+                policy_users=frozenset(),
             )
         ensure_not_held(ctx, request.requester, request.role, request.scope)
         granted = create_grant(
@@ -181,6 +182,7 @@ class DecideAccessAction(Action):
             f"Approved: {granted.message}",
             data={**granted.data, **base, "status": "approved"},
             details={"request_id": request.id, "grant_id": request.grant_id},
+            policy_users=granted.policy_users,
         )
 
 

@@ -108,12 +108,17 @@ class Result:
 
     `refusal` (an error code) marks a request the action turned down while its
     writes must still stand, such as counting a wrong 2FA code toward lockout.
+    `policy_users`, for actions that change policy: the people whose grants or
+    standing changed, so other processes reload only theirs. None, the
+    default, makes every process reload the whole policy: the safe answer for
+    an action that cannot name them.
     """
 
     message: str
     data: Mapping[str, Any] = field(default_factory=dict)
     details: Mapping[str, Any] = field(default_factory=dict)
     refusal: str | None = None
+    policy_users: frozenset[str] | None = None
 
 
 class Action(ABC):
@@ -441,7 +446,7 @@ class Gate:
         try:
             result = handler.execute(ctx, prepared)
             if handler.mutates_policy:
-                bump_policy_version(ctx.txn)
+                bump_policy_version(ctx.txn, result.policy_users)
             if savepoint is not None:
                 ctx.session.flush()
                 savepoint.commit()

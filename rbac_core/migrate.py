@@ -85,5 +85,5 @@ def sync_builtin_roles(session: Session, now: datetime) -> bool:
             changed = True
     if changed:
         session.flush()
-        bump_policy_version(txn_of(session))
+        bump_policy_version(txn_of(session), None)  # roles changed: everyone reloads
     return changed

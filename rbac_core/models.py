@@ -219,6 +219,20 @@ class PolicyState(Base):
     version: Mapped[int] = mapped_column(BigInteger)
 
 
+class PolicyChange(Base):
+    """Whose grants one policy version changed, so other processes reload just theirs.
+
+    `users` is a JSON list of user ids, or NULL when the change may touch anyone
+    (roles edited, expiry sweeps, migrations): a process that meets a NULL, or
+    a version whose row was pruned, reloads the whole policy.
+    """
+
+    __tablename__ = "policy_changes"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    users: Mapped[str | None] = mapped_column(Text)
+
+
 class SecondFactor(Base):
     """A user's TOTP enrolment. The seed is stored encrypted (see `secret_box`)."""
 

@@ -203,6 +203,7 @@ class RevokeFindingAction(Action):
             f"(grant #{grant.id}).",
             data=_data(finding),
             details={"finding": finding.id, "grant_id": grant.id, "kind": finding.kind},
+            policy_users=frozenset({finding.user_id}),
         )
 
 
@@ -275,7 +276,9 @@ class KeepFindingAction(Action):
             )
             details["kept_until"] = until.isoformat()
         _handled(ctx, finding, "kept", same_kind=True)
-        return Result(message, data=_data(finding), details=details)
+        return Result(
+            message, data=_data(finding), details=details, policy_users=frozenset({finding.user_id})
+        )
 
 
 def _handled(ctx: Context, finding: ReviewFinding, status: str, *, same_kind: bool) -> None:

@@ -288,6 +288,7 @@ def create_grant(
             "reason": reason,
         },
         details={"grant_id": grant.id},
+        policy_users=frozenset({user}),
     )
 
 
@@ -386,6 +387,7 @@ class RevokeAction(Action):
                 "reason": p.get("reason"),
             },
             details={"grant_id": grant.id},
+            policy_users=frozenset({p["user"]}),
         )
 
 
@@ -719,6 +721,7 @@ class BootstrapAdminAction(Action):
             f"{user} is now an admin (grant #{grant.id}).",
             data={"grant_id": grant.id, "user": user},
             details={"grant_id": grant.id},
+            policy_users=frozenset({user}),
         )
 
 
@@ -823,7 +826,9 @@ class DeactivateUserAction(Action):
         user.deactivated_at = ctx.now
         ctx.session.flush()
         return Result(
-            f"Deactivated {user.id}: none of their grants count any more.", data={"user": user.id}
+            f"Deactivated {user.id}: none of their grants count any more.",
+            data={"user": user.id},
+            policy_users=frozenset({user.id}),
         )
 
 

@@ -162,6 +162,7 @@ class SweepAction(Action):
             f"{counts['confirmation']} confirmations, {counts['access_request']} access requests.",
             data={"expired": expired, "counts": counts},
             details=details,
+            policy_users=frozenset(e.owner for e in expired if e.kind == "grant"),
         )
 
 

@@ -35,6 +35,7 @@ TABLES = (
     "audit_log",
     "audit_head",
     "policy_state",
+    "policy_changes",
     "numbers",
     "users",
     "roles",

@@ -741,7 +741,7 @@ def test_extending_a_sensitive_grant_asks_the_clicker_for_a_2fa_code_first(
                 expires_at=now + timedelta(days=5),
             )
         )
-        bump_policy_version(txn_of(session))
+        bump_policy_version(txn_of(session), None)
     scheduler.tick()
     finding = next(f for f in session_findings(db) if f.user_id == BOB and f.role == "developer")
     assert finding.kind == "expiring"

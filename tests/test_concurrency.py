@@ -25,7 +25,7 @@ def _make_admin(db: Database, user: str, clock: ManualClock) -> None:
         session.add(
             Grant(user_id=user, role="admin", scope="*", granted_by=ADMIN, granted_at=utcnow(clock))
         )
-        bump_policy_version(txn_of(session))
+        bump_policy_version(txn_of(session), None)
 
 
 def _race(calls: list[Callable[[], Outcome]]) -> list[Outcome]:

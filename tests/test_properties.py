@@ -925,7 +925,7 @@ def _set_up_admins(ws: Workspace, scenario: AdminScenario) -> AdminModel:
                 )
             )
         session.flush()
-        bump_policy_version(txn_of(session))
+        bump_policy_version(txn_of(session), None)
     return AdminModel(
         known={ADMIN, ALICE, BOB, CAROL, *scenario.extra_admins},
         holders={ADMIN, *scenario.extra_admins},

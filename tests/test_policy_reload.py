@@ -1,0 +1,137 @@
+"""A process behind on policy catches up by reloading only the people a change named.
+
+Two gates on one database stand for two processes: each has its own policy
+snapshot, and the second sees the first's changes only through the database.
+Whatever path it takes, its snapshot must equal one loaded from scratch.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sqlalchemy import delete
+
+from handlers.scheduled_jobs import sweep_expired
+from rbac_core import Database, Gate, ManualClock, build_gate
+from rbac_core.models import PolicyChange
+from rbac_core.policy import Policy, load_policy
+from rbac_core.policy_store import read_policy_version
+
+from .conftest import ADMIN, ALICE, BOB, CAROL
+from .helpers import run
+
+NUMBER = "+15550001111"
+
+
+@pytest.fixture
+def other(db: Database, clock: ManualClock, team: dict[str, str]) -> Gate:
+    """A second process: its own snapshot, warmed up before the changes under test."""
+    gate = build_gate(db, clock=clock)
+    gate.policy()
+    return gate
+
+
+def from_scratch(db: Database) -> Policy:
+    with db.transaction(write=False) as txn:
+        return load_policy(txn.session, version=read_policy_version(txn))
+
+
+def same(snapshot: Policy, scratch: Policy) -> None:
+    assert snapshot.version == scratch.version
+    assert snapshot.grants_by_user == scratch.grants_by_user
+    assert snapshot.roles == scratch.roles
+    assert snapshot.closure == scratch.closure
+
+
+def test_an_assignment_elsewhere_reloads_only_that_person(
+    gate: Gate, other: Gate, db: Database
+) -> None:
+    full_before = other.policies.full_reloads
+    assert not other.decide(ALICE, "messages:send_text").allowed
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    assert other.decide(ALICE, "messages:send_text").allowed
+    assert other.policies.full_reloads == full_before
+    assert other.policies.partial_reloads == 1
+    same(other.policy(), from_scratch(db))
+
+
+def test_revoking_and_deactivating_elsewhere_take_effect_at_once(
+    gate: Gate, other: Gate, db: Database
+) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    assert run(gate, ADMIN, "role.assign", user=BOB, role="agent").ok
+    assert other.decide(ALICE, "messages:send_text").allowed
+    assert run(gate, ADMIN, "role.revoke", user=ALICE, role="agent").ok
+    assert not other.decide(ALICE, "messages:send_text").allowed
+    assert run(gate, ADMIN, "user.deactivate", user=BOB).ok
+    assert not other.decide(BOB, "messages:send_text").allowed
+    assert other.policies.partial_reloads == 3
+    same(other.policy(), from_scratch(db))
+
+
+def test_a_role_change_elsewhere_reloads_everything(gate: Gate, other: Gate, db: Database) -> None:
+    assert run(gate, ADMIN, "role.create", name="night", perms=["messages:send_text"]).ok
+    full_before = other.policies.full_reloads
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="night").ok
+    assert other.decide(ALICE, "messages:send_text").allowed
+    assert other.policies.full_reloads == full_before + 1  # role.create named nobody
+    same(other.policy(), from_scratch(db))
+
+
+def test_a_snapshot_older_than_the_kept_changes_reloads_everything(
+    gate: Gate, other: Gate, db: Database
+) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    with db.write() as session:
+        session.execute(delete(PolicyChange))  # as if pruned
+    full_before = other.policies.full_reloads
+    assert other.decide(ALICE, "messages:send_text").allowed
+    assert other.policies.full_reloads == full_before + 1
+    same(other.policy(), from_scratch(db))
+
+
+def test_an_expiry_sweep_elsewhere_reloads_the_owners_of_expired_grants(
+    gate: Gate, other: Gate, db: Database, clock: ManualClock
+) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", **{"for": "1h"}).ok
+    other.policy()
+    clock.advance(2 * 3600)
+    outcome = sweep_expired(gate, lambda user, text: None)
+    assert outcome is not None and outcome.status == "done"
+    full_before = other.policies.full_reloads
+    assert not other.decide(ALICE, "messages:send_text").allowed
+    assert other.policies.full_reloads == full_before
+    same(other.policy(), from_scratch(db))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_whatever_happens_elsewhere_the_snapshot_equals_one_loaded_from_scratch(
+    gate: Gate, other: Gate, db: Database, clock: ManualClock, seed: int
+) -> None:
+    """Random changes by one process; the other catches up at random moments."""
+    pick = random.Random(seed)
+    people = [ALICE, BOB, CAROL]
+    roles = ["agent", "analyst", "support"]
+    for step in range(30):
+        who, role = pick.choice(people), pick.choice(roles)
+        where = pick.choice(["*", NUMBER])
+        move = pick.choice(["assign", "assign", "revoke", "expire", "deactivate", "role"])
+        if move == "assign":
+            extra = {"for": "1h"} if pick.random() < 0.3 else {}
+            run(gate, ADMIN, "role.assign", user=who, role=role, number=where, **extra)
+        elif move == "revoke":
+            run(gate, ADMIN, "role.revoke", user=who, role=role, number=where)
+        elif move == "expire":
+            clock.advance(2 * 3600)
+            sweep_expired(gate, lambda user, text: None)
+        elif move == "deactivate" and pick.random() < 0.2:
+            run(gate, ADMIN, "user.deactivate", user=who)
+        elif move == "role":
+            name = f"r{step}"
+            run(gate, ADMIN, "role.create", name=name, perms=["analytics:view"])
+            run(gate, ADMIN, "role.assign", user=who, role=name)
+        if pick.random() < 0.5:
+            same(other.policy(), from_scratch(db))
+    same(other.policy(), from_scratch(db))
+    assert other.policies.partial_reloads > 0
