@@ -223,8 +223,8 @@ class PolicyChange(Base):
     """Whose grants one policy version changed, so other processes reload just theirs.
 
     `users` is a JSON list of user ids, or NULL when the change may touch anyone
-    (roles edited, expiry sweeps, migrations): a process that meets a NULL, or
-    a version whose row was pruned, reloads the whole policy.
+    (roles created, edited or deleted, migrations): a process that meets a NULL,
+    or a version whose row was pruned, reloads the whole policy.
     """
 
     __tablename__ = "policy_changes"

@@ -390,11 +390,11 @@ class PolicyCache:
             if policy is not None and policy.version == version:
                 return policy
             users = (
-                changed_users(txn, policy.version, version)
+                changed_users(txn, policy.version, version, PARTIAL_RELOAD_MAX)
                 if policy is not None and policy.version < version
                 else None
             )
-            if policy is not None and users is not None and len(users) <= PARTIAL_RELOAD_MAX:
+            if policy is not None and users is not None:
                 self.partial_reloads += 1
                 policy = policy.with_grants_of(users, load_grants(txn.session, users), version)
             else:

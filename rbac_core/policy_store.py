@@ -62,15 +62,18 @@ def bump_policy_version(txn: Txn, users: Iterable[str] | None) -> int:
     return version
 
 
-def changed_users(txn: Txn, after: int, upto: int) -> frozenset[str] | None:
-    """Whose grants versions `after`+1 .. `upto` changed; None if that is not known.
+def changed_users(txn: Txn, after: int, upto: int, limit: int) -> frozenset[str] | None:
+    """Whose grants versions `after`+1 .. `upto` changed; None if not known or over `limit`.
 
     Not known when any of those versions changed roles (or anything else it
     could not name), or when its record is gone (pruned, or older than the
-    table): the caller must then reload everything.
+    table): the caller must then reload everything, as it should when more
+    than `limit` people changed.
     """
     if upto <= after:
         return frozenset()
+    if upto - after > CHANGES_KEPT:
+        return None
     rows = txn.rows(_SINCE, {"after": after, "upto": upto})
     if len(rows) != upto - after:
         return None
@@ -79,4 +82,6 @@ def changed_users(txn: Txn, after: int, upto: int) -> frozenset[str] | None:
         if listed is None:
             return None
         users.update(json.loads(listed))
+        if len(users) > limit:
+            return None
     return frozenset(users)

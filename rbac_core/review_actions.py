@@ -203,7 +203,7 @@ class RevokeFindingAction(Action):
             f"(grant #{grant.id}).",
             data=_data(finding),
             details={"finding": finding.id, "grant_id": grant.id, "kind": finding.kind},
-            policy_users=frozenset({finding.user_id}),
+            policy_users=frozenset({grant.user_id}),
         )
 
 
@@ -277,7 +277,7 @@ class KeepFindingAction(Action):
             details["kept_until"] = until.isoformat()
         _handled(ctx, finding, "kept", same_kind=True)
         return Result(
-            message, data=_data(finding), details=details, policy_users=frozenset({finding.user_id})
+            message, data=_data(finding), details=details, policy_users=frozenset({grant.user_id})
         )
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from handlers.scheduled_jobs import sweep_expired
 from rbac_core import Database, Gate, ManualClock, build_gate
-from rbac_core.models import PolicyChange
+from rbac_core.access_review import build
+from rbac_core.clock import utcnow
+from rbac_core.models import PolicyChange, ReviewFinding
 from rbac_core.policy import Policy, load_policy
 from rbac_core.policy_store import read_policy_version
 
@@ -101,6 +103,51 @@ def test_an_expiry_sweep_elsewhere_reloads_the_owners_of_expired_grants(
     assert outcome is not None and outcome.status == "done"
     full_before = other.policies.full_reloads
     assert not other.decide(ALICE, "messages:send_text").allowed
+    assert other.policies.full_reloads == full_before
+    same(other.policy(), from_scratch(db))
+
+
+def review_findings(gate: Gate, db: Database, clock: ManualClock) -> dict[str, ReviewFinding]:
+    """Open and build an access review now; its findings by the person they are about."""
+    opened = gate.submit("operator", "cli", "audit.review", {"days": 30})
+    assert opened.status == "done", opened.message
+    build(db, int(opened.data["review_id"]), now=utcnow(clock))
+    with db.read() as session:
+        return {f.user_id: f for f in session.scalars(select(ReviewFinding))}
+
+
+def test_review_buttons_pressed_elsewhere_take_effect_at_once(
+    gate: Gate, other: Gate, db: Database, clock: ManualClock
+) -> None:
+    """Revoke ends an idle grant; Keep on an expiring one extends it past its old end."""
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    clock.advance(36 * 86400)
+    assert run(gate, ADMIN, "role.assign", user=BOB, role="agent", **{"for": "5d"}).ok
+    findings = review_findings(gate, db, clock)
+    assert (findings[ALICE].kind, findings[BOB].kind) == ("inactive", "expiring")
+    assert other.decide(ALICE, "messages:send_text").allowed
+    full_before = other.policies.full_reloads
+
+    revoked = gate.submit(ADMIN, "cli", "review.revoke", {"finding": findings[ALICE].id})
+    assert revoked.status == "done", revoked.message
+    assert not other.decide(ALICE, "messages:send_text").allowed
+
+    kept = gate.submit(ADMIN, "cli", "review.keep", {"finding": findings[BOB].id})
+    assert kept.status == "done", kept.message
+    clock.advance(6 * 86400)  # past the grant's first end, inside the 30 days kept
+    assert other.decide(BOB, "messages:send_text").allowed
+    assert other.policies.full_reloads == full_before
+    same(other.policy(), from_scratch(db))
+
+
+def test_the_first_admin_bootstrapped_elsewhere_is_an_admin_at_once(
+    db: Database, clock: ManualClock
+) -> None:
+    first, other = build_gate(db, clock=clock), build_gate(db, clock=clock)
+    assert not other.decide(ALICE, "roles:assign").allowed
+    full_before = other.policies.full_reloads
+    assert first.submit("operator", "cli", "system.bootstrap_admin", {"user": ALICE}).ok
+    assert other.decide(ALICE, "roles:assign").allowed
     assert other.policies.full_reloads == full_before
     same(other.policy(), from_scratch(db))
 
