@@ -97,6 +97,14 @@ def role_closure(roles: Mapping[str, RoleSpec]) -> dict[str, dict[str, tuple[str
     return closure
 
 
+def _by_user(grants: Iterable[GrantSpec]) -> dict[str, tuple[GrantSpec, ...]]:
+    """Grants grouped by holder, each group in grant order."""
+    grouped: dict[str, list[GrantSpec]] = {}
+    for grant in grants:
+        grouped.setdefault(grant.user, []).append(grant)
+    return {user: tuple(sorted(held, key=lambda g: g.id)) for user, held in grouped.items()}
+
+
 class Policy:
     """An immutable snapshot of roles and grants, with memoised decisions."""
 
@@ -113,12 +121,7 @@ class Policy:
         self.catalogue = catalogue
         self.roles: dict[str, RoleSpec] = {r.name: r for r in roles}
         self.closure = role_closure(self.roles)
-        by_user: dict[str, list[GrantSpec]] = {}
-        for grant in grants:
-            by_user.setdefault(grant.user, []).append(grant)
-        self.grants_by_user: dict[str, tuple[GrantSpec, ...]] = {
-            user: tuple(sorted(gs, key=lambda g: g.id)) for user, gs in by_user.items()
-        }
+        self.grants_by_user: dict[str, tuple[GrantSpec, ...]] = _by_user(grants)
         self._clock = clock
         self._memo: dict[tuple[str, str, str], Decision] = {}
         self._memo_lock = threading.Lock()
@@ -136,11 +139,7 @@ class Policy:
         by_user = dict(self.grants_by_user)
         for user in users:
             by_user.pop(user, None)
-        fresh: dict[str, list[GrantSpec]] = {}
-        for grant in grants:
-            fresh.setdefault(grant.user, []).append(grant)
-        for user, held in fresh.items():
-            by_user[user] = tuple(sorted(held, key=lambda g: g.id))
+        by_user.update(_by_user(grants))
         derived.grants_by_user = by_user
         derived._clock = self._clock
         derived._memo = {}
