@@ -12,8 +12,8 @@ from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# Bolt reads and parses a body before it checks its signature, so without a cap
-# anyone could make a worker hold and parse gigabytes. 4 MiB is far above any
+# A signature covers the whole body, so the body is read before it can be
+# checked: without a cap anyone could make a worker hold gigabytes. 4 MiB is far above any
 # Slack payload (a message of 50 blocks, percent-encoded) and above the 3 MB a
 # WhatsApp webhook batch may reach; larger bodies get a 413 before being read.
 MAX_BODY_BYTES = 4 * 1024 * 1024

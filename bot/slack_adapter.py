@@ -15,9 +15,9 @@ request, because `/slack/events` is the hottest path of the app:
 * the answer is built as one werkzeug `Response` from Bolt's status, body and
   headers, without Flask's `make_response` guessing what the body is.
 
-Bolt still verifies the signature and timestamp before anything is parsed
-(its RequestVerification middleware runs first), so nothing here trusts the
-request.
+Nothing here parses or trusts the request: `LeanApp` checks the signature and
+timestamp with Bolt's verifier before the body is parsed (see
+bot/slack_intake.py for why Bolt's own order is changed).
 
 `LeanApp` is Bolt's `App` without two costs per request that this app gets
 nothing for (measured by `python -m bench --only slack-instructions`, which
@@ -56,7 +56,9 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_bolt.listener_matcher import ListenerMatcher
 from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
 from slack_bolt.logger import get_bolt_app_logger
-from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization
+from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization, SslCheck
+
+from .slack_intake import ParseSignedBody, Refusals, SignatureCheck
 
 # The headers Bolt and our listeners read, as WSGI environ keys.
 _HEADERS = (
@@ -74,11 +76,15 @@ def to_bolt_request(request: Request) -> BoltRequest:
         name: [environ[key]] for name, key in _HEADERS if key in environ
     }
     query = request.query_string
-    return BoltRequest(
-        body=request.get_data(as_text=True),
+    # Built with an empty body, so that nothing is parsed yet: `LeanApp` checks the
+    # signature over the raw body first, then parses it (bot/slack_intake.py).
+    req = BoltRequest(
+        body="",
         query=query.decode("utf-8", "replace") if query else None,
         headers=headers,
     )
+    req.raw_body = request.get_data(as_text=True)
+    return req
 
 
 def to_response(answer: BoltResponse) -> Response:
@@ -110,7 +116,18 @@ class LeanApp(App):
     """Bolt's App, sharing the app's WebClient and matching on the body alone (see above)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        for switch in ("request_verification_enabled", "ssl_check_enabled"):
+            if not kwargs.pop(switch, True):
+                raise ValueError(f"LeanApp always checks signatures: {switch}=False is refused")
+        # Bolt's two are replaced by the same checks in the safe order (see
+        # bot/slack_intake.py): signature, then parsing, then ssl_check.
+        super().__init__(request_verification_enabled=False, ssl_check_enabled=False, **kwargs)
+        self.refusals = Refusals("slack")
+        self._middleware_list[:0] = [
+            SignatureCheck(self._signing_secret, self.refusals, base_logger=self._base_logger),
+            ParseSignedBody(),
+            SslCheck(verification_token=self._verification_token, base_logger=self._base_logger),
+        ]
         # The middleware that would write a token into the shared client.
         writers = [
             type(m).__name__
@@ -122,6 +139,20 @@ class LeanApp(App):
                 f"LeanApp shares one WebClient, and {', '.join(writers)} would change its "
                 "token per request: give it one bot token and no workflow functions"
             )
+
+    def _handle_unmatched_requests(self, req: BoltRequest, resp: BoltResponse) -> BoltResponse:
+        # A slash command pointed here that this app does not serve: Slack shows a
+        # 404 as a bare failure, so say which command it was.
+        command = req.body.get("command")
+        if isinstance(command, str):
+            return BoltResponse(
+                status=200,
+                body={
+                    "response_type": "ephemeral",
+                    "text": f"This app does not answer `{command}`.",
+                },
+            )
+        return super()._handle_unmatched_requests(req, resp)
 
     def _init_context(self, req: BoltRequest) -> None:
         logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)

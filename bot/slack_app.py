@@ -12,14 +12,16 @@ lose under load. (`python -m bench --only slack` measures the whole round trip.)
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from slack_bolt import App
+from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from handlers.slack_access import DECISION_KIND, register_request_form
 from handlers.slack_access import register as register_access
 from handlers.slack_audit import register as register_audit
+from handlers.slack_home import publish_home
 from handlers.slack_home import register as register_home
 from handlers.slack_review import RESUME_KIND as REVIEW_KIND
 from handlers.slack_review import register as register_review
@@ -35,6 +37,11 @@ from .runtime import Runtime
 from .slack_adapter import LeanApp
 
 SLACK_TIMEOUT_SECONDS = 5
+FAILURE_TEXT = (
+    "Something went wrong on our side, and it was logged for the operators. "
+    "Check whether your change took effect before you try again."
+)
+log = logging.getLogger("wa_access.slack")
 
 
 def slack_client(settings: Settings) -> WebClient:
@@ -54,7 +61,7 @@ def bolt_app(settings: Settings, client: WebClient) -> App:
     # codes and secrets, so they never log below INFO whatever the root level.
     for name in ("slack_sdk", "slack_bolt", "wa_access.slack"):
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
-    return LeanApp(
+    app = LeanApp(
         signing_secret=settings.slack_signing_secret,
         client=client,
         process_before_response=True,
@@ -64,6 +71,25 @@ def bolt_app(settings: Settings, client: WebClient) -> App:
         attaching_function_token_enabled=False,
         logger=logging.getLogger("wa_access.slack"),
     )
+    app.error(answer_failure)
+    return app
+
+
+def answer_failure(error: Exception, body: dict[str, Any]) -> BoltResponse:
+    """The last resort when a listener or middleware raises: a bug, never bad input.
+
+    Bad input is answered where it is read (bot/slack_intake.py, the listeners),
+    so what reaches here is logged with its traceback for the operators, though
+    never with the body, which may hold a 2FA code. Slack treats a 500 as a bare
+    failure; the person gets a 200 and, for a command, a sentence instead.
+    """
+    log.error("a Slack listener failed", exc_info=error)
+    if isinstance(body.get("command"), str):
+        return BoltResponse(
+            status=200,
+            body={"response_type": "ephemeral", "text": FAILURE_TEXT},
+        )
+    return BoltResponse(status=200, body="")
 
 
 def build_slack_app(runtime: Runtime) -> App:
@@ -73,7 +99,9 @@ def build_slack_app(runtime: Runtime) -> App:
     directory = SlackDirectory(runtime.db, client, runtime.gate.clock)
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
-    resume_decision = register_access(app, runtime.gate, client)
+    resume_decision = register_access(
+        app, runtime.gate, client, lambda user: publish_home(client, runtime.gate, user)
+    )
     register_request_form(app, runtime.gate, client, settings.audit_channel)
     register_home(app, runtime.gate, client, runtime.deliveries)
     resume_review = register_review(app, runtime.gate)

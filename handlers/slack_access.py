@@ -16,8 +16,15 @@ from slack_sdk import WebClient
 from rbac_core import Gate, Outcome
 
 from .role_command import reply_for
-from .slack_blocks import escape, message
-from .slack_stepup import STEP_UP_PROMPT, Answer, Resume, answer_through, ask_for_code
+from .slack_blocks import OUT_OF_DATE, clicked_json, escape, message, own_json
+from .slack_stepup import (
+    STEP_UP_PROMPT,
+    Answer,
+    Resume,
+    answer_by_dm,
+    answer_through,
+    ask_for_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +89,15 @@ DECISION_KIND = "access_decision"
 """The step-up modal's `kind` for an Approve or Deny click waiting for a code."""
 
 
-def register(app: App, gate: Gate, client: WebClient) -> Resume:
-    """Approve / Deny listeners; returns how to finish a decision after a 2FA code."""
+def register(
+    app: App, gate: Gate, client: WebClient, refresh_home: Callable[[str], None]
+) -> Resume:
+    """Approve / Deny listeners; returns how to finish a decision after a 2FA code.
+
+    The buttons sit in the audit channel's message and in each approver's App
+    Home. A click in the Home has no response_url: the outcome goes to the
+    approver by DM, and their Home is drawn again without the request.
+    """
 
     def decide(
         actor: str,
@@ -142,6 +156,8 @@ def register(app: App, gate: Gate, client: WebClient) -> Resume:
                 )
 
             decide(actor, approve, request_id, respond, ask_code)
+            if not body.get("response_url"):
+                refresh_home(actor)
 
         return listener
 
@@ -151,14 +167,14 @@ def register(app: App, gate: Gate, client: WebClient) -> Resume:
     def resume(actor: str, meta: dict[str, Any]) -> None:
         """After a good code: the same decision again, answered on the original message."""
         response_url = str(meta.get("response_url") or "")
-        if not response_url:
-            return
         decide(
             actor,
             meta.get("approve") is True,
             str(meta.get("request_id") or ""),
-            answer_through(response_url),
+            answer_through(response_url) if response_url else answer_by_dm(client, actor),
         )
+        if not response_url:
+            refresh_home(actor)
 
     return resume
 
@@ -273,8 +289,11 @@ def register_request_form(
     @app.action(REQUEST_BUTTON)
     def on_request_button(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
+        wanted = clicked_json(body)
+        if wanted is None:
+            respond(replace_original=False, text=OUT_OF_DATE)
+            return
         try:
-            wanted = json.loads((body.get("actions") or [{}])[0].get("value") or "{}")
             view = request_modal(
                 gate,
                 str(wanted.get("permission")),
@@ -300,10 +319,14 @@ def register_request_form(
 
         def value(block: str) -> str:
             field = values.get(block, {}).get(block, {})
-            selected = field.get("selected_option") or {}
-            return str(selected.get("value") or field.get("value") or "")
+            selected = field.get("selected_option")
+            chosen = selected.get("value") if isinstance(selected, dict) else None
+            return str(chosen or field.get("value") or "")
 
-        meta = json.loads(view.get("private_metadata") or "{}")
+        meta = own_json(view.get("private_metadata") or "")
+        if meta is None:
+            ack(response_action="errors", errors={"reason": OUT_OF_DATE})
+            return
         params = {
             "role": value("role"),
             "for": value("for"),

@@ -25,7 +25,7 @@ from .audit_command import AuditCommand
 from .grammar import UsageError, parse
 from .role_command import Reply
 from .scheduled_jobs import slack_deactivated
-from .slack_blocks import message
+from .slack_blocks import OUT_OF_DATE, clicked_json, message
 from .slack_review import render
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,11 @@ def register(app: App, audit: AuditCommand, client: WebClient) -> None:
     def older(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         actor = str(body.get("user", {}).get("id", ""))
+        filters = clicked_json(body)
+        if filters is None:
+            respond(response_type="ephemeral", replace_original=False, text=OUT_OF_DATE)
+            return
         try:
-            raw = json.loads(str((body.get("actions") or [{}])[0].get("value") or "{}"))
-            filters = raw if isinstance(raw, dict) else {}
             outcome = gate.submit(actor, "slack", "audit.log", filters)
             if outcome.status != "done":
                 respond(response_type="ephemeral", replace_original=False, text=outcome.message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -13,6 +14,7 @@ CONFIRM_ACTION = "wa_confirm"
 CANCEL_ACTION = "wa_cancel"
 SECTION_LIMIT = 3000  # characters of mrkdwn in one section block
 BLOCK_LIMIT = 50  # blocks in one message
+OUT_OF_DATE = "That button is out of date or not one of mine; nothing was done."
 
 
 def escape(text: str) -> str:
@@ -105,3 +107,27 @@ def message(reply: Reply, users: Iterable[str] = ()) -> dict[str, Any]:
             }
         )
     return {"response_type": "ephemeral", "text": text[:SECTION_LIMIT], "blocks": blocks}
+
+
+def clicked_value(body: dict[str, Any]) -> str:
+    """The `value` of the button clicked (the intake has checked `actions`' shape)."""
+    actions = body.get("actions") or [{}]
+    return str(actions[0].get("value") or "")
+
+
+def own_json(text: str) -> dict[str, Any] | None:
+    """A JSON object this app put in a button value or a view's private_metadata, or None.
+
+    None when the text is not one: a forged payload, or a button from a version
+    of this app that encoded it otherwise. Listeners answer that as out of date.
+    """
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def clicked_json(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The clicked button's value as a JSON object (see `own_json`)."""
+    return own_json(clicked_value(body))

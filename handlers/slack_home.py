@@ -97,13 +97,17 @@ def _latest_review(gate: Gate, user: str) -> list[dict[str, Any]]:
     return [{"type": "divider"}, _section(text)]
 
 
+def publish_home(client: WebClient, gate: Gate, user: str) -> None:
+    """Draw `user`'s App Home afresh: when they open it, and after they act in it."""
+    try:
+        client.views_publish(user_id=user, view=home_view(gate, user))
+    except Exception:
+        log.exception("could not publish the App Home of %s", user)
+
+
 def register(app: App, gate: Gate, client: WebClient, deliveries: Deliveries) -> None:
     @app.event("app_home_opened", middleware=[once_per_event(deliveries)])
     def on_home_opened(event: dict[str, Any]) -> None:
         if event.get("tab") != "home":
             return
-        user = str(event.get("user") or "")
-        try:
-            client.views_publish(user_id=user, view=home_view(gate, user))
-        except Exception:
-            log.exception("could not publish the App Home of %s", user)
+        publish_home(client, gate, str(event.get("user") or ""))

@@ -20,7 +20,7 @@ from slack_sdk.webhook import WebhookClient
 from rbac_core import Gate
 
 from .role_command import Reply
-from .slack_blocks import escape, message
+from .slack_blocks import escape, message, own_json
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,22 @@ def answer_through(response_url: str) -> Answer:
     return send
 
 
+def answer_by_dm(client: WebClient, user: str) -> Answer:
+    """Answer in the person's DM with the app, where Slack gave no response_url.
+
+    A button in the App Home (an approver's Approve / Deny) comes without one,
+    and Bolt's own `respond` raises there. Replacing or deleting an original
+    message means nothing in a DM, so those fields are dropped.
+    """
+
+    def send(text: str | dict[str, Any] = "", **fields: Any) -> None:
+        message = dict(text) if isinstance(text, dict) else {"text": text, **fields}
+        kept = {k: v for k, v in message.items() if k in ("text", "blocks", "attachments")}
+        client.chat_postMessage(channel=user, **kept)
+
+    return send
+
+
 def rerun_command(reruns: dict[str, Rerun]) -> Resume:
     """Resume a slash command: run it again and answer through its response_url."""
 
@@ -147,10 +163,8 @@ def register(
             return
         ack()
         try:
-            meta = json.loads(view.get("private_metadata") or "{}")
-            resume = (
-                resumers.get(str(meta.get("kind") or COMMAND)) if isinstance(meta, dict) else None
-            )
+            meta = own_json(view.get("private_metadata") or "")
+            resume = resumers.get(str(meta.get("kind") or COMMAND)) if meta is not None else None
             if resume is not None:
                 resume(actor, meta)
         except Exception:

@@ -44,9 +44,14 @@ def is_phone_number_id(text: str) -> bool:
     return _PHONE_NUMBER_ID.fullmatch(text) is not None
 
 
+def is_user_id(text: str) -> bool:
+    """True for a Slack user id (`U…` or `W…`)."""
+    return _USER_ID.fullmatch(text) is not None
+
+
 def parse_user_id(text: str) -> str:
     """A Slack user id (`U…` or `W…`); display names are never accepted as identity."""
-    if isinstance(text, str) and _USER_ID.fullmatch(text):
+    if isinstance(text, str) and is_user_id(text):
         return text
     raise MalformedUserId(
         f"'{text}' is not a Slack user id: mention the person (@name) or give an id like U0123ABC"

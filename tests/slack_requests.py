@@ -7,7 +7,7 @@ import hmac
 import json
 import time
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 
@@ -77,6 +77,25 @@ def block_action(user_id: str, action_id: str, value: str, response_url: str) ->
             }
         ],
         "state": {"values": {}},
+    }
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def home_block_action(user_id: str, action_id: str, value: str) -> str:
+    """A click on a button in the clicker's App Home: Slack sends the view, no response_url."""
+    payload = json.loads(parse_qs(block_action(user_id, action_id, value, ""))["payload"][0])
+    for key in ("response_url", "channel", "state"):
+        del payload[key]
+    payload["container"] = {"type": "view", "view_id": "V0WAHOME01"}
+    payload["view"] = {
+        "id": "V0WAHOME01",
+        "team_id": "T0WA0ACCESS",
+        "type": "home",
+        "callback_id": "",
+        "private_metadata": "",
+        "state": {"values": {}},
+        "hash": "1795000000.a1b2c3d4",
+        "blocks": [],
     }
     return urlencode({"payload": json.dumps(payload)})
 
