@@ -48,7 +48,7 @@ changed, so an upgrade of Bolt that breaks either assumption fails there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Request, Response
@@ -70,15 +70,36 @@ _HEADERS = (
 )
 
 
+class SignedRequest(BoltRequest):
+    """A BoltRequest built unparsed, whose body bot/slack_intake.py parses once, when signed.
+
+    Bolt gives a lazy listener a copy of the request made by parsing the raw body
+    again with Bolt's parser, which takes a command holding the word "payload"
+    for an empty interactivity payload; the copy keeps our parse instead.
+    """
+
+    def to_copyable(self) -> BoltRequest:
+        copy = BoltRequest(
+            body="",
+            query=self.query,
+            headers=self.headers,
+            context=self.context.to_copyable(),
+            mode=self.mode,
+        )
+        copy.raw_body = self.raw_body
+        copy.body = self.body  # Bolt deep-copies the whole copy before handing it on
+        return copy
+
+
 def to_bolt_request(request: Request) -> BoltRequest:
     environ = request.environ
-    headers: dict[str, str | list[str]] = {
+    headers: dict[str, str | Sequence[str]] = {
         name: [environ[key]] for name, key in _HEADERS if key in environ
     }
     query = request.query_string
     # Built with an empty body, so that nothing is parsed yet: `LeanApp` checks the
     # signature over the raw body first, then parses it (bot/slack_intake.py).
-    req = BoltRequest(
+    req = SignedRequest(
         body="",
         query=query.decode("utf-8", "replace") if query else None,
         headers=headers,

@@ -81,7 +81,9 @@ def answer_failure(error: Exception, body: dict[str, Any]) -> BoltResponse:
     Bad input is answered where it is read (bot/slack_intake.py, the listeners),
     so what reaches here is logged with its traceback for the operators, though
     never with the body, which may hold a 2FA code. Slack treats a 500 as a bare
-    failure; the person gets a 200 and, for a command, a sentence instead.
+    failure; the person gets a 200 and, for a command, a sentence instead. (A
+    modal's submission then closes as if it went through: the field errors a
+    modal could show need to name one of its blocks, which only its listener knows.)
     """
     log.error("a Slack listener failed", exc_info=error)
     if isinstance(body.get("command"), str):

@@ -15,8 +15,11 @@ runs, in this order, before Bolt's other middleware:
    failure. A refusal is counted in `Refusals` and logged without the body,
    which may carry a 2FA code or Slack's legacy verification token; Bolt's
    version logs the whole body.
-2. `ParseSignedBody`: Bolt's own parser and context builder, on a body now
-   known to come from Slack. A body they cannot read gets a 400 with JSON.
+2. `ParseSignedBody`: our parser (Bolt's takes any body holding the word
+   "payload" for an interactivity payload), a check of the fields Bolt and
+   the listeners read, then Bolt's context builder, on a body now known to
+   come from Slack. A body that fails gets a 400 with JSON, or, for a slash
+   command, an ephemeral answer.
 3. Bolt's `SslCheck`, so that an `ssl_check` is acknowledged only when signed,
    as Slack signs every request it sends.
 """
@@ -49,21 +52,39 @@ _MAX_TIMESTAMP_DIGITS = 12
 SUMMARY_INTERVAL_S = 60.0
 
 
+Schedule = Callable[[float, Callable[[], None]], None]
+
+
+def _daemon_timer(delay: float, action: Callable[[], None]) -> None:
+    timer = threading.Timer(delay, action)
+    timer.daemon = True
+    timer.start()
+
+
 class Refusals:
     """Requests refused at the door, by reason, for one surface of one process.
 
     The first refusal is logged at once, so a wrong signing secret shows up on
-    the first request; after that a summary is logged at most once a minute, so a
-    flood of forged requests cannot flood the log as well.
+    the first request. Later ones are summed up in one line a minute after the
+    last report, so a flood of forged requests cannot flood the log as well, and
+    a burst followed by silence is still reported.
     """
 
-    def __init__(self, surface: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        surface: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule = _daemon_timer,
+    ) -> None:
         self.surface = surface
         self._clock = clock
+        self._schedule = schedule
         self._lock = threading.Lock()
         self.totals: Counter[str] = Counter()
         self._unreported: Counter[str] = Counter()
         self._last_report: float | None = None
+        self._flush_pending = False
 
     def add(self, reason: str) -> None:
         with self._lock:
@@ -71,16 +92,36 @@ class Refusals:
             self._unreported[reason] += 1
             now = self._clock()
             if self._last_report is not None and now - self._last_report < SUMMARY_INTERVAL_S:
+                if not self._flush_pending:
+                    self._flush_pending = True
+                    delay = SUMMARY_INTERVAL_S - (now - self._last_report)
+                    self._schedule(delay, self.flush)
                 return
-            counts, self._unreported = self._unreported, Counter()
-            self._last_report = now
+            report = self._take(now)
+        self._log(*report)
+
+    def flush(self) -> None:
+        """Log what was refused since the last report, if anything."""
+        with self._lock:
+            self._flush_pending = False
+            if not self._unreported:
+                return
+            report = self._take(self._clock())
+        self._log(*report)
+
+    def _take(self, now: float) -> tuple[Counter[str], int]:
+        counts, self._unreported = self._unreported, Counter()
+        self._last_report = now
+        return counts, sum(self.totals.values())
+
+    def _log(self, counts: Counter[str], total: int) -> None:
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(counts.items()))
         log.warning(
             "%s: refused %d unverified request(s) (%s); %d since start",
             self.surface,
             sum(counts.values()),
             reasons,
-            sum(self.totals.values()),
+            total,
         )
 
 
@@ -109,7 +150,10 @@ class SignatureCheck(RequestVerification):
             return "malformed timestamp"
         if abs(time.time() - int(timestamp)) > TIMESTAMP_WINDOW_S:
             return "stale timestamp"
-        if not self.verifier.is_valid(req.raw_body, timestamp, signature):
+        # hmac.compare_digest raises on non-ASCII text rather than saying no.
+        if not signature.isascii() or not self.verifier.is_valid(
+            req.raw_body, timestamp, signature
+        ):
             return "bad signature"
         return None
 
@@ -145,7 +189,7 @@ _OBJECTS_OR_NULL = ("team", "channel", "container", "message", "enterprise", "st
 _NEVER_NULL = ("user", "actions", "view", "event")
 _ACTION_STRINGS = ("action_id", "block_id", "value", "type")
 _VIEW_STRINGS = ("callback_id", "type", "private_metadata", "id", "hash")
-_EVENT_STRINGS = ("type", "user", "tab", "channel", "subtype")
+_EVENT_STRINGS = ("type", "tab", "subtype")  # `user`, `channel` are objects in some events
 
 
 def _wrong(
@@ -170,9 +214,8 @@ def payload_problem(body: dict[str, Any]) -> str | None:
         return f"`{key}` is not an object"
     if (key := next((k for k in _NEVER_NULL if k in body and body[k] is None), None)) is not None:
         return f"`{key}` is null"
-    url = body.get("response_url")
-    if url is not None and not url.startswith(("https://", "http://")):
-        return "`response_url` is not a URL"
+    if (problem := form_problem(body)) is not None:
+        return problem
     user = body.get("user")
     if user is not None and not (
         isinstance(user, str) or (isinstance(user, dict) and isinstance(user.get("id"), str))
@@ -182,11 +225,12 @@ def payload_problem(body: dict[str, Any]) -> str | None:
     if actions is not None:
         if not isinstance(actions, list) or not all(isinstance(a, dict) for a in actions):
             return "`actions` is not a list of objects"
-        if any(
-            _wrong(a, _ACTION_STRINGS, str) or not isinstance(a.get("action_id"), str)
-            for a in actions
+        if any(_wrong(a, _ACTION_STRINGS, str) for a in actions):
+            return "an action has a field of the wrong type"
+        if body.get("type") == "block_actions" and not all(
+            isinstance(a.get("action_id"), str) for a in actions
         ):
-            return "an action has no string `action_id`, or a field of the wrong type"
+            return "an action has no `action_id`"
     if body.get("type") == "block_actions" and not actions:
         return "a `block_actions` payload without `actions`"
     view = body.get("view")
@@ -207,6 +251,9 @@ def payload_problem(body: dict[str, Any]) -> str | None:
 
 
 def _actor(body: dict[str, Any]) -> str | None:
+    """Who acts: a command's `user_id`, a click's `user.id`, a Home opener's `event.user`."""
+    if body.get("type") == "event_callback":
+        return (body.get("event") or {}).get("user")  # type: ignore[no-any-return]
     user = body.get("user")
     return body.get("user_id") or (user.get("id") if isinstance(user, dict) else user)
 
@@ -263,12 +310,16 @@ class ParseSignedBody(Middleware):
     ) -> BoltResponse:
         try:
             body, form = parse_slack_body(req.raw_body, req.content_type)
-        except ValueError:  # the JSON of a body or of its `payload=` field
+        except (ValueError, RecursionError):  # the JSON of a body or of its `payload=` field
             return _malformed({}, "the body is neither form fields nor JSON")
         if not isinstance(body, dict):
             return _malformed({}, f"the body is a JSON {type(body).__name__}, not an object")
         problem = form_problem(body) if form else payload_problem(body)
-        if problem is None and ("command" in body or body.get("type") in _ACTED_BY_A_PERSON):
+        if problem is None and (
+            "command" in body
+            or body.get("type") in _ACTED_BY_A_PERSON
+            or (body.get("event") or {}).get("type") in _EVENTS_BY_A_PERSON
+        ):
             actor = _actor(body)
             if not (isinstance(actor, str) and is_user_id(actor)):
                 problem = "it does not name the Slack user who sent it"
@@ -287,6 +338,7 @@ class ParseSignedBody(Middleware):
 
 # Interactions a listener answers on behalf of the person who clicked or submitted.
 _ACTED_BY_A_PERSON = frozenset({"block_actions", "view_submission", "view_closed"})
+_EVENTS_BY_A_PERSON = frozenset({"app_home_opened"})
 
 
 def _malformed(body: dict[str, Any], problem: str) -> BoltResponse:

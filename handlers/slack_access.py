@@ -16,7 +16,7 @@ from slack_sdk import WebClient
 from rbac_core import Gate, Outcome
 
 from .role_command import reply_for
-from .slack_blocks import OUT_OF_DATE, clicked_json, escape, message, own_json
+from .slack_blocks import OUT_OF_DATE, clicked_json, clicked_value, escape, message, own_json
 from .slack_stepup import (
     STEP_UP_PROMPT,
     Answer,
@@ -105,7 +105,8 @@ def register(
         request_id: str,
         answer: Answer,
         ask_code: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> None:
+    ) -> bool:
+        """Decide and answer; True when it waits for the approver's 2FA code instead."""
         action = "access.approve" if approve else "access.deny"
         try:
             outcome = gate.submit(actor, "slack", action, {"request_id": request_id})
@@ -116,16 +117,17 @@ def register(
                 replace_original=False,
                 text="Something went wrong and nothing was decided; try again.",
             )
-            return
+            return False
         if outcome.status == "needs_2fa" and ask_code is not None:
             metadata = {"kind": DECISION_KIND, "approve": approve, "request_id": request_id}
             if ask_code(metadata):
                 answer(response_type="ephemeral", replace_original=False, text=STEP_UP_PROMPT)
-                return
+                return True
         if outcome.status != "done":
             # Not theirs to decide, already decided, or no code: tell the clicker only.
             answer(replace_original=False, **message(reply_for(outcome), {actor}))
-            return
+            return False
+        _tell_requester(client, outcome.data, approve, actor)  # first: it never raises
         data = outcome.data
         verdict = "approved" if approve else "denied"
         scope = "the whole workspace" if data["scope"] == "*" else data["scope"]
@@ -138,13 +140,13 @@ def register(
             text=summary,
             blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": summary}}],
         )
-        _tell_requester(client, data, approve, actor)
+        return False
 
     def on_decision(approve: bool) -> Callable[..., None]:
         def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
             ack()
             actor = body.get("user", {}).get("id", "")
-            request_id = str((body.get("actions") or [{}])[0].get("value") or "")
+            request_id = clicked_value(body)
             verb = "Approving" if approve else "Denying"
 
             def ask_code(metadata: dict[str, Any]) -> bool:
@@ -155,9 +157,12 @@ def register(
                     {**metadata, "response_url": str(body.get("response_url") or "")},
                 )
 
-            decide(actor, approve, request_id, respond, ask_code)
-            if not body.get("response_url"):
-                refresh_home(actor)
+            waiting = False
+            try:
+                waiting = decide(actor, approve, request_id, respond, ask_code)
+            finally:
+                if not body.get("response_url") and not waiting:
+                    refresh_home(actor)
 
         return listener
 
@@ -165,16 +170,19 @@ def register(
     app.action(DENY_ACTION)(on_decision(approve=False))
 
     def resume(actor: str, meta: dict[str, Any]) -> None:
-        """After a good code: the same decision again, answered on the original message."""
+        """After a good code: the same decision again, answered on the original message,
+        or for a click in the App Home by DM, with the Home drawn again."""
         response_url = str(meta.get("response_url") or "")
-        decide(
-            actor,
-            meta.get("approve") is True,
-            str(meta.get("request_id") or ""),
-            answer_through(response_url) if response_url else answer_by_dm(client, actor),
-        )
-        if not response_url:
-            refresh_home(actor)
+        try:
+            decide(
+                actor,
+                meta.get("approve") is True,
+                str(meta.get("request_id") or ""),
+                answer_through(response_url) if response_url else answer_by_dm(client, actor),
+            )
+        finally:
+            if not response_url:
+                refresh_home(actor)
 
     return resume
 

@@ -21,7 +21,7 @@ from rbac_core import Gate, Outcome
 from rbac_core.access_review import KIND_TITLES, KINDS, Finding, Page, page, page_of, write_csv
 from rbac_core.db import Database
 
-from .slack_blocks import escape
+from .slack_blocks import clicked_value, escape
 from .slack_stepup import STEP_UP_PROMPT, Resume, answer_through, ask_for_code
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def register(app: App, gate: Gate) -> Resume:
         def listener(ack: Ack, body: dict[str, Any], respond: Respond, client: WebClient) -> None:
             ack()
             actor = str(body.get("user", {}).get("id", ""))
-            finding = str((body.get("actions") or [{}])[0].get("value") or "")
+            finding = clicked_value(body)
             try:
                 outcome = decide(action, actor, finding, respond)
                 if outcome.status == "needs_2fa":
@@ -242,7 +242,7 @@ def register(app: App, gate: Gate) -> Resume:
     def on_page(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
         ack()
         actor = str(body.get("user", {}).get("id", ""))
-        review, _, number = str((body.get("actions") or [{}])[0].get("value") or "").partition(":")
+        review, _, number = clicked_value(body).partition(":")
         try:
             outcome = gate.submit(actor, "slack", "review.page", {"review": review, "page": number})
             shown = outcome.data.get("page")

@@ -23,7 +23,7 @@ from rbac_core.models import User
 from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
 from .slack_access import post_request, request_button
-from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, escape, message
+from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, clicked_value, escape, message
 from .slack_stepup import STEP_UP_PROMPT, open_code_modal
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def register(
         def listener(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
             ack()
             actor = body.get("user", {}).get("id", "")
-            pending_id = str((body.get("actions") or [{}])[0].get("value") or "")
+            pending_id = clicked_value(body)
             try:
                 outcome = (gate.confirm if confirm else gate.cancel)(pending_id, actor, "slack")
             except Exception:

@@ -124,7 +124,10 @@ def answer_by_dm(client: WebClient, user: str) -> Answer:
     def send(text: str | dict[str, Any] = "", **fields: Any) -> None:
         message = dict(text) if isinstance(text, dict) else {"text": text, **fields}
         kept = {k: v for k, v in message.items() if k in ("text", "blocks", "attachments")}
-        client.chat_postMessage(channel=user, **kept)
+        try:
+            client.chat_postMessage(channel=user, **kept)
+        except Exception:  # the action is done whether or not Slack takes the DM
+            log.error("could not answer %s by DM", user)
 
     return send
 
@@ -164,8 +167,7 @@ def register(
         ack()
         try:
             meta = own_json(view.get("private_metadata") or "")
-            resume = resumers.get(str(meta.get("kind") or COMMAND)) if meta is not None else None
-            if resume is not None:
+            if meta is not None and (resume := resumers.get(str(meta.get("kind") or COMMAND))):
                 resume(actor, meta)
         except Exception:
             log.exception("could not finish the action after 2FA")

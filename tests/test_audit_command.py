@@ -85,6 +85,17 @@ def test_log_lists_entries_newest_first_and_filters_by_person_and_action(
 
 
 @pytest.mark.usefixtures("staffed")
+def test_a_command_that_says_payload_is_answered_by_the_lazy_listener_too(
+    app: FlaskClient, slack: FakeSlack
+) -> None:
+    """Bolt re-parses the body for a lazy listener, and its parser took any body
+    holding that word for an empty interactivity payload."""
+    ack, answer = audit(app, slack, ADMIN, "log --action payload")
+    assert ack["text"].startswith("Working on it")
+    assert answer is not None and answer["response_type"] == "ephemeral"
+
+
+@pytest.mark.usefixtures("staffed")
 def test_a_long_log_is_paged_with_an_older_entries_button(
     app: FlaskClient, slack: FakeSlack, gate: Gate
 ) -> None:

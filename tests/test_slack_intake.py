@@ -36,6 +36,7 @@ from .conftest import ADMIN, ALICE
 from .fake_slack import FakeSlack
 from .helpers import live_grants
 from .slack_requests import (
+    app_home_opened,
     home_block_action,
     signed_headers,
     slash_command,
@@ -110,7 +111,20 @@ def test_a_timestamp_that_is_not_a_recent_unix_time_is_a_401(
     assert parses == []
 
 
-@pytest.mark.parametrize(("body", "content_type"), UNREADABLE)
+@pytest.mark.parametrize("signature", ["v0=é", "v0=" + "\u0660" * 64, "v0=short", "sha256=00"])
+def test_a_signature_that_is_not_ascii_hex_is_a_401_not_an_error(
+    client: FlaskClient, slack: FakeSlack, caplog: pytest.LogCaptureFixture, signature: str
+) -> None:
+    """hmac.compare_digest raises on non-ASCII text instead of answering no."""
+    body = slash_command(ADMIN, "show", slack.response_url())
+    headers = {**signed_headers(body), "X-Slack-Signature": signature}
+    assert client.post("/slack/events", data=body, headers=headers).status_code == 401
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"), [*UNREADABLE, ("[" * 100_000, "application/json")]
+)
 def test_a_signed_body_that_is_no_slack_payload_gets_a_400_with_json(
     client: FlaskClient, body: str, content_type: str
 ) -> None:
@@ -159,20 +173,29 @@ def test_refusals_are_counted_and_logged_without_the_body(
 
 def test_refusals_are_summed_up_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
     now = [1000.0]
-    refusals = Refusals("slack", clock=lambda: now[0])
+    timers: list[tuple[float, Callable[[], None]]] = []
+    refusals = Refusals(
+        "slack", clock=lambda: now[0], schedule=lambda delay, then: timers.append((delay, then))
+    )
     caplog.set_level(logging.WARNING, logger="wa_access.refusals")
     refusals.add("bad signature")  # the first at once: a wrong secret shows on request one
+    now[0] += 15
     for _ in range(40):
         refusals.add("bad signature")
     refusals.add("unsigned")
+    assert [delay for delay, _ in timers] == [45.0]  # one summary due, a minute after the report
+    now[0] += 45
+    timers.pop()[1]()  # then silence: the summary still comes
+    refusals.flush()  # nothing more to say
     now[0] += 61
-    refusals.add("stale timestamp")
+    refusals.add("stale timestamp")  # a minute on: at once again
     assert [r.getMessage() for r in caplog.records] == [
         "slack: refused 1 unverified request(s) (1 bad signature); 1 since start",
-        "slack: refused 42 unverified request(s) (40 bad signature, 1 stale timestamp, "
-        "1 unsigned); 43 since start",
+        "slack: refused 41 unverified request(s) (40 bad signature, 1 unsigned); 42 since start",
+        "slack: refused 1 unverified request(s) (1 stale timestamp); 43 since start",
     ]
     assert refusals.totals == {"bad signature": 41, "unsigned": 1, "stale timestamp": 1}
+    assert timers == []
 
 
 WEIRD: list[Any] = [None, 5, "x", [], {}, ["id"], {"id": 5}, True]
@@ -378,3 +401,52 @@ def test_an_approval_from_the_app_home_that_needs_a_code_finishes_there_too(
     told = [c.body for c in calls if c.method == "chat.postMessage" and c.body["channel"] == ADMIN]
     assert f"<@{ADMIN}> approved <@{ALICE}>'s request for *developer*" in told[-1]["text"]
     assert [c.body["user_id"] for c in calls if c.method == "views.publish"] == [ADMIN]
+
+
+def test_a_decision_in_the_app_home_stands_when_the_dm_to_the_approver_fails(
+    make_app: Callable[..., FlaskClient], slack: FakeSlack, db: Database
+) -> None:
+    app = make_app(audit_channel="C0WAAUDIT")
+    click(
+        app,
+        slack,
+        ADMIN,
+        "wa_confirm",
+        pending_of(command(app, slack, ADMIN, f"assign <@{ALICE}> support")),
+    )
+    command(app, slack, ALICE, "request agent --for 4h --reason covering the night shift")
+    [request_id] = _pending_requests(db)
+    # The requester is told first; the approver's DM then fails.
+    slack.scripted["chat.postMessage"] = [{"ok": True}, {"ok": False, "error": "channel_not_found"}]
+    before = len(slack.calls)
+    assert post(app, home_block_action(ADMIN, APPROVE_ACTION, request_id)).status_code == 200
+    assert (ALICE, "agent", "*") in live_grants(db, ALICE)
+    calls = slack.calls[before:]
+    told = [c.body for c in calls if c.method == "chat.postMessage"]
+    assert [t["channel"] for t in told] == [ALICE, ADMIN]
+    assert "was approved" in told[0]["text"]
+    assert [c.body["user_id"] for c in calls if c.method == "views.publish"] == [ADMIN]
+
+
+def test_events_whose_user_is_an_object_are_not_refused_as_misshapen(
+    client: FlaskClient,
+) -> None:
+    """`user_change` and `team_join` carry a user object; only the Home opener must be an id."""
+    body = json.dumps(
+        {
+            "type": "event_callback",
+            "team_id": "T0WA0ACCESS",
+            "api_app_id": "A0WAACCESS",
+            "event": {"type": "user_change", "user": {"id": ALICE, "deleted": True}},
+            "event_id": "Ev0WAUSER01",
+            "event_time": 1795000002,
+        }
+    )
+    headers = {**signed_headers(body), "Content-Type": "application/json"}
+    answer = client.post("/slack/events", data=body, headers=headers)
+    assert answer.status_code not in (400, 500)
+    home = json.loads(app_home_opened(ALICE))
+    home["event"]["user"] = {"id": ALICE}
+    body = json.dumps(home)
+    headers = {**signed_headers(body), "Content-Type": "application/json"}
+    assert client.post("/slack/events", data=body, headers=headers).status_code == 400
