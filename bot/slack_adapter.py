@@ -48,17 +48,20 @@ changed, so an upgrade of Bolt that breaks either assumption fails there.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from flask import Request, Response
-from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt import App, BoltContext, BoltRequest, BoltResponse, Respond
 from slack_bolt.listener_matcher import ListenerMatcher
 from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
 from slack_bolt.logger import get_bolt_app_logger
 from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization, SslCheck
 
 from .slack_intake import ParseSignedBody, Refusals, SignatureCheck
+
+log = logging.getLogger("wa_access.slack")
 
 # The headers Bolt and our listeners read, as WSGI environ keys.
 _HEADERS = (
@@ -70,6 +73,37 @@ _HEADERS = (
 )
 
 
+class SafeRespond(Respond):
+    """Bolt's `respond`, for which a response_url that fails is a warning, not an error.
+
+    The action a listener answers has already gone through the gate, so there is
+    nothing to undo; a network failure or an unreachable URL is logged (never the
+    URL itself, which carries a token) and the listener goes on.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            log.warning("slack: could not answer through the response_url (%s)", type(exc).__name__)
+            return None
+
+
+class SignedContext(BoltContext):
+    """Bolt's context, whose `respond` is a `SafeRespond`."""
+
+    @property
+    def respond(self) -> Respond | None:
+        if "respond" not in self:
+            self["respond"] = SafeRespond(
+                response_url=self.response_url, proxy=self.client.proxy, ssl=self.client.ssl
+            )
+        return self["respond"]  # type: ignore[no-any-return]
+
+    def to_copyable(self) -> BoltContext:
+        return SignedContext(super().to_copyable())
+
+
 class SignedRequest(BoltRequest):
     """A BoltRequest built unparsed, whose body bot/slack_intake.py parses once, when signed.
 
@@ -78,8 +112,12 @@ class SignedRequest(BoltRequest):
     for an empty interactivity payload; the copy keeps our parse instead.
     """
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.context.__class__ = SignedContext  # the same dict; SignedContext adds no state
+
     def to_copyable(self) -> BoltRequest:
-        copy = BoltRequest(
+        copy = SignedRequest(
             body="",
             query=self.query,
             headers=self.headers,
@@ -162,18 +200,26 @@ class LeanApp(App):
             )
 
     def _handle_unmatched_requests(self, req: BoltRequest, resp: BoltResponse) -> BoltResponse:
-        # A slash command pointed here that this app does not serve: Slack shows a
-        # 404 as a bare failure, so say which command it was.
-        command = req.body.get("command")
+        body = req.body
+        command = body.get("command")
         if isinstance(command, str):
-            return BoltResponse(
-                status=200,
-                body={
-                    "response_type": "ephemeral",
-                    "text": f"This app does not answer `{command}`.",
-                },
-            )
-        return super()._handle_unmatched_requests(req, resp)
+            # A slash command pointed here that this app does not serve: Slack shows
+            # a 404 as a bare failure, so say which command it was.
+            text = f"This app does not answer `{command}`."
+            return BoltResponse(status=200, body={"response_type": "ephemeral", "text": text})
+        # Bolt's own warning quotes what people typed (a dialog's fields, a search).
+        # Name only the kind of request and the ids this app would have registered.
+        event, view, actions = body.get("event"), body.get("view"), body.get("actions")
+        names = [
+            body.get("type"),
+            event.get("type") if isinstance(event, dict) else None,
+            body.get("callback_id"),
+            view.get("callback_id") if isinstance(view, dict) else None,
+            *(a.get("action_id") for a in actions or () if isinstance(a, dict)),
+        ]
+        described = ", ".join(str(n)[:60] for n in names if isinstance(n, str) and n)
+        log.warning("slack: no listener for this request (%s)", described or "nothing named")
+        return resp
 
     def _init_context(self, req: BoltRequest) -> None:
         logger = get_bolt_app_logger(app_name=self.name, base_logger=self._base_logger)

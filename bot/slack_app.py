@@ -61,6 +61,9 @@ def bolt_app(settings: Settings, client: WebClient) -> App:
     # codes and secrets, so they never log below INFO whatever the root level.
     for name in ("slack_sdk", "slack_bolt", "wa_access.slack"):
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
+    # A failing response_url is logged by our callers as a warning, without the
+    # URL (it carries a token); slack_sdk's own error line quotes it.
+    logging.getLogger("slack_sdk.webhook").setLevel(logging.CRITICAL)
     app = LeanApp(
         signing_secret=settings.slack_signing_secret,
         client=client,

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 from slack_bolt import BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware, RequestVerification
@@ -187,6 +188,25 @@ _STRINGS = (
 )
 _OBJECTS_OR_NULL = ("team", "channel", "container", "message", "enterprise", "state")
 _NEVER_NULL = ("user", "actions", "view", "event")
+# Fields Bolt reads as objects or lists: never in a slash command's form fields.
+_STRUCTURED = frozenset(
+    (
+        "type",
+        "event",
+        "view",
+        "actions",
+        "user",
+        "state",
+        "message",
+        "container",
+        "team",
+        "channel",
+        "enterprise",
+        "authorizations",
+        "response_urls",
+        "payload",
+    )
+)
 _ACTION_STRINGS = ("action_id", "block_id", "value", "type")
 _VIEW_STRINGS = ("callback_id", "type", "private_metadata", "id", "hash")
 _EVENT_STRINGS = ("type", "tab", "subtype")  # `user`, `channel` are objects in some events
@@ -198,12 +218,38 @@ def _wrong(
     return next((k for k in keys if k in container and not isinstance(container[k], kinds)), None)
 
 
-def form_problem(fields: dict[str, str]) -> str | None:
-    """`payload_problem` for plain form fields, which are strings by construction."""
-    url = fields.get("response_url")
-    if url is not None and not url.startswith(("https://", "http://")):
+def _url_problem(url: Any) -> str | None:
+    """A response_url must be http(s) with a host; IPv6 brackets get the full parse.
+
+    Cheap on purpose (every command carries one, and each is new): answering
+    through a URL that still fails is only a warning (bot/slack_adapter.SafeRespond).
+    """
+    if url is None:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("https", "http") or not sep or not rest or rest[0] in "/?#":
         return "`response_url` is not a URL"
+    if "[" in rest or "]" in rest:
+        try:
+            if not urlsplit(url).hostname:
+                return "`response_url` is not a URL"
+        except ValueError:
+            return "`response_url` is not a URL"
     return None
+
+
+def form_problem(fields: dict[str, str]) -> str | None:
+    """What makes plain form fields unlike a slash command (or `ssl_check`), or None.
+
+    Slack sends form fields only for those two; the values are strings by
+    construction, but a field that Bolt reads as an object (`event`, `view`...)
+    must not be there at all.
+    """
+    if "command" not in fields and "ssl_check" not in fields:
+        return "form fields that are neither a slash command nor an ssl_check"
+    if structured := fields.keys() & _STRUCTURED:
+        return f"`{min(structured)}` has no place in a slash command"
+    return _url_problem(fields.get("response_url"))
 
 
 def payload_problem(body: dict[str, Any]) -> str | None:
@@ -214,10 +260,15 @@ def payload_problem(body: dict[str, Any]) -> str | None:
         return f"`{key}` is not an object"
     if (key := next((k for k in _NEVER_NULL if k in body and body[k] is None), None)) is not None:
         return f"`{key}` is null"
-    if (problem := form_problem(body)) is not None:
+    if not isinstance(body.get("type"), str) and not isinstance(body.get("command"), str):
+        return "it has neither a `type` nor a `command`"
+    if (problem := _url_problem(body.get("response_url"))) is not None:
         return problem
     user = body.get("user")
-    if user is not None and not (
+    if body.get("type") in _ACTED_BY_A_PERSON:
+        if not (isinstance(user, dict) and isinstance(user.get("id"), str)):
+            return "`user` is not an object with an id"
+    elif user is not None and not (
         isinstance(user, str) or (isinstance(user, dict) and isinstance(user.get("id"), str))
     ):
         return "`user` is neither an id nor an object with one"
@@ -237,6 +288,12 @@ def payload_problem(body: dict[str, Any]) -> str | None:
     if view is not None:
         if not isinstance(view, dict) or _wrong(view, _VIEW_STRINGS, str):
             return "`view` is not an object with string fields"
+        if body.get("type") in ("view_submission", "view_closed") and not (
+            isinstance(view.get("type"), str) and isinstance(view.get("callback_id"), str)
+        ):
+            return "`view` has no `type` or `callback_id`"
+        if view.get("type") == "workflow_step":  # Bolt's legacy steps; this app has none
+            return "this app has no workflow steps"
         state = view.get("state", {})
         values = state.get("values", {}) if isinstance(state, dict) else None
         if not isinstance(values, dict) or not all(
@@ -278,6 +335,57 @@ def parse_form(raw: str) -> dict[str, str]:
     return fields
 
 
+class Unreadable(ValueError):
+    """A body that parses but holds what no Slack payload holds."""
+
+
+# Deeper than any Slack payload (a modal's blocks reach about ten), and far
+# below what makes Bolt's deep copy for lazy listeners run out of stack.
+MAX_DEPTH = 40
+# Escapes that decode to a lone surrogate (no UTF-8 for the database) or NUL
+# (PostgreSQL refuses it in text). A pair of surrogates, an emoji, is fine.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def _strings_and_depth(value: Any) -> tuple[list[str], int]:
+    strings: list[str] = []
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            strings.append(item)
+        elif isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                break
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return strings, deepest
+
+
+def load_json(text: str) -> Any:
+    """`json.loads`, refusing nesting deeper than MAX_DEPTH, lone surrogates and NUL."""
+    value = json.loads(text)
+    suspect = _SUSPECT_ESCAPE.search(text) is not None
+    if suspect or text.count("{") + text.count("[") > MAX_DEPTH:
+        strings, depth = _strings_and_depth(value)
+        if depth > MAX_DEPTH:
+            raise Unreadable(f"it is nested deeper than {MAX_DEPTH} levels")
+        for string in strings if suspect else ():
+            if "\x00" in string or (not string.isascii() and _bad_utf8(string)):
+                raise Unreadable("it holds text that is not Unicode (NUL or a lone surrogate)")
+    return value
+
+
+def _bad_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_slack_body(raw: str, content_type: str | None) -> tuple[Any, bool]:
     """The payload of a signed body, and whether it is plain form fields (all strings).
 
@@ -286,15 +394,13 @@ def parse_slack_body(raw: str, content_type: str | None) -> tuple[Any, bool]:
     Bolt's own parser looks for the word "payload" anywhere in the body, so a
     command whose text holds that word reached no listener.
     """
-    if not raw:
-        return {}, True
     if content_type == "application/json" or raw.startswith("{"):
-        return json.loads(raw), False
+        return load_json(raw), False
     fields = parse_form(raw)
     payload = fields.get("payload")
-    if payload is None:
-        return fields, True
-    return json.loads(payload), False
+    if payload is not None:
+        return load_json(payload), False
+    return fields, True
 
 
 class ParseSignedBody(Middleware):
@@ -310,11 +416,15 @@ class ParseSignedBody(Middleware):
     ) -> BoltResponse:
         try:
             body, form = parse_slack_body(req.raw_body, req.content_type)
+        except Unreadable as exc:
+            return _malformed({}, str(exc))
         except (ValueError, RecursionError):  # the JSON of a body or of its `payload=` field
             return _malformed({}, "the body is neither form fields nor JSON")
         if not isinstance(body, dict):
             return _malformed({}, f"the body is a JSON {type(body).__name__}, not an object")
         problem = form_problem(body) if form else payload_problem(body)
+        if problem is None and form and "%00" in req.raw_body:
+            problem = "it holds a NUL character"  # PostgreSQL refuses NUL in text
         if problem is None and (
             "command" in body
             or body.get("type") in _ACTED_BY_A_PERSON

@@ -108,7 +108,10 @@ def answer_through(response_url: str) -> Answer:
     """Answer later through a response_url, as Bolt's `respond` would at once."""
 
     def send(**fields: Any) -> None:
-        WebhookClient(response_url, timeout=5).send_dict(fields)
+        try:
+            WebhookClient(response_url, timeout=5).send_dict(fields)
+        except Exception as exc:  # done is done: the answer is what failed
+            log.warning("could not answer through a saved response_url (%s)", type(exc).__name__)
 
     return send
 

@@ -37,6 +37,7 @@ from .fake_slack import FakeSlack
 from .helpers import live_grants
 from .slack_requests import (
     app_home_opened,
+    block_action,
     home_block_action,
     signed_headers,
     slash_command,
@@ -450,3 +451,133 @@ def test_events_whose_user_is_an_object_are_not_refused_as_misshapen(
     body = json.dumps(home)
     headers = {**signed_headers(body), "Content-Type": "application/json"}
     assert client.post("/slack/events", data=body, headers=headers).status_code == 400
+
+
+def _signed(client: FlaskClient, raw: str, content_type: str) -> Any:
+    headers = {**signed_headers(raw), "Content-Type": content_type}
+    return client.post("/slack/events", data=raw.encode(), headers=headers)
+
+
+def _payload(data: dict[str, Any]) -> str:
+    return urlencode({"payload": json.dumps(data)})
+
+
+_CLICKER = {"id": ADMIN}
+NOT_SLACK_PAYLOADS = {
+    "view submitted without a type": (
+        json.dumps({"type": "view_submission", "user": _CLICKER, "view": {"callback_id": "x"}}),
+        "application/json",
+    ),
+    "a legacy workflow step": (
+        _payload(
+            {
+                "type": "view_submission",
+                "user": _CLICKER,
+                "view": {"callback_id": "wa_stepup", "type": "workflow_step"},
+            }
+        ),
+        FORM,
+    ),
+    "form fields naming an event": ("event=x", FORM),
+    "form fields naming a view": ("view=x", FORM),
+    "form fields posing as a click": ("type=block_actions&user_id=U0ADMIN01&actions=x", FORM),
+    "an empty body": ("", FORM),
+    "form fields of no kind": ("foo=bar", FORM),
+    "a click by a bare user id": (
+        _payload(
+            {"type": "block_actions", "user": ADMIN, "actions": [{"action_id": "wa_confirm"}]}
+        ),
+        FORM,
+    ),
+    "a lone surrogate in a button": (
+        _payload(
+            {
+                "type": "block_actions",
+                "user": _CLICKER,
+                "response_url": "https://hooks.slack.com/actions/T0/1/x",
+                "actions": [{"action_id": "wa_confirm", "value": "\ud800"}],
+            }
+        ),
+        FORM,
+    ),
+    "a lone surrogate in an event id": (
+        '{"type":"event_callback","event_id":"\\ud800",'
+        '"event":{"type":"app_home_opened","user":"U0ADMIN01","tab":"home"}}',
+        "application/json",
+    ),
+    "NUL in a command's text": ("command=%2Fwa-role&user_id=U0ADMIN01&text=show%00", FORM),
+    "JSON nested 500 deep": (
+        '{"command":"/wa-audit","user_id":"U0ADMIN01","text":"log","x":'
+        + "[" * 500
+        + "]" * 500
+        + "}",
+        "application/json",
+    ),
+    "a response_url that is no URL": (
+        _payload(
+            {
+                "type": "block_actions",
+                "user": _CLICKER,
+                "response_url": "http://[::1/",
+                "actions": [{"action_id": "wa_cancel", "value": "p"}],
+            }
+        ),
+        FORM,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"), NOT_SLACK_PAYLOADS.values(), ids=NOT_SLACK_PAYLOADS
+)
+def test_signed_bodies_that_are_no_slack_payload_found_by_fuzzing_get_a_400(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, raw: str, content_type: str
+) -> None:
+    caplog.set_level(logging.WARNING)
+    answer = _signed(client, raw, content_type)
+    reply = answer.get_json()
+    if "command=" in raw and content_type == FORM:
+        assert answer.status_code == 200 and "Nothing was done" in reply["text"]
+    else:
+        assert answer.status_code == 400 and reply["error"] == "malformed_payload"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_slash_command_with_a_field_bolt_reads_as_an_object_is_refused_in_slack(
+    client: FlaskClient, slack: FakeSlack
+) -> None:
+    answer = post(client, slash_command(ADMIN, "show", slack.response_url()) + "&event=x")
+    assert answer.status_code == 200
+    assert "`event` has no place in a slash command" in answer.get_json()["text"]
+
+
+def test_an_unreachable_response_url_is_a_warning_not_an_error(
+    client: FlaskClient, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gate has acted by then: a lost answer is worth a warning, never the URL."""
+    caplog.set_level(logging.DEBUG)
+    dead = "http://127.0.0.1:1/actions/T0WA0ACCESS/1/secret-token"
+    assert post(client, block_action(ADMIN, "wa_cancel", "p", dead)).status_code == 200
+    audit = slash_command(ADMIN, "verify", dead, command="/wa-audit")
+    assert post(client, audit).status_code == 200
+    deadline = time.monotonic() + 10  # /wa-audit answers from a lazy listener's thread
+    while time.monotonic() < deadline and caplog.text.count("could not answer") < 2:
+        time.sleep(0.02)
+    assert caplog.text.count("could not answer through the response_url (URLError)") == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "secret-token" not in caplog.text
+
+
+def test_a_request_no_listener_takes_is_logged_without_what_people_typed(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    dialog = {
+        "type": "dialog_submission",
+        "callback_id": "old_dialog",
+        "submission": {"code": "493021", "note": "gIkuvaNzQIHg97ATvDxqgjtO"},
+        "user": _CLICKER,
+    }
+    assert _signed(client, json.dumps(dialog), "application/json").status_code == 404
+    assert "493021" not in caplog.text and "gIkuvaNzQIHg97ATvDxqgjtO" not in caplog.text
+    assert "no listener for this request (dialog_submission, old_dialog)" in caplog.text
