@@ -47,6 +47,7 @@ from .test_slack_roles import (  # noqa: F401  (fixtures)
     click,
     client,
     command,
+    enrol_2fa,
     every_kind_of_payload,
     make_app,
     pending_of,
@@ -301,10 +302,7 @@ def test_an_approver_decides_from_the_app_home(
     """A Home click comes without a response_url: the outcome goes to the approver by
     DM, and their Home is drawn again without the request."""
     app = make_app(audit_channel="C0WAAUDIT")
-    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
-    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
-    command(app, slack, ALICE, "request agent --for 4h --reason covering the night shift")
-    [request_id] = _pending_requests(db)
+    request_id = _alice_asks(app, slack, db, "agent --for 4h --reason covering the night shift")
     before = len(slack.calls)
     answer = post(app, home_block_action(ADMIN, APPROVE_ACTION, request_id))
     assert answer.status_code == 200
@@ -328,6 +326,20 @@ def test_an_approver_decides_from_the_app_home(
     assert again.status_code == 200
     last = [c.body for c in slack.calls if c.method == "chat.postMessage"][-1]
     assert last["channel"] == ADMIN and "already approved" in last["text"]
+
+
+def _alice_asks(app: FlaskClient, slack: FakeSlack, db: Database, wanted: str) -> str:
+    """Alice, made support staff by the admin, asks for `wanted`: the request's id."""
+    click(
+        app,
+        slack,
+        ADMIN,
+        "wa_confirm",
+        pending_of(command(app, slack, ADMIN, f"assign <@{ALICE}> support")),
+    )
+    command(app, slack, ALICE, f"request {wanted}")
+    [request_id] = _pending_requests(db)
+    return request_id
 
 
 def _pending_requests(db: Database) -> list[str]:
@@ -362,7 +374,6 @@ def test_a_command_whose_text_says_payload_reaches_its_listener(
 def test_an_approval_from_the_app_home_that_needs_a_code_finishes_there_too(
     make_app: Callable[..., FlaskClient], slack: FakeSlack, db: Database, clock: ManualClock
 ) -> None:
-    import pyotp
 
     from rbac_core.clock import utcnow
 
@@ -370,20 +381,9 @@ def test_an_approval_from_the_app_home_that_needs_a_code_finishes_there_too(
     from .slack_requests import view_submission
 
     app = make_app(secret_key="s" * 40, audit_channel="C0WAAUDIT")
-    command(app, slack, ADMIN, "enroll", "/wa-2fa")
-    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
-    totp = pyotp.TOTP(secret)
-    command(app, slack, ADMIN, f"verify {totp.at(clock())}", "/wa-2fa")
+    totp = enrol_2fa(app, slack, clock, ADMIN)
     give_2fa(db, ALICE, utcnow(clock))
-    click(
-        app,
-        slack,
-        ADMIN,
-        "wa_confirm",
-        pending_of(command(app, slack, ADMIN, f"assign <@{ALICE}> support")),
-    )
-    command(app, slack, ALICE, "request developer --for 2h --reason release night")
-    [request_id] = _pending_requests(db)
+    request_id = _alice_asks(app, slack, db, "developer --for 2h --reason release night")
     clock.advance(11 * 60)  # the enrolment code no longer counts as a recent step-up
 
     assert post(app, home_block_action(ADMIN, APPROVE_ACTION, request_id)).status_code == 200
@@ -408,15 +408,7 @@ def test_a_decision_in_the_app_home_stands_when_the_dm_to_the_approver_fails(
     make_app: Callable[..., FlaskClient], slack: FakeSlack, db: Database
 ) -> None:
     app = make_app(audit_channel="C0WAAUDIT")
-    click(
-        app,
-        slack,
-        ADMIN,
-        "wa_confirm",
-        pending_of(command(app, slack, ADMIN, f"assign <@{ALICE}> support")),
-    )
-    command(app, slack, ALICE, "request agent --for 4h --reason covering the night shift")
-    [request_id] = _pending_requests(db)
+    request_id = _alice_asks(app, slack, db, "agent --for 4h --reason covering the night shift")
     # The requester is told first; the approver's DM then fails.
     slack.scripted["chat.postMessage"] = [{"ok": True}, {"ok": False, "error": "channel_not_found"}]
     before = len(slack.calls)

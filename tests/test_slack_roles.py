@@ -97,6 +97,17 @@ def click(
     return posted[0]
 
 
+def enrol_2fa(app: FlaskClient, slack: FakeSlack, clock: ManualClock, user: str) -> Any:
+    """`/wa-2fa enroll`, then `verify` with a code from the secret sent by DM: the TOTP."""
+    import pyotp
+
+    command(app, slack, user, "enroll", "/wa-2fa")
+    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
+    totp = pyotp.TOTP(secret)
+    command(app, slack, user, f"verify {totp.at(clock())}", "/wa-2fa")
+    return totp
+
+
 def pending_of(reply: dict[str, Any]) -> str:
     actions = [b for b in reply["blocks"] if b["type"] == "actions"]
     assert actions, reply
@@ -454,12 +465,8 @@ def test_2fa_enrolment_sends_the_secret_by_dm_only(
 def test_the_fifth_wrong_code_locks_and_alerts_security(
     client_2fa: FlaskClient, slack: FakeSlack, clock: ManualClock
 ) -> None:
-    import pyotp
 
-    command(client_2fa, slack, ALICE, "enroll", "/wa-2fa")
-    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
-    totp = pyotp.TOTP(secret)
-    command(client_2fa, slack, ALICE, f"verify {totp.at(clock())}", "/wa-2fa")
+    totp = enrol_2fa(client_2fa, slack, clock, ALICE)
     clock.advance(60)
     wrong = "000000" if totp.at(clock()) != "000000" else "111111"
     for _ in range(4):
@@ -553,17 +560,13 @@ def test_app_home_shows_roles_2fa_and_requests_waiting_for_an_approver(
 def test_a_sensitive_command_asks_for_a_code_in_a_modal_then_carries_on(
     client_2fa: FlaskClient, slack: FakeSlack, clock: ManualClock, db: Database
 ) -> None:
-    import pyotp
 
     from rbac_core.clock import utcnow
 
     from .helpers import give_2fa
     from .slack_requests import view_submission
 
-    command(client_2fa, slack, ADMIN, "enroll", "/wa-2fa")
-    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
-    totp = pyotp.TOTP(secret)
-    command(client_2fa, slack, ADMIN, f"verify {totp.at(clock())}", "/wa-2fa")
+    totp = enrol_2fa(client_2fa, slack, clock, ADMIN)
     give_2fa(db, ALICE, utcnow(clock))
     clock.advance(11 * 60)
     asked = command(client_2fa, slack, ADMIN, f"assign <@{ALICE}> developer")
@@ -632,7 +635,6 @@ def test_a_denial_explained_by_why_offers_a_request_access_form(
 def test_approving_a_sensitive_request_asks_the_approver_for_a_code_then_decides(
     make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock, db: Database
 ) -> None:
-    import pyotp
 
     from rbac_core.clock import utcnow
 
@@ -640,10 +642,7 @@ def test_approving_a_sensitive_request_asks_the_approver_for_a_code_then_decides
     from .slack_requests import view_submission
 
     app = make_app(secret_key="s" * 40, audit_channel="C0WAAUDIT")
-    command(app, slack, ADMIN, "enroll", "/wa-2fa")
-    secret = slack.named("chat.postMessage")[-1].body["blocks"][0]["text"]["text"].split("`")[1]
-    totp = pyotp.TOTP(secret)
-    command(app, slack, ADMIN, f"verify {totp.at(clock())}", "/wa-2fa")
+    totp = enrol_2fa(app, slack, clock, ADMIN)
     give_2fa(db, ALICE, utcnow(clock))
     reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
     click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
