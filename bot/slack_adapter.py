@@ -59,7 +59,7 @@ from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
 from slack_bolt.logger import get_bolt_app_logger
 from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization, SslCheck
 
-from .slack_intake import ParseSignedBody, Refusals, SignatureCheck
+from .slack_intake import ParseSignedBody, Refusals, SignatureCheck, ephemeral
 
 log = logging.getLogger("wa_access.slack")
 
@@ -181,9 +181,9 @@ class LeanApp(App):
         # Bolt's two are replaced by the same checks in the safe order (see
         # bot/slack_intake.py): signature, then parsing, then ssl_check.
         super().__init__(request_verification_enabled=False, ssl_check_enabled=False, **kwargs)
-        self.refusals = Refusals("slack")
+        refusals = Refusals("slack")
         self._middleware_list[:0] = [
-            SignatureCheck(self._signing_secret, self.refusals, base_logger=self._base_logger),
+            SignatureCheck(self._signing_secret, refusals, base_logger=self._base_logger),
             ParseSignedBody(),
             SslCheck(verification_token=self._verification_token, base_logger=self._base_logger),
         ]
@@ -205,8 +205,7 @@ class LeanApp(App):
         if isinstance(command, str):
             # A slash command pointed here that this app does not serve: Slack shows
             # a 404 as a bare failure, so say which command it was.
-            text = f"This app does not answer `{command}`."
-            return BoltResponse(status=200, body={"response_type": "ephemeral", "text": text})
+            return ephemeral(f"This app does not answer `{command}`.")
         # Bolt's own warning quotes what people typed (a dialog's fields, a search).
         # Name only the kind of request and the ids this app would have registered.
         event, view, actions = body.get("event"), body.get("view"), body.get("actions")

@@ -35,6 +35,7 @@ from handlers.slack_twofa import register as register_twofa
 from .config import Settings
 from .runtime import Runtime
 from .slack_adapter import LeanApp
+from .slack_intake import ephemeral
 
 SLACK_TIMEOUT_SECONDS = 5
 FAILURE_TEXT = (
@@ -90,10 +91,7 @@ def answer_failure(error: Exception, body: dict[str, Any]) -> BoltResponse:
     """
     log.error("a Slack listener failed", exc_info=error)
     if isinstance(body.get("command"), str):
-        return BoltResponse(
-            status=200,
-            body={"response_type": "ephemeral", "text": FAILURE_TEXT},
-        )
+        return ephemeral(FAILURE_TEXT)
     return BoltResponse(status=200, body="")
 
 

@@ -455,5 +455,10 @@ def _malformed(body: dict[str, Any], problem: str) -> BoltResponse:
     log.warning("slack: a signed request this app cannot read: %s", problem)
     message = f"Slack sent a request I cannot read: {problem}. Nothing was done."
     if isinstance(body.get("command"), str):
-        return BoltResponse(status=200, body={"response_type": "ephemeral", "text": message})
+        return ephemeral(message)
     return BoltResponse(status=400, body={"error": "malformed_payload", "message": message})
+
+
+def ephemeral(text: str) -> BoltResponse:
+    """A slash command's answer that only its sender sees (Slack shows a 200's body)."""
+    return BoltResponse(status=200, body={"response_type": "ephemeral", "text": text})

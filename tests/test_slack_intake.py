@@ -44,6 +44,7 @@ from .slack_requests import (
 )
 from .test_slack_roles import (  # noqa: F401  (fixtures)
     _bolt_request,
+    alice_asks,
     click,
     client,
     command,
@@ -329,15 +330,8 @@ def test_an_approver_decides_from_the_app_home(
 
 
 def _alice_asks(app: FlaskClient, slack: FakeSlack, db: Database, wanted: str) -> str:
-    """Alice, made support staff by the admin, asks for `wanted`: the request's id."""
-    click(
-        app,
-        slack,
-        ADMIN,
-        "wa_confirm",
-        pending_of(command(app, slack, ADMIN, f"assign <@{ALICE}> support")),
-    )
-    command(app, slack, ALICE, f"request {wanted}")
+    """`alice_asks`, then the id of the request she made."""
+    alice_asks(app, slack, wanted)
     [request_id] = _pending_requests(db)
     return request_id
 
@@ -374,7 +368,6 @@ def test_a_command_whose_text_says_payload_reaches_its_listener(
 def test_an_approval_from_the_app_home_that_needs_a_code_finishes_there_too(
     make_app: Callable[..., FlaskClient], slack: FakeSlack, db: Database, clock: ManualClock
 ) -> None:
-
     from rbac_core.clock import utcnow
 
     from .helpers import give_2fa

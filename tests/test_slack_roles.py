@@ -108,6 +108,18 @@ def enrol_2fa(app: FlaskClient, slack: FakeSlack, clock: ManualClock, user: str)
     return totp
 
 
+def support_alice(app: FlaskClient, slack: FakeSlack) -> None:
+    """The admin makes Alice support staff, confirming by the button."""
+    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
+    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
+
+
+def alice_asks(app: FlaskClient, slack: FakeSlack, wanted: str) -> dict[str, Any]:
+    """Alice, made support staff, runs `/wa-role request {wanted}`: its reply."""
+    support_alice(app, slack)
+    return command(app, slack, ALICE, f"request {wanted}")
+
+
 def pending_of(reply: dict[str, Any]) -> str:
     actions = [b for b in reply["blocks"] if b["type"] == "actions"]
     assert actions, reply
@@ -505,9 +517,7 @@ def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
     make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock, db: Database
 ) -> None:
     app = make_app(audit_channel="C0WAAUDIT")
-    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
-    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
-    asked = command(app, slack, ALICE, "request agent --for 4h --reason covering the night shift")
+    asked = alice_asks(app, slack, "agent --for 4h --reason covering the night shift")
     assert "approvers have been notified" in asked["text"]
     posted = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
     request_post = (
@@ -560,7 +570,6 @@ def test_app_home_shows_roles_2fa_and_requests_waiting_for_an_approver(
 def test_a_sensitive_command_asks_for_a_code_in_a_modal_then_carries_on(
     client_2fa: FlaskClient, slack: FakeSlack, clock: ManualClock, db: Database
 ) -> None:
-
     from rbac_core.clock import utcnow
 
     from .helpers import give_2fa
@@ -602,8 +611,7 @@ def test_a_denial_explained_by_why_offers_a_request_access_form(
     from .slack_requests import view_submission
 
     app = make_app(audit_channel="C0WAAUDIT")
-    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
-    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
+    support_alice(app, slack)
     why = command(app, slack, ALICE, f"why <@{ALICE}> messages:send_text")
     assert "may not use messages:send_text" in why["text"]
     button = next(b for b in why["blocks"] if b["type"] == "actions")["elements"][0]
@@ -635,7 +643,6 @@ def test_a_denial_explained_by_why_offers_a_request_access_form(
 def test_approving_a_sensitive_request_asks_the_approver_for_a_code_then_decides(
     make_app: Callable[..., FlaskClient], slack: FakeSlack, clock: ManualClock, db: Database
 ) -> None:
-
     from rbac_core.clock import utcnow
 
     from .helpers import give_2fa
@@ -644,9 +651,7 @@ def test_approving_a_sensitive_request_asks_the_approver_for_a_code_then_decides
     app = make_app(secret_key="s" * 40, audit_channel="C0WAAUDIT")
     totp = enrol_2fa(app, slack, clock, ADMIN)
     give_2fa(db, ALICE, utcnow(clock))
-    reply = command(app, slack, ADMIN, f"assign <@{ALICE}> support")
-    click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
-    command(app, slack, ALICE, "request developer --for 2h --reason release night")
+    alice_asks(app, slack, "developer --for 2h --reason release night")
     posted = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
     blocks = posted[-1]["blocks"]
     request_id = (json.loads(blocks) if isinstance(blocks, str) else blocks)[1]["elements"][0][
