@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
@@ -11,7 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from rbac_core import Database
 from rbac_core.models import Base
 
-CORE = Path(__file__).resolve().parents[1] / "rbac_core"
+REPO = Path(__file__).resolve().parents[1]
+CORE = REPO / "rbac_core"
 FORBIDDEN = (
     "slack_bolt",
     "slack_sdk",
@@ -23,6 +25,7 @@ FORBIDDEN = (
     "bot",
     "handlers",
     "pyotp_qr",
+    "prometheus_client",
 )
 
 
@@ -49,3 +52,22 @@ def test_the_migrations_build_exactly_the_models(db: Database) -> None:
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+# Ways a file in the repository could name a place beside it: a relative climb
+# out of the clone, the workplace's shared folder, or an ancestor of the root.
+_OUTSIDE = re.compile(r"\.\./|(?<![\w.])shared/|parents\[[2-9]\]|REPO\.parent|ROOT\.parent")
+
+
+def test_no_test_script_or_benchmark_reads_outside_the_repository() -> None:
+    """A fresh clone with nothing beside it must test itself (CI clones main alone)."""
+    places = [REPO / "scripts", REPO / ".ci", REPO / "tests", REPO / "bench"]
+    offenders = []
+    for place in places:
+        for path in sorted(place.rglob("*")):
+            if not path.is_file() or path.suffix in {".json", ".pyc"} or path == Path(__file__):
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if _OUTSIDE.search(line):
+                    offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert offenders == []
