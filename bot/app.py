@@ -8,21 +8,26 @@ from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from .logs import install_request_logging
+from .request_body import MAX_BODY_BYTES
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-# A signature covers the whole body, so the body is read before it can be
-# checked: without a cap anyone could make a worker hold gigabytes. 4 MiB is far above any
-# Slack payload (a message of 50 blocks, percent-encoded) and above the 3 MB a
-# WhatsApp webhook batch may reach; larger bodies get a 413 before being read.
-MAX_BODY_BYTES = 4 * 1024 * 1024
-
 
 def create_app(runtime: Runtime) -> Flask:
     app = Flask("wa_access")
+    # Routes read bodies with bot/request_body.read_body; this also caps werkzeug's
+    # own readers (request.form, get_data) should anything use them.
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions["wa_access"] = runtime
+    # Imported here: prometheus_client fixes where counters live when first
+    # imported, and `serve` decides that (files shared by workers) before any
+    # worker builds its app (bot/metrics.py).
+    from .metrics import install_metrics
+
+    install_request_logging(app)
+    install_metrics(app, runtime.settings.metrics_token)
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

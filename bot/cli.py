@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Literal, TextIO
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from handlers.grammar import UsageError
 from handlers.role_command import Reply
 from rbac_core import access_review, audit, migrate
 from rbac_core.clock import utcnow
+from rbac_core.directory import users_named
 from rbac_core.values import parse_user_id
 
 from .config import SERVE_REQUIRES, ConfigError, Settings, load_settings
+from .logs import configure_logging
 from .runtime import Runtime, build_runtime
 
 OPERATOR = "operator"
@@ -40,10 +46,17 @@ def _settings(require: Sequence[str] = ()) -> Settings:
         raise CliError("\n".join(exc.problems), 2) from None
 
 
-def _runtime(require: Sequence[str] = (), *, need_schema: bool = True) -> Runtime:
+def _runtime(
+    require: Sequence[str] = (), *, need_schema: bool = True, writes: bool = True
+) -> Runtime:
     runtime = build_runtime(_settings(require))
     if need_schema and not migrate.is_up_to_date(runtime.db):
         raise CliError("the database is not migrated: run `wa-access migrate` first")
+    if writes and need_schema and runtime.settings.secret_key is None:
+        # Every gate call appends to the audit log: without the key that would fail.
+        with runtime.db.transaction(write=False) as txn:
+            if audit.is_keyed(txn):
+                raise CliError(str(audit.ChainKeyMissing()), 2)
     return runtime
 
 
@@ -69,14 +82,10 @@ def cmd_bootstrap_admin(args: argparse.Namespace, out: TextIO) -> int:
     return _run_action("system.bootstrap_admin", {"user": user}, out)
 
 
-def cmd_user_add(args: argparse.Namespace, out: TextIO) -> int:
-    user = _user_arg(args.user)
-    return _run_action("user.register", {"user": user, "name": args.name}, out)
-
-
-def cmd_number_add(args: argparse.Namespace, out: TextIO) -> int:
-    params = {"number": args.number, "phone_number_id": args.id, "label": args.label}
-    return _run_action("number.register", params, out)
+CONSOLE_REQUEST_NOTE = (
+    "The console posts nothing to Slack, so no approver was told: an approver sees the "
+    "request in their App Home and can decide it there."
+)
 
 
 def _user_arg(value: str) -> str:
@@ -102,8 +111,26 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
         if reply.kind == "confirm":
             pending = reply.pending_id
             text += "\nType confirm or cancel."
+        outcome = reply.outcome
+        if outcome is not None and outcome.action == "access.request" and outcome.ok:
+            text += f"\n{CONSOLE_REQUEST_NOTE}"
         print(text, file=out)
         worst = max(worst, reply.exit_code)
+
+    def names(name: str) -> str:
+        with runtime.gate.db.read() as session:
+            found = users_named(session, name)
+        if len(found) == 1:
+            # Names come from `user add --name` and from Slack's handle at first contact:
+            # say who was meant before anything is confirmed.
+            print(f"(@{name} is {found[0]})", file=out)
+            return found[0]
+        if found:
+            raise UsageError(f"{len(found)} people are registered as '{name}': use their id")
+        raise UsageError(
+            f"nobody is registered as '{name}': use their id (U…), or register them with "
+            "`wa-access user add ID --name NAME`"
+        )
 
     while True:
         if interactive:
@@ -117,7 +144,10 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
         word = line.lower()
         if word in ("confirm", "cancel"):
             if pending is None:
-                show(Reply("usage", "There is nothing waiting for confirmation."))
+                # After a refused command this is the refusal's consequence (exit 1);
+                # with nothing refused before, a misplaced word (a usage error, exit 2).
+                kind: Literal["error", "usage"] = "error" if worst else "usage"
+                show(Reply(kind, "There is nothing waiting for confirmation."))
                 continue
             gate = runtime.gate
             outcome = (gate.confirm if word == "confirm" else gate.cancel)(pending, actor, "cli")
@@ -132,21 +162,24 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
         command, _, rest = line.partition(" ")
         if command == "/wa-role":
             pending = None
-            show(runtime.roles.handle(actor, "cli", rest))
+            show(runtime.roles.handle(actor, "cli", rest, names=names))
         elif command == "/wa-2fa":
             pending = None
-            reply = runtime.twofa.handle(actor, "cli", rest)
+            reply = runtime.twofa.handle(actor, "cli", rest, names=names)
             show(reply)
             if "uri" in reply.data:  # the operator's own terminal: the one place to show it
                 print(f"otpauth URI (shown once): {reply.data['uri']}", file=out)
         elif command == "/wa-audit":
             pending = None
-            reply = runtime.audit.handle(actor, "cli", rest)
+            reply = runtime.audit.handle(actor, "cli", rest, names=names)
             show(reply)
             _show_audit_extras(reply, out)
         else:
             known = "/wa-role, /wa-2fa and /wa-audit"
             show(Reply("usage", f"unknown command '{command}': the console knows {known}"))
+    if pending is not None:
+        print("Nothing was done: the last command was still waiting for confirm.", file=out)
+        worst = max(worst, 1)
     return worst
 
 
@@ -161,20 +194,6 @@ def _show_audit_extras(reply: Reply, out: TextIO) -> None:
             print(f"  ({more})", file=out)
     if reply.outcome is not None and reply.outcome.action == "audit.export" and reply.outcome.ok:
         print("Use `wa-access audit export --format csv -o FILE` to write it here.", file=out)
-
-
-def cmd_audit_verify(args: argparse.Namespace, out: TextIO) -> int:
-    runtime = _runtime()
-    with runtime.db.snapshot() as conn:
-        result = audit.verify(conn)
-    if result.ok:
-        print(f"audit log intact: {result.entries} entries, head {result.head_hash}", file=out)
-        return 0
-    print(
-        f"audit log TAMPERED: first bad entry {result.first_bad_seq}: {result.problem}",
-        file=sys.stderr,
-    )
-    return 1
 
 
 def cmd_audit_export(args: argparse.Namespace, out: TextIO) -> int:
@@ -267,15 +286,19 @@ def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_scheduler(args: argparse.Namespace, out: TextIO) -> int:
-    import logging
-
     from .scheduler import build_scheduler
     from .slack_app import slack_client
 
     runtime = _runtime(("SLACK_BOT_TOKEN", "WA_AUDIT_CHANNEL"))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(runtime.settings)
+    if args.metrics_port is not None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve's files, not this process's
+        from .metrics import start_listener
+
+        try:
+            start_listener(args.metrics_host, args.metrics_port, runtime.settings.metrics_token)
+        except OSError as exc:
+            raise CliError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from None
     build_scheduler(runtime, slack_client(runtime.settings)).serve()
     return 0
 
@@ -284,29 +307,76 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from .server import serve
 
     runtime = _runtime(SERVE_REQUIRES)
+    configure_logging(runtime.settings)  # the master's lines; each worker configures its own
+    _say_what_will_not_work(runtime.settings)
     runtime.db.dispose()  # each gunicorn worker opens its own connections
     serve(runtime.settings, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
+def _say_what_will_not_work(settings: Settings) -> None:
+    """One line each, before serving: what a newcomer would otherwise learn from failures."""
+    from .slack_app import slack_client
+    from .slack_token import check_token
+
+    log = logging.getLogger("wa_access.serve")
+    if not settings.secret_key:
+        log.warning(
+            "WA_SECRET_KEY is not set: nobody can turn on 2FA, so sensitive actions and "
+            "roles that require 2FA (admin, developer) are refused, and the audit chain "
+            "is neither keyed nor checkpointed"
+        )
+    check = check_token(slack_client(settings))
+    log.log(logging.INFO if check.ok else logging.ERROR, "%s", check.line)
+
+
+def _port(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= 65535):
+        raise argparse.ArgumentTypeError("expected a port number from 1 to 65535")
+    return int(value)
+
+
 def _days(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= access_review.MAX_DAYS:
+    if not (value.isascii() and value.isdigit() and len(value) < 12) or not (
+        1 <= int(value) <= access_review.MAX_DAYS
+    ):
         raise argparse.ArgumentTypeError(
             f"expected a whole number of days from 1 to {access_review.MAX_DAYS}"
         )
     return int(value)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("wa-access")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="wa-access", description="Access control for a WhatsApp Business workspace."
+        prog="wa-access",
+        description="Access control for a WhatsApp Business workspace, run from Slack. "
+        "Settings come from the environment or a .env file (see README).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="serve the HTTP endpoints")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--workers", type=int, default=2)
+    serve = sub.add_parser(
+        "serve",
+        help="serve Slack's endpoint, /healthz and /metrics with gunicorn",
+        description="Needs SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN.",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    serve.add_argument("--port", type=_port, default=3000, help="port (default: %(default)s)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="gunicorn worker processes, 4 threads each (default: %(default)s)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
@@ -317,28 +387,28 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("user", metavar="SLACK_USER_ID")
     boot.set_defaults(func=cmd_bootstrap_admin)
 
-    user = sub.add_parser("user", help="people known to wa-access")
-    user_sub = user.add_subparsers(dest="user_command", required=True, metavar="SUBCOMMAND")
-    add = user_sub.add_parser("add", help="register a Slack user id (gives no access)")
-    add.add_argument("user", metavar="SLACK_USER_ID")
-    add.add_argument("--name")
-    add.set_defaults(func=cmd_user_add)
+    from . import directory_cli  # user, number; it imports this module
 
-    number = sub.add_parser("number", help="WhatsApp numbers of the workspace")
-    number_sub = number.add_subparsers(dest="number_command", required=True, metavar="SUBCOMMAND")
-    nadd = number_sub.add_parser("add", help="register a number and its Graph phone-number id")
-    nadd.add_argument("number", metavar="E164")
-    nadd.add_argument("--id", metavar="PHONE_NUMBER_ID")
-    nadd.add_argument("--label")
-    nadd.set_defaults(func=cmd_number_add)
+    directory_cli.add_commands(sub)
 
-    console = sub.add_parser("console", help="run /wa-role commands from stdin as a user")
-    console.add_argument("--as", dest="as_user", required=True, metavar="SLACK_USER_ID")
+    console = sub.add_parser(
+        "console",
+        help="run /wa-role, /wa-2fa and /wa-audit commands from stdin as a person",
+        description="Reads one command per line: /wa-role, /wa-2fa or /wa-audit, as in Slack; "
+        "`confirm` or `cancel` answer a risky command. People may be named as <@U…>, @U… "
+        "or @name (a name given to `user add`). Exit codes: 0 success, 1 refused, failed "
+        "or left unconfirmed, 2 usage error.",
+    )
+    console.add_argument(
+        "--as", dest="as_user", required=True, metavar="SLACK_USER_ID", help="who is acting"
+    )
     console.set_defaults(func=cmd_console)
 
     aud = sub.add_parser("audit", help="the audit log")
     aud_sub = aud.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
-    aud_sub.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    from . import audit_cli  # verify, checkpoint, public-key; it imports this module
+
+    audit_cli.add_commands(aud_sub)
     exp = aud_sub.add_parser("export", help="export the log")
     exp.add_argument("--format", choices=("csv", "jsonl"), required=True)
     exp.add_argument("--output", "-o", help="file to write (default: stdout)")
@@ -350,6 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_audit_run)
 
     sched = sub.add_parser("scheduler", help="run the weekly access review and expiry sweeps")
+    sched.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve GET /metrics on this port"
+    )
+    sched.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address for --metrics-port (default: %(default)s)",
+    )
     sched.set_defaults(func=cmd_scheduler)
     return parser
 

@@ -59,6 +59,9 @@ class Settings:
     audit_schedule: str = DEFAULT_AUDIT_SCHEDULE
     audit_inactive_days: int = DEFAULT_INACTIVE_DAYS
     audit_grace_hours: int = DEFAULT_GRACE_HOURS
+    log_format: str = "text"
+    metrics_token: str | None = field(default=None, repr=False)
+    audit_checkpoint_file: str | None = None
 
 
 ENV_NAMES = {
@@ -79,6 +82,9 @@ ENV_NAMES = {
     "audit_schedule": "WA_AUDIT_SCHEDULE",
     "audit_inactive_days": "WA_AUDIT_INACTIVE_DAYS",
     "audit_grace_hours": "WA_AUDIT_GRACE_HOURS",
+    "log_format": "WA_LOG_FORMAT",
+    "metrics_token": "WA_METRICS_TOKEN",
+    "audit_checkpoint_file": "WA_AUDIT_CHECKPOINT_FILE",
 }
 
 
@@ -152,14 +158,25 @@ def load_settings(
         problems.append("WA_SECRET_KEY is malformed: it must be at least 32 characters")
     for attr in ("whatsapp_phone_number_id", "whatsapp_waba_id"):
         ident = values.get(attr)
-        if ident is not None and not ident.isdigit():
+        if ident is not None and not (ident.isascii() and ident.isdigit()):
             problems.append(f"{ENV_NAMES[attr]} is malformed: expected digits, got '{ident}'")
     _check_schedule(values, problems)
+    if values.get("log_format", "text") not in ("text", "json"):
+        problems.append(
+            f"WA_LOG_FORMAT is malformed: expected text or json, got '{values['log_format']}'"
+        )
+    if len(values.get("metrics_token", "x" * 16)) < 16:
+        problems.append("WA_METRICS_TOKEN is malformed: it must be at least 16 characters")
+    checkpoints = values.get("audit_checkpoint_file")
+    if checkpoints is not None and Path(checkpoints).is_dir():
+        problems.append(
+            f"WA_AUDIT_CHECKPOINT_FILE is malformed: '{checkpoints}' is a directory, not a file"
+        )
     typed: dict[str, object] = dict(values)
     for attr, low, high in (("audit_inactive_days", 1, 3650), ("audit_grace_hours", 1, 24 * 7)):
         if attr in values:
             raw = values[attr]
-            if not raw.isdigit() or not low <= int(raw) <= high:
+            if not (raw.isascii() and raw.isdigit() and len(raw) < 12 and low <= int(raw) <= high):
                 problems.append(
                     f"{ENV_NAMES[attr]} is malformed: expected a whole number from {low} to "
                     f"{high}, got '{raw}'"

@@ -1,14 +1,36 @@
-"""Serving the Flask app with gunicorn (threads per worker, no reloader)."""
+"""Serving the Flask app with gunicorn (threads per worker, no reloader).
+
+Every process logs through bot/logs.py: the master (configured by the
+`serve` command), each worker again after fork, and gunicorn's own lines (boot, worker exits) go
+through the same handler instead of gunicorn's, so a JSON log stays JSON.
+
+Counters are kept in prometheus_client's multiprocess files so that
+`/metrics`, answered by whichever worker takes the scrape, adds up every
+worker's (bot/metrics.py). The directory is prepared here, in the master,
+before any worker exists and before prometheus_client is imported: the
+operator's `PROMETHEUS_MULTIPROC_DIR`, emptied of an earlier run's files, or
+else a new private one, removed when the master exits.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
+from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 
 from .app import create_app
 from .config import Settings
+from .logs import configure_logging
 from .runtime import build_runtime
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as bot/metrics.py, which must not be imported here
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -23,16 +45,74 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         # Built in each worker after fork: no connection is shared across processes.
+        configure_logging(self._settings)
         return create_app(build_runtime(self._settings))
 
 
+class _RootLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, writing through the root logger's handler (bot/logs.py)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in list(self.error_log.handlers):
+            self.error_log.removeHandler(handler)
+        self.error_log.propagate = True
+
+
+# prometheus_client's multiprocess files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
+_PROMETHEUS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_[0-9]+\.db")
+
+
+def prepare_metrics_dir(environ: MutableMapping[str, str] | None = None) -> tuple[Path, bool]:
+    """The multiprocess directory for this run, and whether it was made here.
+
+    Files left by an earlier run would add its counts to this one's (and a
+    reused pid would continue them), so an operator's directory is emptied of
+    them; a directory made here is private to this user.
+    """
+    env = os.environ if environ is None else environ
+    given = env.get(MULTIPROC_ENV, "").strip()
+    if not given:
+        path = Path(tempfile.mkdtemp(prefix="wa-access-metrics-"))  # mode 0700
+        env[MULTIPROC_ENV] = str(path)
+        return path, True
+    path = Path(given)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.iterdir():
+        # Only prometheus_client's own files: pointed by mistake at the folder that
+        # holds wa_access.db, this must not delete the database and its audit log.
+        if _PROMETHEUS_FILE.fullmatch(stale.name) and stale.is_file():
+            stale.unlink(missing_ok=True)
+    return path, False
+
+
+def _worker_exited(server: Any, worker: Any) -> None:
+    """gunicorn's child_exit hook, in the master: a dead worker's live gauges go.
+
+    Its counters stay in the directory, so totals never go back.
+    """
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    """Run gunicorn until it stops; the caller has configured logging (bot/logs.py)."""
+    metrics_dir, made_here = prepare_metrics_dir()
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": 4,
         "worker_class": "gthread",
-        "accesslog": None,
+        "accesslog": None,  # bot/logs.py logs each request, with its id
+        "logger_class": _RootLogger,
+        "child_exit": _worker_exited,
         "timeout": 30,
     }
-    _Gunicorn(settings, options).run()
+    master = os.getpid()
+    try:
+        _Gunicorn(settings, options).run()
+    finally:
+        # Workers leave through here too (gunicorn forks them from within run()).
+        if made_here and os.getpid() == master:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -56,9 +56,12 @@ from flask import Request, Response
 from slack_bolt import App, BoltContext, BoltRequest, BoltResponse, Respond
 from slack_bolt.listener_matcher import ListenerMatcher
 from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
-from slack_bolt.logger import get_bolt_app_logger
+from slack_bolt.logger import get_bolt_app_logger, get_bolt_logger
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization, SslCheck
 
+from .logs import note
+from .request_body import read_body
 from .slack_intake import ParseSignedBody, Refusals, SignatureCheck, ephemeral
 
 log = logging.getLogger("wa_access.slack")
@@ -107,13 +110,18 @@ class SignedContext(BoltContext):
 class SignedRequest(BoltRequest):
     """A BoltRequest built unparsed, whose body bot/slack_intake.py parses once, when signed.
 
+    It carries the body as the bytes that came in (`raw_bytes`): the signature
+    is over those, and they are decoded only once it holds, so a signed body
+    that is not UTF-8 is a 400, not a signature that seems wrong.
+
     Bolt gives a lazy listener a copy of the request made by parsing the raw body
     again with Bolt's parser, which takes a command holding the word "payload"
     for an empty interactivity payload; the copy keeps our parse instead.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, raw_bytes: bytes | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.raw_bytes = raw_bytes
         self.context.__class__ = SignedContext  # the same dict; SignedContext adds no state
 
     def to_copyable(self) -> BoltRequest:
@@ -136,14 +144,14 @@ def to_bolt_request(request: Request) -> BoltRequest:
     }
     query = request.query_string
     # Built with an empty body, so that nothing is parsed yet: `LeanApp` checks the
-    # signature over the raw body first, then parses it (bot/slack_intake.py).
-    req = SignedRequest(
+    # signature over the raw bytes first, then decodes and parses them
+    # (bot/slack_intake.py). read_body refuses a body over the cap, however framed.
+    return SignedRequest(
         body="",
         query=query.decode("utf-8", "replace") if query else None,
         headers=headers,
+        raw_bytes=read_body(request),
     )
-    req.raw_body = request.get_data(as_text=True)
-    return req
 
 
 def to_response(answer: BoltResponse) -> Response:
@@ -158,7 +166,12 @@ class SlackEndpoint:
         self.app = app
 
     def handle(self, request: Request) -> Response:
-        return to_response(self.app.dispatch(to_bolt_request(request)))
+        req = to_bolt_request(request)
+        answer = self.app.dispatch(req)
+        actor = req.context.get("user_id")  # only set once the request proved signed
+        if isinstance(actor, str):
+            note(actor=actor)
+        return to_response(answer)
 
 
 class BodyMatcher(ListenerMatcher):
@@ -171,6 +184,17 @@ class BodyMatcher(ListenerMatcher):
         return bool(self.func(req.body))
 
 
+class _DropMessage(logging.Filter):
+    """Drops one exact message: silencing Bolt's logger whole would hide real warnings."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
+
+
 class LeanApp(App):
     """Bolt's App, sharing the app's WebClient and matching on the body alone (see above)."""
 
@@ -180,7 +204,15 @@ class LeanApp(App):
                 raise ValueError(f"LeanApp always checks signatures: {switch}=False is refused")
         # Bolt's two are replaced by the same checks in the safe order (see
         # bot/slack_intake.py): signature, then parsing, then ssl_check.
-        super().__init__(request_verification_enabled=False, ssl_check_enabled=False, **kwargs)
+        # Given a client, Bolt still reads SLACK_BOT_TOKEN from the environment and
+        # warns, in every gunicorn worker, that it will not use it: that is the intent.
+        logger = kwargs.get("logger") or get_bolt_logger(App)
+        unused_token = _DropMessage(warning_client_prioritized_and_token_skipped())
+        logger.addFilter(unused_token)
+        try:
+            super().__init__(request_verification_enabled=False, ssl_check_enabled=False, **kwargs)
+        finally:
+            logger.removeFilter(unused_token)
         refusals = Refusals("slack")
         self._middleware_list[:0] = [
             SignatureCheck(self._signing_secret, refusals, base_logger=self._base_logger),

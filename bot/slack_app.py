@@ -36,6 +36,7 @@ from .config import Settings
 from .runtime import Runtime
 from .slack_adapter import LeanApp
 from .slack_intake import ephemeral
+from .slack_token import explain_token_failures
 
 SLACK_TIMEOUT_SECONDS = 5
 FAILURE_TEXT = (
@@ -75,6 +76,7 @@ def bolt_app(settings: Settings, client: WebClient) -> App:
         attaching_function_token_enabled=False,
         logger=logging.getLogger("wa_access.slack"),
     )
+    explain_token_failures(app)
     app.error(answer_failure)
     return app
 

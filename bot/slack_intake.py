@@ -9,23 +9,27 @@ check, and the caller got a 500. SPEC §4 rule 10 asks for the check first.
 `LeanApp` (bot/slack_adapter.py) therefore receives the request unparsed and
 runs, in this order, before Bolt's other middleware:
 
-1. `SignatureCheck`: Bolt's `RequestVerification` (slack_sdk's verifier,
-   constant-time comparison, 5-minute window), after a plain look at the two
-   headers so that a missing or non-numeric timestamp is a 401 like any other
-   failure. A refusal is counted in `Refusals` and logged without the body,
-   which may carry a 2FA code or Slack's legacy verification token; Bolt's
-   version logs the whole body.
-2. `ParseSignedBody`: our parser (Bolt's takes any body holding the word
-   "payload" for an interactivity payload), a check of the fields Bolt and
-   the listeners read, then Bolt's context builder, on a body now known to
-   come from Slack. A body that fails gets a 400 with JSON, or, for a slash
-   command, an ephemeral answer.
+1. `SignatureCheck`: Bolt's `RequestVerification`, with Slack's v0 HMAC
+   computed over the body's raw bytes (constant-time comparison, 5-minute
+   window), after a plain look at the two headers so that a missing or
+   non-numeric timestamp is a 401 like any other failure. A refusal is
+   counted (`Refusals`, and the metric of bot/metrics.py) and logged without
+   the body, which may carry a 2FA code or Slack's legacy verification token;
+   Bolt's version logs the whole body.
+2. `ParseSignedBody`: the bytes decoded as UTF-8 (a signed body that is not
+   UTF-8 gets a 400 with JSON: there is no command to answer), then our
+   parser (Bolt's takes any body holding the word "payload" for an
+   interactivity payload), a check of the fields Bolt and the listeners read,
+   then Bolt's context builder, on a body now known to come from Slack. A body
+   that fails gets a 400 with JSON, or, for a slash command, an ephemeral answer.
 3. Bolt's `SslCheck`, so that an `ssl_check` is acknowledged only when signed,
    as Slack signs every request it sends.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -41,6 +45,7 @@ from slack_bolt.middleware import Middleware, RequestVerification
 from slack_bolt.request.internals import build_context
 
 from handlers.slack_stepup import answer_by_dm
+from rbac_core.signals import Signal
 from rbac_core.values import is_user_id
 
 log = logging.getLogger("wa_access.refusals")
@@ -60,6 +65,13 @@ def _daemon_timer(delay: float, action: Callable[[], None]) -> None:
     timer = threading.Timer(delay, action)
     timer.daemon = True
     timer.start()
+
+
+request_refused = Signal(
+    "request_refused",
+    "(surface: str, reason: str) a request refused before its body was trusted "
+    "(bot/metrics.py counts them)",
+)
 
 
 class Refusals:
@@ -88,6 +100,7 @@ class Refusals:
         self._flush_pending = False
 
     def add(self, reason: str) -> None:
+        request_refused.send(self.surface, reason)
         with self._lock:
             self.totals[reason] += 1
             self._unreported[reason] += 1
@@ -131,12 +144,29 @@ def _first(req: BoltRequest, name: str) -> str:
     return values[0] if values else ""
 
 
+def signed_bytes(req: BoltRequest) -> bytes:
+    """The body as Slack signed it: the bytes that came in, when the adapter kept them."""
+    raw = getattr(req, "raw_bytes", None)
+    return raw if isinstance(raw, bytes) else req.raw_body.encode("utf-8")
+
+
 class SignatureCheck(RequestVerification):
-    """Bolt's signature check, refusing a malformed header instead of raising on it."""
+    """Bolt's signature check, refusing a malformed header instead of raising on it.
+
+    The HMAC is computed over the body's bytes, not over text: slack_sdk's
+    verifier decodes bytes as UTF-8 first, and raises on bytes that are not.
+    """
 
     def __init__(self, signing_secret: str, refusals: Refusals, **kwargs: Any) -> None:
         super().__init__(signing_secret, **kwargs)
         self.refusals = refusals
+        self._key = signing_secret.encode("utf-8")
+
+    def _valid(self, body: bytes, timestamp: str, signature: str) -> bool:
+        mac = hmac.new(self._key, b"v0:" + timestamp.encode("ascii") + b":", hashlib.sha256)
+        mac.update(body)  # never copied: it may be 4 MiB
+        expected = b"v0=" + mac.hexdigest().encode("ascii")
+        return hmac.compare_digest(expected, signature.encode("ascii"))
 
     def refusal(self, req: BoltRequest) -> str | None:
         """Why this request is not Slack's, or None when it is."""
@@ -151,10 +181,8 @@ class SignatureCheck(RequestVerification):
             return "malformed timestamp"
         if abs(time.time() - int(timestamp)) > TIMESTAMP_WINDOW_S:
             return "stale timestamp"
-        # hmac.compare_digest raises on non-ASCII text rather than saying no.
-        if not signature.isascii() or not self.verifier.is_valid(
-            req.raw_body, timestamp, signature
-        ):
+        # A signature is ASCII hex; anything else cannot match, and is not encoded.
+        if not signature.isascii() or not self._valid(signed_bytes(req), timestamp, signature):
             return "bad signature"
         return None
 
@@ -310,7 +338,7 @@ def payload_problem(body: dict[str, Any]) -> str | None:
 def _actor(body: dict[str, Any]) -> str | None:
     """Who acts: a command's `user_id`, a click's `user.id`, a Home opener's `event.user`."""
     if body.get("type") == "event_callback":
-        return (body.get("event") or {}).get("user")  # type: ignore[no-any-return]
+        return (body.get("event") or {}).get("user")
     user = body.get("user")
     return body.get("user_id") or (user.get("id") if isinstance(user, dict) else user)
 
@@ -414,6 +442,12 @@ class ParseSignedBody(Middleware):
     def process(
         self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
     ) -> BoltResponse:
+        raw = getattr(req, "raw_bytes", None)
+        if isinstance(raw, bytes):
+            try:
+                req.raw_body = raw.decode("utf-8")
+            except UnicodeDecodeError:  # nothing to read a command from: JSON, not ephemeral
+                return _malformed({}, "the body is not UTF-8 text")
         try:
             body, form = parse_slack_body(req.raw_body, req.content_type)
         except Unreadable as exc:

@@ -18,7 +18,7 @@ from rbac_core.access_review import KIND_TITLES, KINDS, build, page
 from rbac_core.audit_actions import LogLine
 from rbac_core.clock import utcnow
 
-from .grammar import Option, Subcommand
+from .grammar import NameLookup, Option, Subcommand
 from .role_command import Reply, SlashCommand
 
 COMMAND = "/wa-audit"
@@ -81,9 +81,10 @@ class AuditCommand(SlashCommand):
         surface: str,
         text: str,
         before_submit: Callable[[Mapping[str, object]], None] | None = None,
+        names: NameLookup | None = None,
         deactivated: Deactivated | None = None,
     ) -> Reply:
-        reply = super().handle(actor, surface, text, before_submit)
+        reply = super().handle(actor, surface, text, before_submit, names)
         outcome = reply.outcome
         if outcome is None or outcome.status != "done":
             return reply
@@ -119,7 +120,7 @@ class AuditCommand(SlashCommand):
 
     def _verify(self, reply: Reply) -> Reply:
         with self.gate.db.snapshot() as conn:
-            result = audit_log.verify(conn)
+            result = audit_log.verify(conn, key=self.gate.chain_key)
         if result.ok:
             text = (
                 f"The audit log is intact: {result.entries} entries, "

@@ -9,7 +9,7 @@ nothing here raises anything else, whatever the text.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,6 +54,12 @@ class Subcommand:
     options: tuple[Option, ...] = ()
     permission: str | None = None
 
+    @property
+    def per_number(self) -> bool:
+        """Whether the action checks its permission in the number given by `--number`
+        (or everywhere without it); otherwise it checks it everywhere."""
+        return any(option.key == "number" for option in self.options)
+
 
 @dataclass(frozen=True)
 class Parsed:
@@ -66,11 +72,18 @@ def mentioned_users(text: str) -> set[str]:
     return {m.group(1) for m in _MENTION.finditer(text)}
 
 
-def parse_user(token: str) -> str:
-    """An escaped Slack mention or a bare user id; display names are refused."""
+NameLookup = Callable[[str], str]
+"""A surface's way to turn a registered name into a user id, or raise UsageError."""
+
+
+def parse_user(token: str, names: NameLookup | None = None) -> str:
+    """An escaped Slack mention or a bare user id; a `@name` only where the surface
+    can look names up (the console: Slack sends mentions escaped, with their id)."""
     match = _MENTION.fullmatch(token) or _BARE_ID.fullmatch(token)
     if match:
         return match.group(1)
+    if names is not None and token.startswith("@") and len(token) > 1:
+        return names(token[1:])
     if token.startswith("@") or token.startswith("<@"):
         raise UsageError(
             f"'{token}' is not a mention wa-access can read: pick the person from Slack's "
@@ -93,7 +106,9 @@ def tokenize(text: str) -> list[str]:
     return [token.replace('"', "") for token in _TOKEN.findall(cleaned)]
 
 
-def parse(command: str, text: str, subcommands: Sequence[Subcommand]) -> Parsed | None:
+def parse(
+    command: str, text: str, subcommands: Sequence[Subcommand], names: NameLookup | None = None
+) -> Parsed | None:
     """Parse `text`; returns None for help (no text or `help`)."""
     tokens = tokenize(text)
     if not tokens or tokens[0].lower() in ("help", "-h", "--help"):
@@ -101,14 +116,16 @@ def parse(command: str, text: str, subcommands: Sequence[Subcommand]) -> Parsed 
     by_name = {s.name: s for s in subcommands}
     sub = by_name.get(tokens[0].lower())
     if sub is None:
-        names = " | ".join(s.name for s in subcommands)
+        known = " | ".join(s.name for s in subcommands)
         raise UsageError(
-            f"unknown subcommand '{tokens[0]}' for {command}", f"{command} {names} | help"
+            f"unknown subcommand '{tokens[0]}' for {command}", f"{command} {known} | help"
         )
-    return Parsed(sub, _parse_args(sub, tokens[1:]))
+    return Parsed(sub, _parse_args(sub, tokens[1:], names))
 
 
-def _parse_args(sub: Subcommand, tokens: list[str]) -> dict[str, object]:
+def _parse_args(
+    sub: Subcommand, tokens: list[str], names: NameLookup | None = None
+) -> dict[str, object]:
     options = {o.name: o for o in sub.options}
     params: dict[str, object] = {}
     positionals: list[str] = []
@@ -163,7 +180,7 @@ def _parse_args(sub: Subcommand, tokens: list[str]) -> dict[str, object]:
         value = positionals[index]
         if kind == "user":
             try:
-                params[key] = parse_user(value)
+                params[key] = parse_user(value, names)
             except UsageError as exc:
                 raise UsageError(exc.message, sub.usage) from None
         else:

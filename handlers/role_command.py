@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from rbac_core import Gate, Outcome
 
-from .grammar import Option, Subcommand, UsageError, parse
+from .grammar import NameLookup, Option, Subcommand, UsageError, parse
 
 COMMAND = "/wa-role"
 
@@ -147,14 +147,16 @@ class SlashCommand:
         surface: str,
         text: str,
         before_submit: Callable[[Mapping[str, object]], None] | None = None,
+        names: NameLookup | None = None,
     ) -> Reply:
         """Parse and run one command line.
 
         `before_submit` lets a surface look up people the command names (Slack
-        asks users.info) before the gate checks they exist.
+        asks users.info) before the gate checks they exist; `names` lets it
+        accept `@name` for a registered name (the console).
         """
         try:
-            parsed = parse(self.command, text, self.subcommands)
+            parsed = parse(self.command, text, self.subcommands, names)
         except UsageError as exc:
             return Reply("usage", exc.render())
         if parsed is None:
@@ -165,11 +167,17 @@ class SlashCommand:
         return reply_for(outcome, parsed.subcommand.usage)
 
     def help(self, actor: str) -> str:
-        """Only what the caller may do (SPEC §5): a denied subcommand is not listed."""
+        """Only what the caller may do (SPEC §5): a denied subcommand is not listed.
+
+        A subcommand that takes `--number` is checked in that number, so it is
+        listed when the caller holds its permission in any scope; any other is
+        checked everywhere (`*`), so it is listed only when held there. This is
+        the same check the gate makes, so help never offers what is refused.
+        """
         policy = self.gate.policy()
         lines = [f"*{self.command}* — {self.title}"]
         for sub in self.subcommands:
-            if sub.permission is None or allowed_somewhere(policy, actor, sub.permission):
+            if may_use(policy, actor, sub):
                 lines.append(f"• `{sub.usage}` — {sub.summary}")
         lines.append(f"• `{self.command} help` — this list")
         return "\n".join(lines)
@@ -178,6 +186,15 @@ class SlashCommand:
 class RoleCommand(SlashCommand):
     def __init__(self, gate: Gate) -> None:
         super().__init__(gate, COMMAND, SUBCOMMANDS, "who may do what in the WhatsApp workspace")
+
+
+def may_use(policy: Any, actor: str, sub: Subcommand) -> bool:
+    """Whether the gate would let `actor` use `sub` in at least one scope."""
+    if sub.permission is None:
+        return True
+    if sub.per_number:
+        return allowed_somewhere(policy, actor, sub.permission)
+    return bool(policy.decide(actor, sub.permission, "*").allowed)
 
 
 def allowed_somewhere(policy: Any, actor: str, permission: str) -> bool:

@@ -27,7 +27,8 @@ SCHEDULER = "scheduler"
 USERS_PAGE = 1000  # users.list allows up to 1,000 a page; fewer calls on a Tier 2 method
 
 Checkpoint = Callable[[], None]
-"""Renews the run's claim between steps; raises if another scheduler took it over."""
+"""Renews the run's claim between steps; raises if another scheduler took it over or
+the run passed its time bound (`rbac_core.job_runs.RunTooLong`): the run must stop."""
 
 Notify = Callable[[str, str], None]
 """(Slack user id, text): tells one person something, never raises."""

@@ -73,8 +73,8 @@ def request_message(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def post_request(client: WebClient, channel: str | None, outcome: Outcome) -> str | None:
-    """Post a new request for approvers; returns a problem to tell the requester, or None."""
+def post_request(client: WebClient, channel: str | None, outcome: Outcome) -> str:
+    """Post a new request for approvers; returns what to tell the requester about it."""
     if channel is None:
         return "No approvers' channel is configured (WA_AUDIT_CHANNEL): ask an admin directly."
     try:
@@ -82,7 +82,7 @@ def post_request(client: WebClient, channel: str | None, outcome: Outcome) -> st
     except Exception:
         log.error("could not post access request %s", outcome.data.get("request_id"))
         return "Your request is saved, but I could not notify the approvers; ask an admin."
-    return None
+    return "Approvers have been notified."
 
 
 DECISION_KIND = "access_decision"
@@ -356,11 +356,11 @@ def register_request_form(
             ack(response_action="errors", errors={field: outcome.message[:150]})
             return
         ack()
-        problem = post_request(client, audit_channel, outcome)
+        notice = post_request(client, audit_channel, outcome)
         if meta.get("response_url"):
             try:
                 answer_through(str(meta["response_url"]))(
-                    text=outcome.message + (f"\n{problem}" if problem else ""),
+                    text=f"{outcome.message}\n{notice}",
                     replace_original=False,
                     response_type="ephemeral",
                 )

@@ -138,9 +138,8 @@ def register(
             reply = roles.handle(actor, "slack", command.get("text") or "", directory.lookup_new)
             outcome = reply.outcome
             if outcome is not None and outcome.action == "access.request" and outcome.ok:
-                problem = post_request(directory.client, audit_channel, outcome)
-                if problem:
-                    reply = Reply("text", f"{reply.text}\n{problem}", outcome=outcome)
+                notice = post_request(directory.client, audit_channel, outcome)
+                reply = Reply("text", f"{reply.text}\n{notice}", outcome=outcome, data=reply.data)
             users = _users(reply, actor) | mentioned_users(command.get("text") or "")
             if ask_for_code(directory.client, command, reply):
                 ack(response_type="ephemeral", text=STEP_UP_PROMPT)

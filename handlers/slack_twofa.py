@@ -12,7 +12,8 @@ from slack_sdk import WebClient
 
 from .role_command import Reply
 from .slack_blocks import escape, message
-from .slack_roles import STEP_UP_PROMPT, TROUBLE, SlackDirectory, ask_for_code
+from .slack_roles import TROUBLE, SlackDirectory, ask_for_code
+from .slack_stepup import STEP_UP_PROMPT
 from .twofa_command import TwoFactorCommand
 
 log = logging.getLogger(__name__)

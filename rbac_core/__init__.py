@@ -6,8 +6,11 @@ to it through `Gate`.
 
 from .access_requests import ACCESS_ACTIONS
 from .audit_actions import AUDIT_ACTIONS
+from .audit_checkpoint import checkpoint_actions
+from .audit_keys import Signer, chain_key
 from .clock import Clock, ManualClock, system_clock
 from .db import Database
+from .directory_actions import DIRECTORY_ACTIONS
 from .errors import RbacError
 from .gate import Action, Context, Gate, Outcome, Prepared, Result, StepUp
 from .policy import Decision, Policy, PolicyCache
@@ -25,16 +28,28 @@ def build_gate(
     secret_key: str | None = None,
     step_up: StepUp | None = None,
 ) -> Gate:
-    """The gate with every action the core defines, 2FA step-up by TOTP by default."""
+    """The gate with every action the core defines, 2FA step-up by TOTP by default.
+
+    `secret_key` (WA_SECRET_KEY) seals 2FA seeds, keys the audit chain's hashes
+    and signs its checkpoints, each under a key of its own derived from it.
+    """
     actions = {
         **ROLE_ACTIONS,
+        **DIRECTORY_ACTIONS,
         **ACCESS_ACTIONS,
         **SWEEP_ACTIONS,
         **REVIEW_ACTIONS,
         **AUDIT_ACTIONS,
         **twofa_actions(SecretBox(secret_key)),
+        **checkpoint_actions(Signer.optional(secret_key)),
     }
-    return Gate(db, actions, clock=clock, step_up=step_up or TotpStepUp())
+    return Gate(
+        db,
+        actions,
+        clock=clock,
+        step_up=step_up or TotpStepUp(),
+        chain_key=chain_key(secret_key),
+    )
 
 
 __all__ = [

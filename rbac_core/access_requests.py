@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .directory import resolve_scope
+from .directory import require_user, resolve_scope
 from .errors import Conflict, InvalidInput, NotFound, PendingActionError
 from .gate import Action, Context, Prepared, Result
 from .grants import ensure_separate_duties
@@ -37,7 +37,7 @@ class RequestAccessAction(Action):
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         role = get_role(ctx.session, str(params.get("role") or ""))
-        scope = resolve_scope(ctx.session, params.get("number"))
+        scope = resolve_scope(ctx.session, params.get("number"), registered=True)
         if not params.get("for"):
             raise InvalidInput("say for how long, e.g. --for 4h: requested access is time-bound")
         duration = format_duration(parse_duration(str(params["for"])))
@@ -45,20 +45,7 @@ class RequestAccessAction(Action):
         if not reason:
             raise InvalidInput("say why, e.g. --reason covering the night shift")
         ensure_not_held(ctx, ctx.actor, role.name, scope)
-        open_request = ctx.session.scalar(
-            select(AccessRequest.id).where(
-                AccessRequest.requester == ctx.actor,
-                AccessRequest.role == role.name,
-                AccessRequest.scope == scope,
-                AccessRequest.status == "pending",
-                AccessRequest.expires_at > ctx.now,
-            )
-        )
-        if open_request is not None:
-            raise Conflict(
-                f"You already asked for {role.name} in {scope_text(scope)}; "
-                "it is waiting for an approver."
-            )
+        _ensure_no_open_request(ctx, role.name, scope)
         return Prepared(
             {"role": role.name, "number": scope, "for": duration, "reason": reason},
             # Rule 1: people without any role there ask an admin directly.
@@ -70,6 +57,10 @@ class RequestAccessAction(Action):
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params
+        # Asked again under the requester's lock: two identical requests sent at
+        # once both passed the check in prepare; only the first opens a request.
+        require_user(ctx.session, ctx.actor, lock=True)
+        _ensure_no_open_request(ctx, p["role"], p["number"])
         request = AccessRequest(
             id=secrets.token_urlsafe(16),
             requester=ctx.actor,
@@ -84,8 +75,9 @@ class RequestAccessAction(Action):
         ctx.session.add(request)
         ctx.session.flush()
         return Result(
-            f"Asked for {p['role']} in {scope_text(p['number'])} for {p['for']}; approvers "
-            "have been notified.",
+            # Telling approvers is the surface's job: it says whether that happened.
+            f"Asked for {p['role']} in {scope_text(p['number'])} for {p['for']}; the request "
+            "waits for an approver.",
             data={
                 "request_id": request.id,
                 "requester": ctx.actor,
@@ -99,8 +91,27 @@ class RequestAccessAction(Action):
         )
 
 
+def _ensure_no_open_request(ctx: Context, role: str, scope: str) -> None:
+    open_request = ctx.session.scalar(
+        select(AccessRequest.id).where(
+            AccessRequest.requester == ctx.actor,
+            AccessRequest.role == role,
+            AccessRequest.scope == scope,
+            AccessRequest.status == "pending",
+            AccessRequest.expires_at > ctx.now,
+        )
+    )
+    if open_request is not None:
+        raise Conflict(
+            f"You already asked for {role} in {scope_text(scope)}; it is waiting for an approver."
+        )
+
+
 def _pending_request(ctx: Context, request_id: str) -> AccessRequest:
-    request = ctx.session.get(AccessRequest, request_id)
+    """The request, locked: its decision reads, then writes, its status."""
+    request = ctx.session.get(
+        AccessRequest, request_id, with_for_update=True, populate_existing=True
+    )
     if request is None:
         raise NotFound("That access request does not exist.")
     if request.status != "pending":

@@ -5,6 +5,11 @@ of the entry before it. The last link is also kept in `audit_head`, outside the
 log, so cutting entries off the tail is as detectable as editing, deleting or
 reordering them. Appends lock the head row, so writers in several processes
 queue up behind each other instead of forking the chain.
+
+With a chain key (`audit_keys`, never in the database) each hash is an HMAC,
+so a database-only writer can neither forge an entry nor re-hash after an edit;
+unkeyed entries verify only before the first keyed one. Cutting the tail,
+resetting or restoring an older copy are caught by `audit_checkpoint`.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Literal, cast
@@ -20,6 +25,8 @@ from typing import IO, Any, Literal, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
+from . import signals
+from .audit_keys import keyed_hasher
 from .db import Sql, Txn
 from .models import AuditEntry, AuditHead
 
@@ -109,11 +116,20 @@ def entry_hash(
     outcome: str,
     details: str,
     prev_hash: str,
+    key: bytes | None = None,
 ) -> str:
-    """SHA-256 over the canonical payload, as lowercase hex."""
-    return hashlib.sha256(
+    """SHA-256 (HMAC-SHA256 under `key`) over the canonical payload, as lowercase hex."""
+    return _digest_function(key)(
         _payload(seq, ts_us, actor, surface, action, target, decision, outcome, details, prev_hash)
-    ).hexdigest()
+    )
+
+
+def _sha256_hex(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _digest_function(key: bytes | None) -> Callable[[bytes], str]:
+    return _sha256_hex if key is None else keyed_hasher(key)
 
 
 def _clean(value: str) -> str:
@@ -143,17 +159,46 @@ def micros(moment: datetime | float) -> int:
 
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
-_LOCK_HEAD = Sql(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update())
+_LOCK_HEAD = Sql(
+    select(_HEAD.c.seq, _HEAD.c.hash, _HEAD.c.keyed).where(_HEAD.c.id == 1).with_for_update()
+)
 _INSERT = Sql(insert(_LOG).values({name: bindparam(name) for name in _COLUMNS}))
 _MOVE_HEAD = Sql(
     update(_HEAD)
     .where(_HEAD.c.id == 1)
-    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"), keyed=bindparam("keyed"))
 )
+_KEYED = Sql(select(_HEAD.c.keyed).where(_HEAD.c.id == 1))
 
 
-def append(txn: Txn, entries: Iterable[NewEntry]) -> list[int]:
+class ChainKeyMissing(RuntimeError):
+    """This process has no chain key, and the log it would append to is keyed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the audit log is keyed with WA_SECRET_KEY, which is not set in this process: "
+            "set it to the server's value (entries written without it would make the log "
+            "look tampered)"
+        )
+
+
+def lock_head(txn: Txn) -> None:
+    """Take the head's lock now instead of at the append, for an action whose writes
+    must stand or fall with its audit entry: once it holds the lock, waiting for it
+    can no longer fail the append after the action has done its work."""
+    txn.first(_LOCK_HEAD)
+
+
+def is_keyed(txn: Txn) -> bool:
+    """Whether an entry was ever hashed under the chain key (then every later one must be)."""
+    row = txn.first(_KEYED)
+    return bool(row and row[0])
+
+
+def append(txn: Txn, entries: Iterable[NewEntry], *, key: bytes | None = None) -> list[int]:
     """Append entries in order inside the caller's transaction; returns their seqs.
+
+    With `key` (the gate's chain key) the hashes are HMACs under it.
 
     The head row is read FOR UPDATE, so concurrent appenders on PostgreSQL wait
     for each other; on SQLite the write transaction already excludes them.
@@ -164,7 +209,10 @@ def append(txn: Txn, entries: Iterable[NewEntry]) -> list[int]:
     head = txn.first(_LOCK_HEAD)
     if head is None:
         raise RuntimeError("the audit head row is missing: run `wa-access migrate`")
-    head_seq, head_hash = int(head[0]), str(head[1])
+    head_seq, head_hash, keyed = int(head[0]), str(head[1]), bool(head[2])
+    if keyed and key is None:
+        raise ChainKeyMissing()
+    digest_of = _digest_function(key)
     rows: list[dict[str, Any]] = []
     prev = head_hash
     seq = head_seq
@@ -179,17 +227,19 @@ def append(txn: Txn, entries: Iterable[NewEntry]) -> list[int]:
             _clean(entry.target),
             _clean(entry.outcome),
         )
-        digest = entry_hash(
-            seq,
-            entry.ts_us,
-            actor,
-            entry.surface,
-            action,
-            target,
-            entry.decision,
-            outcome,
-            details,
-            prev,
+        digest = digest_of(
+            _payload(
+                seq,
+                entry.ts_us,
+                actor,
+                entry.surface,
+                action,
+                target,
+                entry.decision,
+                outcome,
+                details,
+                prev,
+            )
         )
         rows.append(
             {
@@ -213,7 +263,10 @@ def append(txn: Txn, entries: Iterable[NewEntry]) -> list[int]:
         txn.run(_INSERT, rows[0])
     else:
         txn.run_many(_INSERT, rows)
-    txn.run(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    txn.run(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev, "keyed": keyed or key is not None})
+    if signals.audit_appended.listeners:
+        count = len(rows)
+        txn.after_commit(lambda: signals.audit_appended.send(count))
     return [r["seq"] for r in rows]
 
 
@@ -281,19 +334,32 @@ def _stream(conn: Connection, batch: int) -> Iterator[tuple[Any, ...]]:
         yield from partition
 
 
-def verify(conn: Connection, *, batch: int = 2_000) -> VerifyResult:
+def verify(
+    conn: Connection,
+    *,
+    batch: int = 2_000,
+    key: bytes | None = None,
+    keyed_after: int | None = None,
+) -> VerifyResult:
     """Walk the whole chain once, in seq order, with memory bounded by `batch`.
 
     Names the first entry that does not hold: a gap in seq (deleted or moved
     entries), a broken link (reordered or spliced), a hash that does not match
-    the content (edited), or a tail that stops short of the head (truncated).
+    the content (edited), an unkeyed entry after keyed ones (forged without
+    `key`), or a tail that stops short of the head (truncated).
     `conn` must see one snapshot for the head and the log (`Database.snapshot()`),
     or an append landing mid-walk would look like a mismatched head.
+    With `keyed_after` (a signed checkpoint's seq, with `key`) every later entry
+    must be keyed: whoever signed it held the key, so every entry written after
+    it was keyed, even when the checkpointed entry itself predates the key.
     """
     head_seq, head_hash = conn.execute(
         select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1)
     ).one()
     sha256 = hashlib.sha256
+    keyed = keyed_hasher(key) if key is not None else None
+    legacy = True  # unkeyed entries are accepted only until the first keyed one
+    plain_until = keyed_after if keyed is not None and keyed_after is not None else None
     separator = _SEP_BYTES
     separators = _FIELDS_SEPARATORS
     expected_seq = 1
@@ -314,28 +380,44 @@ def verify(conn: Connection, *, batch: int = 2_000) -> VerifyResult:
             return bad(seq, f"entry {seq} appears out of order")
         if link != prev:
             return bad(seq, f"entry {seq} does not link to entry {seq - 1}: reordered or replaced")
-        if (
-            payload is None
-            or sha256(payload).hexdigest().encode("ascii") != digest
-            or payload.count(separator) != separators
-        ):
+        if payload is None or payload.count(separator) != separators:
             return bad(seq, f"entry {seq} does not match its hash: it was edited")
+        if keyed is None:
+            if sha256(payload).hexdigest().encode("ascii") != digest:
+                return bad(seq, f"entry {seq} does not match its hash: it was edited")
+        elif keyed(payload).encode("ascii") == digest:
+            legacy = False
+        elif sha256(payload).hexdigest().encode("ascii") != digest:
+            return bad(seq, f"entry {seq} does not match its hash: it was edited")
+        elif not legacy or (plain_until is not None and seq > plain_until):
+            return bad(
+                seq,
+                f"entry {seq} is not keyed like the entries before it: it was forged "
+                "or rewritten without the chain key",
+            )
         prev = digest
         expected_seq += 1
         count += 1
-    last = expected_seq - 1
+    problem = _head_problem(head_seq, head_hash, expected_seq - 1, prev)
+    if problem is not None:
+        return bad(*problem)
+    return VerifyResult(True, count, head_seq, head_hash)
+
+
+def _head_problem(head_seq: int, head_hash: str, last: int, prev: bytes) -> tuple[int, str] | None:
+    """(first bad seq, problem) when the head row and the log's last entry disagree."""
     if head_seq > last:
-        return bad(
+        return (
             last + 1,
             f"the log ends at entry {last} but the chain head records {head_seq} entries: "
             "the tail was truncated",
         )
     if head_seq < last or head_hash.encode("ascii") != prev:
-        return bad(
+        return (
             head_seq + 1 if head_seq < last else last,
             f"the chain head (entry {head_seq}) does not match the log's last entry {last}",
         )
-    return VerifyResult(True, count, head_seq, head_hash)
+    return None
 
 
 def iter_entries(conn: Connection, *, batch: int = 5_000) -> Iterator[dict[str, Any]]:

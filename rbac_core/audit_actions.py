@@ -19,7 +19,7 @@ from sqlalchemy import Table, or_, select
 from .errors import InvalidInput
 from .gate import Action, Context, Prepared, Result
 from .models import AuditEntry
-from .values import WILDCARD, parse_duration, parse_user_id
+from .values import BIGINT_MAX, WILDCARD, parse_duration, parse_user_id, parse_whole_number
 
 LOG_PAGE = 20
 ACTION_MAX = 64
@@ -52,10 +52,13 @@ class AuditLogAction(Action):
             raise InvalidInput("--action takes an action name such as role.assign")
         since = parse_duration(str(params["since"])) if params.get("since") else None
         before = params.get("before")
-        try:
-            before_seq = int(str(before)) if before not in (None, "") else None
-        except ValueError:
-            raise InvalidInput("that page of the log does not exist") from None
+        before_seq = (
+            parse_whole_number(
+                before, "that page of the log does not exist", low=1, high=BIGINT_MAX
+            )
+            if before not in (None, "")
+            else None
+        )
         clean = {
             "user": user,
             "action": action,

@@ -23,6 +23,7 @@ request whose whole budget is a millisecond that was most of it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,8 @@ try:  # POSIX only; elsewhere SQLite's busy timeout alone orders the writers
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 _IDLE_MAX = 8  # kept connections per engine and process, about one per serving thread
@@ -244,6 +247,25 @@ class Txn:
             raise RuntimeError("the connection is closed")
         self._raw = raw
         self._dialect = engine.dialect
+        self._after_commit: list[Callable[[], None]] | None = None
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed; never if it rolls back.
+
+        For effects that must not be reported before they are durable (counters
+        now). A callback that raises is logged; the commit stands.
+        """
+        if self._after_commit is None:
+            self._after_commit = []
+        self._after_commit.append(callback)
+
+    def _run_after_commit(self) -> None:
+        callbacks, self._after_commit = self._after_commit or [], None
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("an after-commit callback failed")
 
     @classmethod
     def joining(cls, session: Session) -> Txn:
@@ -265,6 +287,7 @@ class Txn:
     def session(self) -> Session:
         if self._session is None:
             self._session = Session(bind=self.conn, expire_on_commit=False)
+            self._session.info["wa_txn"] = self
         return self._session
 
     def _cursor(self, sql: Sql, params: Mapping[str, Any]) -> Any:
@@ -347,8 +370,13 @@ class Txn:
 
 
 def txn_of(session: Session) -> Txn:
-    """The fast-statement view of a session's current transaction (never ends it)."""
-    return Txn.joining(session)
+    """The fast-statement view of a session's current transaction (never ends it).
+
+    A session made by a `Txn` gives that Txn back, so `after_commit` callbacks
+    registered through it run when its transaction commits.
+    """
+    owner = session.info.get("wa_txn")
+    return owner if isinstance(owner, Txn) else Txn.joining(session)
 
 
 class Database:
@@ -436,6 +464,8 @@ class Database:
                 txn._commit()
                 # Ended cleanly on the driver and owned by nothing else: fit for reuse.
                 reusable = txn._conn is None
+            if txn._after_commit:  # outside the writers' lock: others need not wait
+                txn._run_after_commit()
         finally:
             self._here.depth -= 1
             if not (reusable and self._keep(pooled, write)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .errors import UnknownNumber, UnknownUser
@@ -25,9 +25,27 @@ def ensure_user(session: Session, user_id: str, now: datetime, name: str | None 
     return user
 
 
-def require_user(session: Session, user_id: str) -> User:
+def users_named(session: Session, name: str) -> list[str]:
+    """Ids of the registered people whose name is `name` (any case), for surfaces
+    where people type names rather than pick them (the console)."""
+    wanted = name.strip().lower()
+    if not wanted or len(wanted) > 200:
+        return []
+    rows = session.scalars(select(User.id).where(func.lower(User.name) == wanted).limit(5))
+    return sorted(rows)
+
+
+def require_user(session: Session, user_id: str, *, lock: bool = False) -> User:
+    """The registered person; with `lock`, their row is held until the transaction ends.
+
+    Locking the person serialises everything that reads, then writes, state of
+    theirs that may not exist yet (a 2FA enrolment, an open access request):
+    a row lock on PostgreSQL; SQLite's single writer already does it.
+    """
     user_id = parse_user_id(user_id)
-    user = session.get(User, user_id)
+    # FOR NO KEY UPDATE: serialises the callers that lock, not grants' foreign-key checks.
+    lock_mode = {"key_share": True} if lock else None
+    user = session.get(User, user_id, with_for_update=lock_mode, populate_existing=lock)
     if user is None:
         raise UnknownUser(
             f"unknown user {user_id}: wa-access has never seen them "
@@ -37,8 +55,14 @@ def require_user(session: Session, user_id: str) -> User:
     return user
 
 
-def resolve_scope(session: Session, value: object) -> str:
-    """`*`, an E.164 number, or a registered Graph phone-number id -> canonical scope."""
+def resolve_scope(session: Session, value: object, *, registered: bool = False) -> str:
+    """`*`, an E.164 number, or a registered Graph phone-number id -> canonical scope.
+
+    With `registered`, an E.164 number must be one the workspace knows: a grant
+    on a number nobody registered (a typo, most often) would silently give
+    nothing. Revoking and explaining accept any number, so a grant made on a
+    number since removed can still be found and revoked.
+    """
     text = "" if value is None else str(value).strip()
     if text in ("", WILDCARD):
         return WILDCARD
@@ -50,7 +74,13 @@ def resolve_scope(session: Session, value: object) -> str:
                 "give the number in E.164 form, e.g. +15550001111"
             )
         return number
-    return parse_e164(text)
+    e164 = parse_e164(text)
+    if registered and session.get(Number, e164) is None:
+        raise UnknownNumber(
+            f"{e164} is not a registered WhatsApp number: an operator adds it with "
+            f"`wa-access number add {e164} --id PHONE_NUMBER_ID`"
+        )
+    return e164
 
 
 def register_number(

@@ -25,14 +25,15 @@ import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import audit
+from . import audit, signals
 from .clock import Clock, system_clock, utcnow
 from .db import Database, Txn
 from .directory import resolve_scope
@@ -188,8 +189,11 @@ class Gate:
         clock: Clock = system_clock,
         step_up: StepUp | None = None,
         confirmation_ttl: timedelta = CONFIRMATION_TTL,
+        chain_key: bytes | None = None,
     ) -> None:
         self.db = db
+        self.chain_key = chain_key
+        """HMAC key of the audit chain (see audit.py); None keeps it plain SHA-256."""
         self.actions = dict(actions)
         for handler in self.actions.values():
             if handler.read_only and (handler.risky or handler.mutates_policy):
@@ -219,49 +223,68 @@ class Gate:
                 return self._invalid_actor(ctx, action)
             return self._run(ctx, handler, params, confirmed=False)
 
-        if handler.read_only:
-            return self._read_only.run(run)
-        with self.db.transaction(write=True) as txn:
-            return run(txn)
+        try:
+            if handler.read_only:
+                outcome = self._read_only.run(run)
+            else:
+                with self.db.transaction(write=True) as txn:
+                    outcome = run(txn)
+        except _AuditLater as late:
+            outcome = self._audit_alone(late)
+        return _observed(outcome)
 
     def confirm(self, pending_id: str, actor: str, surface: str) -> Outcome:
         """Confirm a pending action: only its actor, once, before it expires."""
         actor = _actor(actor)
-        with self.db.transaction(write=True) as txn:
-            pending = self._claim(txn, pending_id, actor, surface, "confirmed")
-            if isinstance(pending, Outcome):
-                return pending
-            handler = self.actions[pending.action]  # _claim made sure it exists
-            ctx = self._context(txn, actor, surface, handler)
-            params = json.loads(pending.params)
-            outcome = self._run(ctx, handler, params, confirmed=True, pending_id=pending.id)
-            if outcome.status != "done":
-                pending.status = "refused"
-            return outcome
+        try:
+            with self.db.transaction(write=True) as txn:
+                outcome = self._confirm(txn, pending_id, actor, surface)
+        except _AuditLater as late:
+            outcome = self._audit_alone(late)
+        return _observed(outcome)
+
+    def _confirm(self, txn: Txn, pending_id: str, actor: str, surface: str) -> Outcome:
+        pending = self._claim(txn, pending_id, actor, surface, "confirmed")
+        if isinstance(pending, Outcome):
+            return pending
+        handler = self.actions[pending.action]  # _claim made sure it exists
+        ctx = self._context(txn, actor, surface, handler)
+        params = json.loads(pending.params)
+        outcome = self._run(ctx, handler, params, confirmed=True, pending_id=pending.id)
+        if outcome.status != "done":
+            pending.status = "refused"
+        return outcome
 
     def cancel(self, pending_id: str, actor: str, surface: str) -> Outcome:
         actor = _actor(actor)
-        with self.db.transaction(write=True) as txn:
-            pending = self._claim(txn, pending_id, actor, surface, "cancelled")
-            if isinstance(pending, Outcome):
-                return pending
-            seq = self._audit(
-                txn,
-                actor,
-                surface,
-                pending.action,
-                pending.summary,
-                "deny",
-                "cancelled",
-                {"pending_id": pending.id},
-            )
-            return Outcome(
-                "cancelled",
-                pending.action,
-                f"Cancelled: {pending.summary}",
-                pending_id=pending.id,
-                audit_seq=seq,
-            )
+        try:
+            with self.db.transaction(write=True) as txn:
+                outcome = self._cancel(txn, pending_id, actor, surface)
+        except _AuditLater as late:
+            outcome = self._audit_alone(late)
+        return _observed(outcome)
+
+    def _cancel(self, txn: Txn, pending_id: str, actor: str, surface: str) -> Outcome:
+        pending = self._claim(txn, pending_id, actor, surface, "cancelled")
+        if isinstance(pending, Outcome):
+            return pending
+        seq = self._audit(
+            txn,
+            actor,
+            surface,
+            pending.action,
+            pending.summary,
+            "deny",
+            "cancelled",
+            {"pending_id": pending.id},
+        )
+        return Outcome(
+            "cancelled",
+            pending.action,
+            f"Cancelled: {pending.summary}",
+            pending_id=pending.id,
+            audit_seq=seq,
+        )
 
     def decide(self, user: str, permission: str, scope: str = "*") -> Decision:
         """A read-only decision on fresh policy, for surfaces deciding what to show.
@@ -357,8 +380,15 @@ class Gate:
             decision: Decision | None = None,
             code: str | None = None,
         ) -> Outcome:
-            seq = record("deny", target, outcome, decision, {"error": code} if code else {})
-            return Outcome(status, name, message, decision=decision, error_code=code, audit_seq=seq)
+            stopped = Outcome(status, name, message, decision=decision, error_code=code)
+            try:
+                seq = record("deny", target, outcome, decision, {"error": code} if code else {})
+            except _AuditLater as late:
+                # A stop comes before the action wrote anything (or after its savepoint
+                # was rolled back): the rollback loses nothing, so it stands as it is.
+                late.outcome = stopped
+                raise
+            return replace(stopped, audit_seq=seq)
 
         try:
             prepared = handler.prepare(ctx, params)
@@ -518,6 +548,13 @@ class Gate:
         """Move a pending action out of 'pending' exactly once, or explain why not."""
         now = utcnow(self.clock)
         session = txn.session
+        # Lock order: the policy row before the pending row, as the expiry sweep takes
+        # them (it locks policy, then expires pending rows). Taken the other way round, a
+        # confirmation expiring as the sweep runs deadlocked them on PostgreSQL.
+        action = session.scalar(select(PendingAction.action).where(PendingAction.id == pending_id))
+        handler = self.actions.get(action) if action is not None else None
+        if handler is not None and handler.mutates_policy:
+            lock_policy(txn)
         pending = session.scalar(
             select(PendingAction).where(PendingAction.id == pending_id).with_for_update()
         )
@@ -597,7 +634,61 @@ class Gate:
             details=details,
             ts_us=audit.micros(self.clock()),
         )
-        return audit.append(txn, [entry])[0]
+        try:
+            return audit.append(txn, [entry], key=self.chain_key)[0]
+        except DBAPIError as exc:
+            raise _AuditLater(entry) from exc
+
+    def _audit_alone(self, late: _AuditLater) -> Outcome:
+        """Write the entry of a stop whose own transaction had failed, in a new one."""
+        log.warning(
+            "%s: the transaction failed (%s); its refusal is audited on its own",
+            late.entry.action,
+            type(late.__cause__).__name__,
+        )
+        entry, outcome = late.entry, late.outcome
+        if outcome is None:  # the rollback undid what the entry reported: a failure
+            entry = replace(
+                entry,
+                decision="deny",
+                outcome="error",
+                details={**entry.details, "error": "db_error"},
+            )
+            outcome = Outcome(
+                "failed",
+                entry.action,
+                "Something went wrong on our side, so nothing was done.",
+                error_code="internal_error",
+            )
+        with self.db.transaction(write=True) as txn:
+            seq = audit.append(txn, [entry], key=self.chain_key)[0]
+        return replace(outcome, audit_seq=seq)
+
+
+class _AuditLater(Exception):
+    """A gate call whose audit entry its own transaction could no longer take.
+
+    After any database error PostgreSQL refuses every further statement of the
+    transaction, the gate's audit append included: a number out of a column's
+    range in a read-only action used to leave no trace at all. The gate lets
+    that transaction roll back (nothing the action did survives) and appends
+    the entry in a new one, so every refusal and failure is audited. Where the
+    rollback undid writes the answer depended on (a success, or a refusal that
+    counts a wrong 2FA code), the answer is a plain failure, the same whatever
+    the request was, so it tells nobody which answer it would have been.
+    """
+
+    def __init__(self, entry: audit.NewEntry) -> None:
+        super().__init__(entry.action)
+        self.entry = entry
+        self.outcome: Outcome | None = None
+
+
+def _observed(outcome: Outcome) -> Outcome:
+    """Report a gate call's outcome once its transaction has ended (for metrics)."""
+    if signals.gate_outcome.listeners:
+        signals.gate_outcome.send(outcome.action, outcome.status)
+    return outcome
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:

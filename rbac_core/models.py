@@ -203,6 +203,7 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    keyed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
 
 class PolicyState(Base):
@@ -296,12 +297,13 @@ class JobRun(Base):
     """
 
     __tablename__ = "job_runs"
+    __table_args__ = (Index("ix_job_runs_job_status", "job", "status"),)
 
     job: Mapped[str] = mapped_column(String(64), primary_key=True)
     period: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))
     attempt: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # running, done, failed
+    status: Mapped[str] = mapped_column(String(16))  # running, done, failed, given_up
     claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

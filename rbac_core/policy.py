@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from . import signals
 from .clock import Clock, system_clock
 from .db import Txn
 from .errors import UnknownPermission
@@ -396,8 +397,10 @@ class PolicyCache:
             if policy is not None and users is not None:
                 self.partial_reloads += 1
                 policy = policy.with_grants_of(users, load_grants(txn.session, users), version)
+                signals.policy_reloaded.send("partial")
             else:
                 self.full_reloads += 1
                 policy = load_policy(txn.session, version=version, clock=self._clock)
+                signals.policy_reloaded.send("full")
             self._policy = policy
             return policy

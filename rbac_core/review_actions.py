@@ -26,7 +26,15 @@ from .grants import ensure_holds, ensure_not_last_admin
 from .models import AccessReview, Grant, ReviewFinding, ReviewKeep, SecondFactor
 from .role_actions import check_grantable, sensitive_role
 from .sweeps import is_system
-from .values import MAX_DURATION, WILDCARD, for_scope, format_moment, scope_text
+from .values import (
+    INT_MAX,
+    MAX_DURATION,
+    WILDCARD,
+    for_scope,
+    format_moment,
+    parse_whole_number,
+    scope_text,
+)
 
 PERIOD_MAX = 32
 
@@ -34,13 +42,9 @@ PERIOD_MAX = 32
 def _days(value: object) -> int:
     if value is None or value == "":
         return DEFAULT_DAYS
-    try:
-        days = int(str(value))
-    except ValueError:
-        raise InvalidInput(f"--days takes a whole number of days, not '{value}'") from None
-    if not 1 <= days <= MAX_DAYS:
-        raise InvalidInput(f"--days must be between 1 and {MAX_DAYS}")
-    return days
+    return parse_whole_number(
+        value, f"--days takes a whole number of days from 1 to {MAX_DAYS}", low=1, high=MAX_DAYS
+    )
 
 
 class StartReviewAction(Action):
@@ -91,17 +95,11 @@ class StartReviewAction(Action):
         )
 
 
-ID_MAX = 2**31 - 1  # the largest id either database's integer column holds
+ID_MAX = INT_MAX  # the largest id either database's integer column holds
 
 
 def _id(value: object, problem: str) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise InvalidInput(problem) from None
-    if not 1 <= number <= ID_MAX:
-        raise InvalidInput(problem)
-    return number
+    return parse_whole_number(value, problem, low=1, high=ID_MAX)
 
 
 def _finding(ctx: Context, params: Mapping[str, Any]) -> ReviewFinding:
@@ -317,10 +315,9 @@ class ViewReviewPageAction(Action):
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         review_id = _id(params.get("review"), "that button names no review page")
-        raw_page = str(params.get("page") or 0)
-        if not raw_page.isdigit() or int(raw_page) >= ID_MAX:
-            raise InvalidInput("that button names no review page")
-        number = int(raw_page)
+        number = parse_whole_number(
+            params.get("page") or 0, "that button names no review page", low=0, high=ID_MAX - 1
+        )
         return Prepared(
             {"review": review_id, "page": number},
             "audit:view",

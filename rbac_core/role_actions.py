@@ -86,7 +86,7 @@ def _has_active_2fa(session: Session, user: str) -> bool:
 OPERATOR = "operator"  # the actor the CLI's operator commands run as
 
 
-def _operator_only(ctx: Context, what: str) -> None:
+def operator_only(ctx: Context, what: str) -> None:
     if ctx.surface != "cli" or ctx.actor != OPERATOR:
         raise OperatorOnly(f"Only an operator at the server's command line can {what}.")
 
@@ -300,7 +300,7 @@ class AssignAction(Action):
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
         user = _user(params)
         role = get_role(ctx.session, str(params.get("role") or ""))
-        scope = resolve_scope(ctx.session, params.get("number"))
+        scope = resolve_scope(ctx.session, params.get("number"), registered=True)
         duration = parse_duration(str(params["for"])) if params.get("for") else None
         reason = _reason(params)
         require_user(ctx.session, user)
@@ -653,9 +653,10 @@ class WhyAction(Action):
         return Prepared(
             {"user": user, "permission": permission, "number": scope},
             # Unlike `show` on oneself, rule 1 does not exempt `why`: it needs roles:view,
-            # which every built-in role carries.
+            # which every built-in role carries, in the scope asked about (so a grant on
+            # one number lets its holder ask about that number).
             "roles:view",
-            WILDCARD,
+            scope,
             f"user:{user}",
             f"explain {user}'s access to {permission}",
         )
@@ -688,7 +689,7 @@ class BootstrapAdminAction(Action):
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        _operator_only(ctx, "make the first admin")
+        operator_only(ctx, "make the first admin")
         user = _user(params)
         return Prepared(
             {"user": user}, None, WILDCARD, f"user:{user}", f"make {user} the first admin"
@@ -731,7 +732,7 @@ class RegisterUserAction(Action):
     name = "user.register"
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        _operator_only(ctx, "register users (Slack registers them automatically)")
+        operator_only(ctx, "register users (Slack registers them automatically)")
         user = _user(params)
         name = clean_text(params.get("name"), "name", 200)
         return Prepared(
@@ -757,7 +758,7 @@ class RegisterNumberAction(Action):
     name = "number.register"
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        _operator_only(ctx, "register numbers")
+        operator_only(ctx, "register numbers")
         e164 = parse_e164(str(params.get("number") or ""))
         phone_number_id = clean_text(params.get("phone_number_id"), "phone-number id", 32)
         if phone_number_id is not None and not is_phone_number_id(phone_number_id):

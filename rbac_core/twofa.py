@@ -3,8 +3,9 @@
 Rules held here (SPEC §4 rule 8, NIST SP 800-63B): seeds are 160 random bits,
 encrypted at rest; a code is accepted once (the last accepted time step is
 stored, and a code from that step or earlier is refused); five consecutive
-failures lock verification for 15 minutes; a sensitive action needs a code
-verified in the last 10 minutes.
+wrong codes lock verification for 15 minutes and close any open step-up
+window; a sensitive action needs a code verified in the last 10 minutes. Each
+rule holds under concurrent requests: see `_locked_factor`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 import pyotp
 from sqlalchemy.orm import Session
 
+from . import audit
 from .directory import require_user
 from .errors import Conflict, InvalidInput, NotFound, SelfGrant
 from .gate import Action, Context, Prepared, Result
-from .models import SecondFactor
+from .models import SecondFactor, User
 from .secret_box import SecretBox
 from .values import WILDCARD, format_moment, parse_user_id
 
@@ -50,17 +52,40 @@ def matching_step(secret: str, code: str, now: float, digits: int = DIGITS) -> i
     return None
 
 
+def window_open(row: SecondFactor | None, now: datetime) -> bool:
+    """Whether `row` proves a second factor now: a code verified in the last 10
+    minutes, and no lockout since. A lockout ends the window (it also clears
+    `verified_at`; checking both keeps the rule if either write is ever lost)."""
+    return (
+        row is not None
+        and row.active
+        and row.verified_at is not None
+        and row.verified_at > now - STEP_UP_WINDOW
+        and (row.locked_until is None or row.locked_until <= now)
+    )
+
+
 class TotpStepUp:
     """The gate's step-up hook: a code verified in the last 10 minutes."""
 
     def satisfied(self, session: Session, actor: str, now: datetime) -> bool:
-        row = session.get(SecondFactor, actor)
-        return (
-            row is not None
-            and row.active
-            and row.verified_at is not None
-            and row.verified_at > now - STEP_UP_WINDOW
-        )
+        return window_open(session.get(SecondFactor, actor), now)
+
+
+def _locked_factor(session: Session, user: str) -> SecondFactor | None:
+    """The person's 2FA row, read under a lock held until the transaction ends.
+
+    Every enrolment, check of a code and reset locks the person's `users` row
+    first, so concurrent requests for one person queue and each reads what the
+    previous one wrote: a code is accepted once and at most five wrong codes
+    are checked, however many arrive at once (PostgreSQL row locks; SQLite's
+    single writer). The users row, not the 2FA row, is the lock because an
+    enrolment may find no 2FA row to lock yet.
+    """
+    # FOR NO KEY UPDATE on PostgreSQL: it serialises these requests just the same,
+    # without blocking the foreign-key checks of grants being written for them.
+    session.get(User, user, with_for_update={"key_share": True}, populate_existing=True)
+    return session.get(SecondFactor, user, with_for_update=True, populate_existing=True)
 
 
 def _self(ctx: Context, what: str) -> Prepared:
@@ -80,7 +105,7 @@ class EnrollAction(Action):
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         require_user(ctx.session, ctx.actor)
-        row = ctx.session.get(SecondFactor, ctx.actor)
+        row = _locked_factor(ctx.session, ctx.actor)
         if row is not None and row.active:
             raise Conflict(
                 "You already have 2FA. If you lost your device, ask an admin to reset it."
@@ -118,9 +143,14 @@ class VerifyAction(Action):
         return Prepared({"code": code}, None, WILDCARD, f"user:{ctx.actor}", "verify a 2FA code")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
-        row = ctx.session.get(SecondFactor, ctx.actor)
+        row = _locked_factor(ctx.session, ctx.actor)
         if row is None:
             raise NotFound("You have no 2FA yet: start with `/wa-2fa enroll`.")
+        # A guess is checked only once its outcome is sure to be recorded: were the
+        # audit append to fail later (a lock timeout), the rollback would forget the
+        # failure count and leave the code unused. Lock order: users, second_factors,
+        # audit_head, as everywhere.
+        audit.lock_head(ctx.txn)
         if row.locked_until is not None and row.locked_until > ctx.now:
             return Result(
                 f"2FA is locked after too many wrong codes; try again after "
@@ -128,12 +158,20 @@ class VerifyAction(Action):
                 refusal="2fa_locked",
             )
         step = matching_step(self.box.open(row.secret_enc), prepared.params["code"], ctx.clock())
-        replay = step is not None and row.last_step is not None and step <= row.last_step
-        if step is None or replay:
+        if step is not None and row.last_step is not None and step <= row.last_step:
+            # A valid code used before: a double click or a replay. It tells no
+            # one anything about the seed, so it is refused without counting
+            # as a guess (counting it would let a double click lock people out).
+            return Result(
+                "That code was already used; wait for the next one.",
+                refusal="2fa_replay",
+            )
+        if step is None:
             row.failures += 1
             if row.failures >= MAX_FAILURES:
                 row.failures = 0
                 row.locked_until = ctx.now + LOCKOUT
+                row.verified_at = None  # a lockout closes the step-up window
                 return Result(
                     f"Too many wrong codes: 2FA is locked until "
                     f"{format_moment(row.locked_until)}, and security has been alerted.",
@@ -142,15 +180,10 @@ class VerifyAction(Action):
                     refusal="2fa_locked_now",
                 )
             left = MAX_FAILURES - row.failures
-            why = (
-                "That code was already used; wait for the next one"
-                if replay
-                else ("That code is not right")
-            )
             return Result(
-                f"{why} ({left} tries left before a 15-minute lock).",
+                f"That code is not right ({left} tries left before a 15-minute lock).",
                 details={"failures": row.failures},
-                refusal="2fa_replay" if replay else "2fa_wrong_code",
+                refusal="2fa_wrong_code",
             )
         row.last_step, row.failures, row.verified_at = step, 0, ctx.now
         if not row.active:
@@ -181,7 +214,7 @@ class StatusAction(Action):
         lines = [f"2FA: on since {format_moment(row.activated_at)}."]
         if row.locked_until is not None and row.locked_until > ctx.now:
             lines.append(f"Locked until {format_moment(row.locked_until)}.")
-        if TotpStepUp().satisfied(ctx.session, ctx.actor, ctx.now):
+        if window_open(row, ctx.now):
             lines.append("A code was verified in the last 10 minutes.")
         return Result(" ".join(lines), data={"state": "on"})
 
@@ -193,10 +226,9 @@ class ResetAction(Action):
     risky = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        # Whether they exist or have 2FA is checked in check_rules, after the
+        # permission: someone who may not reset 2FA learns nothing about anyone's.
         user = parse_user_id(str(params.get("user") or ""))
-        require_user(ctx.session, user)
-        if ctx.session.get(SecondFactor, user) is None:
-            raise NotFound(f"{user} has no 2FA to reset")
         return Prepared(
             {"user": user},
             "security:reset_2fa",
@@ -207,11 +239,15 @@ class ResetAction(Action):
         )
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
-        if prepared.params["user"] == ctx.actor:
+        user = prepared.params["user"]
+        if user == ctx.actor:
             raise SelfGrant("You cannot reset your own 2FA: ask another admin.")
+        require_user(ctx.session, user)
+        if ctx.session.get(SecondFactor, user) is None:
+            raise NotFound(f"{user} has no 2FA to reset")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
-        row = ctx.session.get(SecondFactor, prepared.params["user"])
+        row = _locked_factor(ctx.session, prepared.params["user"])
         if row is None:
             raise NotFound(f"{prepared.params['user']} has no 2FA to reset")
         ctx.session.delete(row)

@@ -83,6 +83,29 @@ def parse_duration(text: str) -> timedelta:
     return value
 
 
+BIGINT_MAX = 2**63 - 1  # the largest value of a 64-bit integer column (audit seq)
+INT_MAX = 2**31 - 1  # the largest value of a plain integer column (ids)
+_WHOLE = re.compile(r"[0-9]{1,19}")
+
+
+def parse_whole_number(value: object, problem: str, *, low: int, high: int) -> int:
+    """A whole number from outside (a flag, a button's value) within [low, high].
+
+    Every integer a person or a payload supplies passes here before it reaches
+    a query: past a column's range PostgreSQL aborts the whole transaction
+    (taking the audit entry with it) and SQLite's driver raises OverflowError.
+    Anything else, a bool, a float, a sign or 10**30 included, is `problem`.
+    """
+    text = value if isinstance(value, str) else str(value) if type(value) is int else ""
+    text = text.strip()
+    if not _WHOLE.fullmatch(text):
+        raise InvalidInput(problem)
+    number = int(text)
+    if not low <= number <= high:
+        raise InvalidInput(problem)
+    return number
+
+
 def format_duration(value: timedelta) -> str:
     seconds = int(value.total_seconds())
     for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from rbac_core import Database, Gate, ManualClock, build_gate
 from rbac_core.audit import GENESIS_HASH
 from rbac_core.clock import utcnow
-from rbac_core.directory import ensure_user
+from rbac_core.directory import ensure_user, register_number
 from rbac_core.migrate import sync_builtin_roles, upgrade
 
 from .helpers import throwaway_schema
@@ -113,6 +113,9 @@ def gate(db: Database, clock: ManualClock) -> Gate:
     return build_gate(db, clock=clock)
 
 
+NUMBERS = ("+15550001111", "+15550002222", "+15550000001", "+15550000002", "+15550000003")
+"""The workspace's registered WhatsApp numbers: grants may be made only on these."""
+
 ADMIN = "U0ADMIN01"
 ALICE = "U0ALICE01"
 BOB = "U0BOB0001"
@@ -121,10 +124,13 @@ CAROL = "U0CAROL01"
 
 @pytest.fixture
 def team(db: Database, gate: Gate, clock: ManualClock) -> dict[str, str]:
-    """A workspace with one admin (bootstrapped) and three known people without roles."""
+    """A workspace with one admin (bootstrapped), three known people without roles,
+    and the registered numbers of NUMBERS."""
     outcome = gate.submit("operator", "cli", "system.bootstrap_admin", {"user": ADMIN})
     assert outcome.status == "done", outcome
     with db.write() as session:
         for user in (ALICE, BOB, CAROL):
             ensure_user(session, user, utcnow(clock))
+        for number in NUMBERS:
+            register_number(session, number)
     return {"admin": ADMIN, "alice": ALICE, "bob": BOB, "carol": CAROL}

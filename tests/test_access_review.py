@@ -27,7 +27,7 @@ from bot.config import Settings
 from bot.runtime import Runtime, build_runtime
 from bot.scheduler import REVIEW_JOB, Scheduler, build_scheduler
 from bot.slack_app import slack_client
-from rbac_core import Database, ManualClock
+from rbac_core import Database, Gate, ManualClock
 from rbac_core.directory import ensure_user
 from rbac_core.models import AccessReview, Grant, JobRun, ReviewFinding
 
@@ -73,7 +73,21 @@ def runtime(settings: Settings, clock: ManualClock) -> Iterator[Runtime]:
 
 @pytest.fixture
 def scheduler(runtime: Runtime, settings: Settings) -> Scheduler:
-    return build_scheduler(runtime, slack_client(settings), owner="test-scheduler")
+    return review_scheduler(runtime, settings, "test-scheduler")
+
+
+def review_scheduler(runtime: Runtime, settings: Settings, owner: str) -> Scheduler:
+    """The production scheduler with its review job alone: the hourly audit checkpoint
+    (also due at these instants) has tests of its own in test_audit_checkpoint.py."""
+    built = build_scheduler(runtime, slack_client(settings), owner=owner)
+    built.periodic = [job for job in built.periodic if job.name == REVIEW_JOB]
+    return built
+
+
+@pytest.fixture
+def gate(runtime: Runtime) -> Gate:
+    """The runtime's gate: it holds WA_SECRET_KEY, so it may write to the keyed audit log."""
+    return runtime.gate
 
 
 @pytest.fixture
@@ -101,7 +115,12 @@ def workspace(team: dict[str, str], gate: Any, clock: ManualClock) -> dict[str, 
 
 
 def reports(slack: FakeSlack) -> list[dict[str, Any]]:
-    return [c.body for c in slack.named("chat.postMessage") if c.body.get("channel") == AUDIT]
+    """The access reviews posted to the audit channel (not the hourly signed checkpoints)."""
+    return [
+        c.body
+        for c in slack.named("chat.postMessage")
+        if c.body.get("channel") == AUDIT and "wa-access-checkpoint" not in c.body.get("text", "")
+    ]
 
 
 def finding_rows(report: dict[str, Any]) -> list[tuple[str, list[str]]]:
@@ -184,9 +203,7 @@ def test_a_review_runs_once_per_period_however_often_schedulers_look(
     slack: FakeSlack,
     clock: ManualClock,
 ) -> None:
-    others = [
-        build_scheduler(runtime, slack_client(settings), owner=f"replica-{i}") for i in range(2)
-    ]
+    others = [review_scheduler(runtime, settings, f"replica-{i}") for i in range(2)]
     for minute in range(5):
         clock.now = MONDAY.timestamp() + 60 * minute
         for each in (scheduler, *others):
@@ -228,7 +245,7 @@ def test_the_schedule_follows_the_configured_time_zone(
 
     tokyo = replace(settings, timezone="Asia/Tokyo")
     runtime = replace(runtime, settings=tokyo)
-    scheduler = build_scheduler(runtime, slack_client(tokyo), owner="tokyo")
+    scheduler = review_scheduler(runtime, tokyo, "tokyo")
     clock.now = datetime(2026, 12, 28, 0, 0, 30, tzinfo=UTC).timestamp()  # 09:00 in Tokyo
     assert [r.period for r in scheduler.tick()] == ["2026-12-28T00:00Z"]
 
@@ -463,6 +480,8 @@ def replica(
             str(periods),
             "--go-at",
             str(go_at),
+            "--secret-key",
+            "s" * 40,  # the workspace's, which keys its audit log
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -482,8 +501,11 @@ def test_three_schedulers_over_ten_periods_post_exactly_ten_reports(
     posted = reports(slack)
     assert len(posted) == 10
     with db.read() as session:
-        runs = list(session.scalars(select(JobRun).order_by(JobRun.period)))
+        everything = list(session.scalars(select(JobRun).order_by(JobRun.period)))
         reviews = list(session.scalars(select(AccessReview)))
+    runs = [r for r in everything if r.job == REVIEW_JOB]
+    # The hourly checkpoint ran beside it (the workspace has WA_SECRET_KEY): each once, done.
+    assert {r.status for r in everything if r.job != REVIEW_JOB} <= {"done"}
     assert len({r.owner for r in runs}) > 1  # the replicas really raced for the periods
     assert [r.status for r in runs] == ["done"] * 10
     assert len({r.period for r in runs}) == 10
@@ -556,6 +578,7 @@ def test_the_scheduler_process_posts_the_due_review_and_stops_on_sigterm(
         "WA_AUDIT_CHANNEL": AUDIT,
         "WA_AUDIT_SCHEDULE": "* * * * *",
         "WA_AUDIT_GRACE_HOURS": "1",
+        "WA_SECRET_KEY": "s" * 40,  # the workspace's, which keys its audit log
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "scheduler"],

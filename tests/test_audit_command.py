@@ -192,3 +192,21 @@ def test_help_hides_what_the_caller_may_not_do(app: FlaskClient, slack: FakeSlac
     admin_ack, _ = audit(app, slack, ADMIN, "help")
     for sub in ("inactive", "log", "verify", "export"):
         assert f"/wa-audit {sub}" in admin_ack["text"]
+
+
+@pytest.mark.parametrize("before", ["9223372036854775808", str(10**30), "-1", "1.5", "true"])
+def test_an_out_of_range_page_button_is_refused_clearly_and_audited(
+    app: FlaskClient, slack: FakeSlack, db: Database, before: str
+) -> None:
+    """Bounded before any query: PostgreSQL's bigint overflow used to abort the transaction
+    and take the refusal's audit entry with it."""
+    value = '{"before": ' + before + "}"
+    seen = len(slack.responses())
+    post(app, block_action(ADMIN, "wa_audit_log_older", value, slack.response_url("audit")))
+    [answer] = slack.responses()[seen:]
+    assert "that page of the log does not exist" in answer["text"]
+    with db.read() as session:
+        last = session.execute(
+            text("SELECT action, decision, outcome FROM audit_log ORDER BY seq DESC LIMIT 1")
+        ).one()
+    assert tuple(last) == ("audit.log", "deny", "invalid")

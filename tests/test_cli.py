@@ -14,7 +14,7 @@ import pytest
 from bot.cli import main
 from rbac_core import Database
 
-from .conftest import ADMIN, ALICE, BOB
+from .conftest import ADMIN, ALICE, BOB, CAROL
 from .helpers import live_grants
 
 Cli = Callable[..., tuple[int, str, str]]
@@ -45,6 +45,7 @@ def staffed(cli: Cli) -> Cli:
     assert cli("bootstrap-admin", ADMIN)[0] == 0
     assert cli("user", "add", ALICE, "--name", "alice")[0] == 0
     assert cli("user", "add", BOB)[0] == 0
+    assert cli("number", "add", "+15550001111", "--id", "106540352242922")[0] == 0
     return cli
 
 
@@ -102,7 +103,7 @@ def test_console_help_hides_what_the_caller_may_not_do(staffed: Cli) -> None:
     [
         ("/wa-role frobnicate", "unknown subcommand 'frobnicate'", 2),
         ("/wa-role assign", "missing USER", 2),
-        ("/wa-role assign @alice agent", "is not a mention", 2),
+        ("/wa-role assign @nobody agent", "nobody is registered as 'nobody'", 2),
         (f"/wa-role assign <@{ALICE}> agent --colour red", "unknown option --colour", 2),
         (f"/wa-role assign <@{ALICE}> agent --for", "--for needs a value", 2),
         (f'/wa-role assign <@{ALICE}> agent --reason "unclosed', "not closed", 2),
@@ -216,7 +217,8 @@ def test_export_to_an_unwritable_place_is_one_line_and_leaves_nothing(
     code, _, err = staffed("audit", "export", "--format", "csv", "-o", "/nonexistent/dir/a.csv")
     assert code == 1 and err.startswith("cannot write /nonexistent/dir/a.csv")
     code, _, err = staffed("audit", "export", "--format", "jsonl", "-o", str(tmp_path / "a.jsonl"))
-    assert code == 0 and "exported 3 entries" in err
+    # the entries of `staffed`: the first admin, two people and one number
+    assert code == 0 and "exported 4 entries" in err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -279,3 +281,101 @@ def test_console_runs_wa_audit_through_the_same_gate(staffed: Cli) -> None:
     # The console is the command line, but acting for a person: no operator rights.
     code, out, _ = staffed("console", "--as", ALICE, stdin="/wa-audit inactive\n")
     assert code == 1 and "You are not allowed to run the access review" in out
+
+
+def test_a_refusal_followed_by_confirm_exits_1_not_as_a_usage_error(staffed: Cli) -> None:
+    line = f"/wa-role assign <@{BOB}> agent\nconfirm\n"
+    code, out, _ = staffed("console", "--as", ALICE, stdin=line)
+    assert "not allowed" in out and "nothing waiting for confirmation" in out
+    assert code == 1
+
+
+def test_a_risky_command_left_unconfirmed_exits_1(staffed: Cli, db: Database) -> None:
+    code, out, _ = staffed("console", "--as", ADMIN, stdin=f"/wa-role assign <@{BOB}> agent\n")
+    assert "Please confirm" in out and "Nothing was done" in out
+    assert code == 1
+    assert live_grants(db, BOB) == []
+
+
+@pytest.mark.parametrize("who", ["@alice", "@Alice", f"@{ALICE}", f"<@{ALICE}>", ALICE])
+def test_the_console_takes_a_registered_name_or_an_id_where_slack_takes_a_mention(
+    staffed: Cli, db: Database, who: str
+) -> None:
+    code, out, _ = staffed(
+        "console", "--as", ADMIN, stdin=f"/wa-role assign {who} agent\nconfirm\n"
+    )
+    assert code == 0, out
+    assert live_grants(db, ALICE) == [(ALICE, "agent", "*")]
+
+
+def test_the_console_names_an_unknown_or_ambiguous_name(staffed: Cli) -> None:
+    assert staffed("user", "add", CAROL, "--name", "alice")[0] == 0
+    code, out, _ = staffed("console", "--as", ADMIN, stdin="/wa-role assign @alice agent\n")
+    assert code == 2 and "2 people are registered as 'alice'" in out
+    code, out, _ = staffed("console", "--as", ADMIN, stdin="/wa-role assign @zed agent\n")
+    assert code == 2 and "nobody is registered as 'zed'" in out and "user add" in out
+
+
+def test_a_request_from_the_console_says_no_approver_was_told(staffed: Cli) -> None:
+    staffed("console", "--as", ADMIN, stdin=f"/wa-role assign <@{ALICE}> support\nconfirm\n")
+    line = "/wa-role request analyst --for 4h --reason covering\n"
+    code, out, _ = staffed("console", "--as", ALICE, stdin=line)
+    assert code == 0
+    assert "notified" not in out and "no approver was told" in out
+
+
+def test_users_are_listed_and_removed_by_the_operator(staffed: Cli, db: Database) -> None:
+    staffed("console", "--as", ADMIN, stdin=f"/wa-role assign <@{ALICE}> agent\nconfirm\n")
+    code, out, _ = staffed("user", "list")
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
+    assert rows[ALICE] == ["alice", "active", "1"] and rows[BOB] == ["-", "active", "0"]
+    code, out, _ = staffed("user", "remove", ALICE)
+    assert code == 0 and "none of their grants count" in out
+    assert "removed" in staffed("user", "list")[1].splitlines()[2]
+    code, _, err = staffed("user", "remove", ALICE)
+    assert code == 1 and "already removed" in err
+    code, _, err = staffed("user", "remove", ADMIN)
+    assert code == 1 and "last" in err  # the last admin stays
+    code, _, err = staffed("user", "remove", "nobody")
+    assert code == 2 and "not a Slack user id" in err
+
+
+def test_numbers_are_listed_and_removed_only_once_no_grant_counts_on_them(staffed: Cli) -> None:
+    assign = "/wa-role assign @alice agent --number +15550001111\nconfirm\n"
+    assert staffed("console", "--as", ADMIN, stdin=assign)[0] == 0
+    code, out, _ = staffed("number", "list")
+    assert code == 0 and out.splitlines()[1].split() == [
+        "+15550001111",
+        "106540352242922",
+        "-",
+        "1",
+    ]
+    code, _, err = staffed("number", "remove", "106540352242922")
+    assert code == 1 and "still has grants" in err and "agent" in err
+    revoke = "/wa-role revoke @alice agent --number +15550001111\nconfirm\n"
+    assert staffed("console", "--as", ADMIN, stdin=revoke)[0] == 0
+    assert staffed("number", "remove", "+1 555 000 1111")[0] == 0
+    assert len(staffed("number", "list")[1].splitlines()) == 1  # the header alone
+    code, _, err = staffed("number", "remove", "+15550001111")
+    assert code == 1 and "not a registered number" in err
+
+
+def test_version_and_every_option_say_what_they_do(
+    cli: Cli, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("wa-access ")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = capsys.readouterr().out
+    for option in ("--host HOST", "--port PORT", "--workers WORKERS"):
+        assert option in shown
+    assert "(default: 127.0.0.1)" in shown and "(default: 3000)" in shown
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["console", "--help"])
+    shown = capsys.readouterr().out
+    assert all(command in shown for command in ("/wa-role", "/wa-2fa", "/wa-audit"))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
-from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
+from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result, audit
 from rbac_core.clock import utcnow
 from rbac_core.models import Grant, PendingAction
 from rbac_core.role_actions import ROLE_ACTIONS
@@ -140,6 +141,51 @@ def test_a_failing_action_writes_nothing_but_its_audit_entry(
     assert (last.action, last.outcome) == ("test.explodes", "error")
 
 
+class _BadQuery(Action):
+    """A read-only action whose query the database refuses: a column's range overflowed,
+    say. PostgreSQL then refuses every later statement of the transaction."""
+
+    read_only = True
+
+    def __init__(self, name: str, where: str) -> None:
+        self.name, self.where = name, where
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        if self.where == "prepare":
+            ctx.session.execute(text("SELECT * FROM no_such_table"))
+        return Prepared({}, "roles:view", "*", "-", "read something")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        ctx.session.execute(text("SELECT * FROM no_such_table"))
+        return Result("unreachable")
+
+
+@pytest.mark.parametrize("where", ["prepare", "execute"])
+def test_a_database_error_in_a_read_only_action_is_audited_as_failed(
+    db: Database, clock: ManualClock, where: str
+) -> None:
+    gate = Gate(db, {**ROLE_ACTIONS, "test.bad_query": _BadQuery("test.bad_query", where)})
+    outcome = gate.submit(ADMIN, "cli", "test.bad_query", {})
+    assert outcome.status == "failed" and outcome.audit_seq is not None
+    assert "no_such_table" not in outcome.message
+    last = audit_rows(db)[-1]
+    assert (last.seq, last.action, last.decision, last.outcome) == (
+        outcome.audit_seq,
+        "test.bad_query",
+        "deny",
+        "error",
+    )
+    # The same holds when the failing call shares its transaction with others.
+    calls = [("role.show", {}), ("test.bad_query", {}), ("role.show", {})] * 3
+    with ThreadPoolExecutor(len(calls)) as pool:
+        outcomes = list(pool.map(lambda c: gate.submit(ADMIN, "cli", *c), calls))
+    assert [o.status for o in outcomes] == ["done", "failed", "done"] * 3
+    seqs = {o.audit_seq for o in outcomes}
+    assert None not in seqs and len(seqs) == len(calls)
+    with db.snapshot() as conn:
+        assert audit.verify(conn).ok
+
+
 def test_a_failing_decision_point_denies(db: Database, clock: ManualClock) -> None:
     gate = Gate(db, ROLE_ACTIONS, clock=clock)
     policy = gate.policy()
@@ -192,7 +238,10 @@ READ_ONLY_CALLS = [
     (ALICE, "audit.log", {}),
     (ADMIN, "audit.verify", {}),
     (ADMIN, "audit.export", {}),
+    (ADMIN, "audit.checkpoint", {}),  # refused here; executed in test_audit_checkpoint
     (ADMIN, "review.latest", {}),
+    (ADMIN, "user.list", {}),  # refused here (operator only); listed in test_cli
+    (ADMIN, "number.list", {}),
     ("", "role.show", {}),
 ]
 

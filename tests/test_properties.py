@@ -37,7 +37,7 @@ from rbac_core.audit import GENESIS_HASH
 from rbac_core.builtin_roles import BUILTIN_ROLES
 from rbac_core.clock import utcnow
 from rbac_core.db import txn_of
-from rbac_core.directory import ensure_user
+from rbac_core.directory import ensure_user, register_number
 from rbac_core.errors import UnknownPermission
 from rbac_core.gate import CONFIRMATION_TTL
 from rbac_core.grants import active_admins
@@ -49,6 +49,7 @@ from rbac_core.policy_store import bump_policy_version
 from rbac_core.values import WILDCARD
 
 from .conftest import ADMIN, ALICE, BOB, CAROL, START, TABLES
+from .conftest import NUMBERS as REGISTERED
 from .helpers import AlwaysVerified, run
 
 DAVE = "U0DAVE001"
@@ -424,6 +425,8 @@ def new_workspace(
             with db.write() as session:
                 for user in (ALICE, BOB, CAROL):
                     ensure_user(session, user, utcnow(clock))
+                for number in REGISTERED:
+                    register_number(session, number)
             yield Workspace(db, gate, clock)
         finally:
             db.dispose()

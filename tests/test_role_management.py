@@ -328,3 +328,71 @@ def test_deactivating_someone_needs_every_permission_they_hold(gate: Gate, db: D
     refused = gate.submit(BOB, "cli", "user.deactivate", {"user": ALICE})
     assert refused.error_code == "privilege_escalation"
     assert gate.decide(ALICE, "messages:send_text").allowed
+
+
+def test_help_lists_exactly_the_subcommands_the_gate_lets_each_person_use(
+    db: Database, clock: ManualClock
+) -> None:
+    """SPEC §5: help hides what the caller may not do, and offers nothing that is refused.
+
+    A subcommand taking --number is checked in that number; the others everywhere.
+    """
+    from handlers.role_command import SUBCOMMANDS, RoleCommand
+    from rbac_core import build_gate
+    from rbac_core.directory import ensure_user
+
+    gate = build_gate(db, clock=clock, step_up=AlwaysVerified())
+    dave = "U0DAVE0001"
+    with db.write() as session:
+        register_number(session, NUMBER, "106540352242922")
+        ensure_user(session, dave, utcnow(clock))
+    give_2fa(db, CAROL, utcnow(clock))
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="support", number=NUMBER).ok
+    assert run(gate, ADMIN, "role.assign", user=CAROL, role="admin", number=NUMBER).ok
+    assert run(gate, ADMIN, "role.assign", user=BOB, role="agent", number=NUMBER).ok
+    assert run(gate, ADMIN, "role.create", name="custom1", perms=["templates:view"]).ok
+    command = RoleCommand(gate)
+    samples = {
+        "show": "show",
+        "list": "list",
+        "assign": f"assign <@{dave}> analyst --number {NUMBER}",
+        "revoke": f"revoke <@{BOB}> agent --number {NUMBER}",
+        "create": "create tmp_{i} --perms templates:view",
+        "edit": "edit custom1 --add templates:view",
+        "delete": "delete custom1",
+        "request": f"request analyst --number {NUMBER} --for 4h --reason covering",
+        "why": f"why <@{BOB}> messages:send_text --number {NUMBER}",
+    }
+    assert set(samples) == {sub.name for sub in SUBCOMMANDS}
+    seen = {}
+    for i, actor in enumerate((ADMIN, ALICE, CAROL, dave)):
+        listed = command.help(actor)
+        for sub in SUBCOMMANDS:
+            reply = command.handle(actor, "cli", samples[sub.name].format(i=i))
+            assert reply.outcome is not None, reply.text
+            allowed = reply.outcome.status != "denied"
+            seen[(actor, sub.name)] = allowed
+            assert (f"`{sub.usage}`" in listed) == allowed, (actor, sub.name, reply.text)
+    # Alice's roles:view on one number lets her ask about that number, not list every role.
+    assert seen[(ALICE, "why")] and not seen[(ALICE, "list")]
+    assert seen[(CAROL, "assign")] and not seen[(CAROL, "create")]
+    assert not any(seen[(dave, name)] for name in samples if name != "show")
+
+
+def test_a_grant_on_a_number_nobody_registered_is_refused_and_says_how_to_add_it(
+    gate: Gate, db: Database
+) -> None:
+    unknown = "+15559999999"
+    outcome = run(gate, ADMIN, "role.assign", user=ALICE, role="agent", number=unknown)
+    assert outcome.status == "refused" and outcome.error_code == "unknown_number"
+    assert f"wa-access number add {unknown}" in outcome.message
+    asked = gate.submit(ALICE, "cli", "access.request", {"role": "agent", "number": unknown})
+    assert asked.error_code == "unknown_number"
+    assert live_grants(db, ALICE) == []
+    # Asking why about any number still answers; it grants nothing.
+    assert (
+        gate.submit(
+            ADMIN, "cli", "role.why", {"user": ALICE, "permission": "roles:view", "number": unknown}
+        ).status
+        == "done"
+    )

@@ -9,6 +9,9 @@ never a 500 and never a traceback.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import json
 import logging
 import time
@@ -23,6 +26,7 @@ from hypothesis import strategies as st
 from slack_bolt import Ack
 
 from bot import slack_intake
+from bot.app import MAX_BODY_BYTES
 from bot.config import Settings
 from bot.runtime import build_runtime
 from bot.slack_app import FAILURE_TEXT, build_slack_app
@@ -34,8 +38,9 @@ from rbac_core import Database, ManualClock
 
 from .conftest import ADMIN, ALICE
 from .fake_slack import FakeSlack
-from .helpers import live_grants
+from .helpers import audit_rows, live_grants
 from .slack_requests import (
+    SIGNING_SECRET,
     app_home_opened,
     block_action,
     home_block_action,
@@ -566,3 +571,101 @@ def test_a_request_no_listener_takes_is_logged_without_what_people_typed(
     assert _signed(client, json.dumps(dialog), "application/json").status_code == 404
     assert "493021" not in caplog.text and "gIkuvaNzQIHg97ATvDxqgjtO" not in caplog.text
     assert "no listener for this request (dialog_submission, old_dialog)" in caplog.text
+
+
+# -- the body: at most MAX_BODY_BYTES however it is framed, and bytes before text ---------
+
+
+def _sign_bytes(body: bytes, secret: str = SIGNING_SECRET) -> dict[str, str]:
+    """Slack's v0 signature over raw bytes, which need not be UTF-8."""
+    ts = str(int(time.time()))
+    mac = hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256)
+    return {
+        "Content-Type": FORM,
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": "v0=" + mac.hexdigest(),
+    }
+
+
+def _chunked(client: FlaskClient, body: bytes, headers: dict[str, str]) -> Any:
+    """POSTed as a server passes on a chunked body: no usable length, the stream ends it.
+
+    (The test client always sets Content-Length; `Transfer-Encoding: chunked`
+    overrides it, as it does on the wire.)
+    """
+    return client.post(
+        "/slack/events",
+        input_stream=io.BytesIO(body),
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def command_of_exactly(size: int, response_url: str) -> bytes:
+    """`/wa-role show` by the admin, padded with a field nobody reads to `size` bytes."""
+    base = slash_command(ADMIN, "show", response_url) + "&pad="
+    return (base + "x" * (size - len(base))).encode()
+
+
+def test_a_chunked_body_past_the_cap_signed_over_its_first_bytes_is_413_not_run(
+    client: FlaskClient, slack: FakeSlack, db: Database
+) -> None:
+    """A stream cut at the cap looked like a whole body whose signature held."""
+    head = command_of_exactly(MAX_BODY_BYTES, slack.response_url())
+    body = head + b"&more=" + b"y" * (1017 - 6)
+    assert len(body) == MAX_BODY_BYTES + 1017
+    before = len(audit_rows(db))
+    answer = _chunked(client, body, _sign_bytes(head))
+    assert answer.status_code == 413
+    assert answer.get_json()["error"] == "request_entity_too_large"
+    assert len(audit_rows(db)) == before
+    assert slack.calls == [] and slack.responses() == []
+
+
+def test_a_correctly_signed_chunked_body_past_the_cap_is_413(
+    client: FlaskClient, slack: FakeSlack
+) -> None:
+    body = command_of_exactly(MAX_BODY_BYTES + 1, slack.response_url())
+    answer = _chunked(client, body, _sign_bytes(body))
+    assert answer.status_code == 413
+    assert answer.get_json()["error"] == "request_entity_too_large"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_of_exactly_the_cap_is_read_whole(
+    client: FlaskClient, slack: FakeSlack, framing: str
+) -> None:
+    body = command_of_exactly(MAX_BODY_BYTES, slack.response_url())
+    headers = _sign_bytes(body)
+    if framing == "chunked":
+        answer = _chunked(client, body, headers)
+    else:
+        answer = client.post("/slack/events", data=body, headers=headers)
+    assert answer.status_code == 200
+    assert answer.get_json()["text"].startswith(f"Grants of <@{ADMIN}>")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"command=%2Fwa-role&text=show\xff&user_id=" + ADMIN.encode(), FORM),
+        (b'{"type": "event_callback", "note": "\xc3\x28"}', "application/json"),
+        (b"payload=" + b"\xed\xa0\x80", FORM),  # an encoded surrogate: not UTF-8 either
+    ],
+)
+def test_a_signed_body_that_is_not_utf8_is_a_400_with_json(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, body: bytes, content_type: str
+) -> None:
+    """The signature is over bytes; only once it holds is the text decoded."""
+    headers = {**_sign_bytes(body), "Content-Type": content_type}
+    answer = client.post("/slack/events", data=body, headers=headers)
+    assert answer.status_code == 400
+    assert answer.get_json()["error"] == "malformed_payload"
+    assert "UTF-8" in answer.get_json()["message"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_body_that_is_not_utf8_and_not_signed_is_a_401(client: FlaskClient) -> None:
+    body = b"command=%2Fwa-role&text=show\xff&user_id=" + ADMIN.encode()
+    headers = _sign_bytes(body, secret="not-the-signing-secret")
+    assert client.post("/slack/events", data=body, headers=headers).status_code == 401

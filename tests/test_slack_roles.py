@@ -518,7 +518,7 @@ def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
 ) -> None:
     app = make_app(audit_channel="C0WAAUDIT")
     asked = alice_asks(app, slack, "agent --for 4h --reason covering the night shift")
-    assert "approvers have been notified" in asked["text"]
+    assert "Approvers have been notified." in asked["text"]
     posted = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
     request_post = (
         json.loads(posted[-1]["blocks"])

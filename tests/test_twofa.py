@@ -9,6 +9,8 @@ import pyotp
 import pytest
 
 from rbac_core import Database, Gate, ManualClock, build_gate
+from rbac_core.clock import utcnow
+from rbac_core.directory import ensure_user
 from rbac_core.models import SecondFactor
 from rbac_core.twofa import matching_step
 
@@ -165,7 +167,62 @@ def test_seeds_are_encrypted_at_rest_and_never_audited_or_logged(
     assert secret not in caplog.text and code not in caplog.text
 
 
-def test_without_a_secret_key_2fa_is_refused_clearly(db: Database, clock: ManualClock) -> None:
-    gate = build_gate(db, clock=clock)
-    outcome = gate.submit(ALICE, "slack", "2fa.enroll", {})
-    assert outcome.status == "refused" and "WA_SECRET_KEY" in outcome.message
+class TestAWorkspaceWithoutASecretKey:
+    @pytest.fixture(autouse=True)
+    def _team(self, db: Database, clock: ManualClock) -> None:
+        """Nobody set WA_SECRET_KEY here, ever: the audit log is not keyed either."""
+        with db.write() as session:
+            ensure_user(session, ALICE, utcnow(clock))
+
+    def test_2fa_is_refused_clearly(self, db: Database, clock: ManualClock) -> None:
+        gate = build_gate(db, clock=clock)
+        outcome = gate.submit(ALICE, "slack", "2fa.enroll", {})
+        assert outcome.status == "refused" and "WA_SECRET_KEY" in outcome.message
+
+
+def test_a_lockout_closes_the_step_up_window_a_good_code_had_opened(
+    gate: Gate, clock: ManualClock, db: Database
+) -> None:
+    enrol(gate, clock, ALICE)
+    admin_totp = enrol(gate, clock, ADMIN)
+    clock.advance(30)
+    assert gate.submit(ADMIN, "slack", "2fa.verify", {"code": admin_totp.at(clock())}).ok
+    waiting = gate.submit(ADMIN, "slack", "role.assign", {"user": ALICE, "role": "admin"})
+    assert waiting.status == "needs_confirmation"
+    wrong = "000000" if admin_totp.at(clock()) != "000000" else "111111"
+    for _ in range(5):
+        last = gate.submit(ADMIN, "slack", "2fa.verify", {"code": wrong})
+    assert last.error_code == "2fa_locked_now"
+    status = gate.submit(ADMIN, "slack", "2fa.status", {}).message
+    assert "Locked until" in status and "verified in the last 10 minutes" not in status
+    # Neither the confirmation asked for before the lockout nor a new request runs.
+    assert gate.confirm(waiting.pending_id or "", ADMIN, "slack").status == "needs_2fa"
+    again = run(gate, ADMIN, "role.assign", surface="slack", user=ALICE, role="admin")
+    assert again.status == "needs_2fa"
+    assert (ALICE, "admin", "*") not in live_grants(db, ALICE)
+
+
+def test_a_used_code_sent_again_is_refused_without_counting_as_a_guess(
+    gate: Gate, clock: ManualClock
+) -> None:
+    """A double click resends a good code: refusing it must not move anyone toward a lockout."""
+    totp = enrol(gate, clock, ALICE)
+    clock.advance(30)
+    code = totp.at(clock())
+    assert gate.submit(ALICE, "slack", "2fa.verify", {"code": code}).ok
+    for _ in range(10):
+        assert gate.submit(ALICE, "slack", "2fa.verify", {"code": code}).error_code == "2fa_replay"
+    clock.advance(30)
+    assert gate.submit(ALICE, "slack", "2fa.verify", {"code": totp.at(clock())}).ok
+
+
+def test_someone_who_may_not_reset_2fa_learns_nothing_about_anyones(
+    gate: Gate, clock: ManualClock
+) -> None:
+    enrol(gate, clock, ALICE)
+    answers = {
+        target: gate.submit(BOB, "slack", "2fa.reset", {"user": target})
+        for target in (ALICE, "U0NOBODY01", ADMIN)  # has 2FA, unknown, known without 2FA
+    }
+    assert {a.status for a in answers.values()} == {"denied"}
+    assert len({a.message.replace(t, "X") for t, a in answers.items()}) == 1

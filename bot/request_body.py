@@ -1,0 +1,69 @@
+"""Reading a request's body: all of it, or a refusal, never a part taken for the whole.
+
+A signature covers the whole body, so a route that checks one must read the
+body before trusting a byte of it; without a cap anyone could make a worker
+hold gigabytes. Every route that reads a body goes through `read_body`.
+
+Werkzeug's own guard is not enough for a chunked body (no Content-Length): it
+wraps the stream in a `LimitedStream` that stops reading at the cap and ends
+there quietly, so a body of 4 MiB and a bit arrived cut at 4 MiB, and a body
+signed over its first 4 MiB passed as signed. Here a chunked body is read to
+one byte past the cap: if that byte exists, the request is refused with 413.
+A body with a Content-Length over the cap is refused before any of it is read.
+"""
+
+from __future__ import annotations
+
+from flask import Request
+from werkzeug.exceptions import ClientDisconnected, LengthRequired, RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
+
+# 4 MiB is far above any Slack payload (a message of 50 blocks, percent-encoded)
+# and above the 3 MB a WhatsApp webhook batch may reach.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_READ_SIZE = 64 * 1024
+_CACHE = "wa_access.body"
+
+
+def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body as bytes, at most `limit` of them, read once per request.
+
+    Raises `RequestEntityTooLarge` (413) past the limit, `LengthRequired` (411)
+    for a chunked body the server does not delimit (a WSGI server that does
+    sets `wsgi.input_terminated`, as gunicorn does), and `ClientDisconnected`
+    (400) for a body that ends before its Content-Length.
+    """
+    environ = request.environ
+    cached = environ.get(_CACHE)
+    if isinstance(cached, bytes):
+        return cached
+    length = request.content_length  # None when chunked, whatever Content-Length says
+    if length is not None:
+        if length > limit:
+            raise RequestEntityTooLarge()
+        body = LimitedStream(request.input_stream, length).readall() if length else b""
+    elif "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        body = b""  # neither a length nor chunks: HTTP/1.1 says there is no body
+    elif "wsgi.input_terminated" not in environ:
+        raise LengthRequired("Send the body with a Content-Length.")
+    else:
+        body = _read_terminated(request, limit)
+    environ[_CACHE] = body
+    return body
+
+
+def _read_terminated(request: Request, limit: int) -> bytes:
+    stream = request.input_stream
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        try:
+            part = stream.read(min(_READ_SIZE, limit + 1 - total))
+        except (OSError, ValueError) as exc:  # as werkzeug's LimitedStream treats them
+            raise ClientDisconnected() from exc
+        if not part:
+            return b"".join(parts)
+        total += len(part)
+        if total > limit:
+            raise RequestEntityTooLarge()
+        parts.append(part)
