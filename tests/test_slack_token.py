@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
@@ -95,3 +96,20 @@ def test_the_start_up_check_says_in_one_line_whether_slack_accepted_the_token(
         slack_client(Settings(slack_bot_token="x", slack_api_url="http://127.0.0.1:1/api/"))
     )
     assert not gone.ok and "unreachable" in gone.line
+
+
+def test_serve_says_at_start_whether_slack_took_the_token_and_what_a_missing_key_costs(
+    db_url: str, slack: FakeSlack, tmp_path: Path
+) -> None:
+    from .test_http import serve, slack_env
+
+    with serve(tmp_path, slack_env(db_url, slack)) as served:
+        started = served.output()
+    assert "Slack accepted the bot token (workspace WA, bot user U0WABOT01)." in started
+    assert "WA_SECRET_KEY is not set: nobody can turn on 2FA" in started
+    slack.scripted["auth.test"] = [{"ok": False, "error": "invalid_auth"}]
+    env = {**slack_env(db_url, slack), "WA_SECRET_KEY": "s" * 40}
+    with serve(tmp_path, env) as served:
+        started = served.output()
+    assert "Slack refused SLACK_BOT_TOKEN (invalid_auth)" in started
+    assert "WA_SECRET_KEY" not in started
