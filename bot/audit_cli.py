@@ -116,6 +116,8 @@ def _from_file(path: Path, *, required: bool) -> Checkpoint | None:
     a fresh install, where no checkpoint was ever taken; a file named on the
     command line must exist and hold one.
     """
+    if "\x00" in str(path):  # no file can be named so; Path would raise ValueError
+        raise CliError(f"checkpoint refused: {str(path)!r} is neither a checkpoint line nor a file")
     if not required and not path.exists():
         print(
             f"(no checkpoint yet: {path} does not exist; the chain alone is checked)",

@@ -454,4 +454,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m bot.cli` runs this file as `__main__`, a second copy of the module:
+    # call the one the subcommand modules import, so their CliError is the one caught.
+    from bot.cli import main as installed_main
+
+    sys.exit(installed_main())

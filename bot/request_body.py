@@ -21,6 +21,7 @@ from werkzeug.wsgi import LimitedStream
 # 4 MiB is far above any Slack payload (a message of 50 blocks, percent-encoded)
 # and above the 3 MB a WhatsApp webhook batch may reach.
 MAX_BODY_BYTES = 4 * 1024 * 1024
+READ_TIMEOUT_S = 10.0
 _READ_SIZE = 64 * 1024
 _CACHE = "wa_access.body"
 
@@ -37,11 +38,12 @@ def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     cached = environ.get(_CACHE)
     if isinstance(cached, bytes):
         return cached
+    _bound_reads(environ)
     length = request.content_length  # None when chunked, whatever Content-Length says
     if length is not None:
         if length > limit:
             raise RequestEntityTooLarge()
-        body = LimitedStream(request.input_stream, length).readall() if length else b""
+        body = _read_exactly(request, length) if length else b""
     elif "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = b""  # neither a length nor chunks: HTTP/1.1 says there is no body
     elif "wsgi.input_terminated" not in environ:
@@ -52,6 +54,26 @@ def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return body
 
 
+def _bound_reads(environ: dict[str, object]) -> None:
+    """A client that sends its headers and then part of its body, and waits, held a
+    server thread for as long as it liked: eight of them stalled `serve` (2 workers
+    x 4 threads). Under gunicorn each read of the body now gives up after
+    READ_TIMEOUT_S (Slack and Meta send a body at once); the request is then a 400."""
+    sock = environ.get("gunicorn.socket")
+    settimeout = getattr(sock, "settimeout", None)
+    if callable(settimeout):
+        settimeout(READ_TIMEOUT_S)
+
+
+def _read_exactly(request: Request, length: int) -> bytes:
+    try:
+        return LimitedStream(request.input_stream, length).readall()
+    except ClientDisconnected:
+        raise
+    except Exception as exc:  # the server's own framing errors: the body is malformed
+        raise ClientDisconnected() from exc
+
+
 def _read_terminated(request: Request, limit: int) -> bytes:
     stream = request.input_stream
     parts: list[bytes] = []
@@ -59,7 +81,10 @@ def _read_terminated(request: Request, limit: int) -> bytes:
     while True:
         try:
             part = stream.read(min(_READ_SIZE, limit + 1 - total))
-        except (OSError, ValueError) as exc:  # as werkzeug's LimitedStream treats them
+        except Exception as exc:
+            # A timeout or a dropped connection (OSError), or the server's own parser
+            # refusing the chunk framing (gunicorn's ParseException: a size of `zz`, a
+            # missing CRLF): the body is unreadable, a 400 rather than a 500.
             raise ClientDisconnected() from exc
         if not part:
             return b"".join(parts)

@@ -457,7 +457,7 @@ class ParseSignedBody(Middleware):
         if not isinstance(body, dict):
             return _malformed({}, f"the body is a JSON {type(body).__name__}, not an object")
         problem = form_problem(body) if form else payload_problem(body)
-        if problem is None and form and "%00" in req.raw_body:
+        if problem is None and form and ("%00" in req.raw_body or "\x00" in req.raw_body):
             problem = "it holds a NUL character"  # PostgreSQL refuses NUL in text
         if problem is None and (
             "command" in body

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from .directory import require_user, resolve_scope
-from .errors import Conflict, InvalidInput, NotFound, PendingActionError
+from .errors import Conflict, InvalidInput, NotFound, PendingActionError, TwoFactorRequired
 from .gate import Action, Context, Prepared, Result
 from .grants import ensure_separate_duties
 from .models import AccessRequest
@@ -25,6 +25,7 @@ from .role_actions import (
     create_grant,
     ensure_not_held,
     get_role,
+    has_active_2fa,
     sensitive_role,
 )
 from .values import clean_text, format_duration, format_moment, parse_duration, scope_text
@@ -54,6 +55,15 @@ class RequestAccessAction(Action):
             f"role:{role.name}",
             f"ask for {role.name} in {scope_text(scope)} for {duration}",
         )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        role = prepared.params["role"]
+        if ctx.policy.requires_2fa(role) and not has_active_2fa(ctx.session, ctx.actor):
+            # No approver could grant it (SPEC §4 rule 8): say so now, not after they try.
+            raise TwoFactorRequired(
+                f"{role} requires two-factor authentication: turn it on with "
+                "`/wa-2fa enroll`, then ask again."
+            )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params

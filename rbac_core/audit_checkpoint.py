@@ -123,6 +123,10 @@ def parse(text: str) -> Checkpoint:
         signature = base64.b64decode(match["sig"], validate=True)
     except (ValueError, binascii.Error):
         raise CheckpointRefused(f"not a wa-access checkpoint line: expected '{_SHAPE}'") from None
+    if base64.b64encode(signature).decode("ascii") != match["sig"]:
+        # Base64's last character carries padding bits a decoder ignores: 16 spellings
+        # of one signature. Only the canonical one is the line that was signed.
+        raise CheckpointRefused(f"not a wa-access checkpoint line: expected '{_SHAPE}'")
     seq = int(match["seq"])
     if seq > BIGINT_MAX:  # no log holds it; a query for it would overflow the column
         raise CheckpointRefused(f"seq={seq} is beyond any audit log")

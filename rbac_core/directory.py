@@ -11,10 +11,18 @@ from .errors import UnknownNumber, UnknownUser
 from .models import Number, User
 from .values import WILDCARD, is_phone_number_id, parse_e164, parse_user_id
 
+NAME_MAX = 200  # users.name
+
 
 def ensure_user(session: Session, user_id: str, now: datetime, name: str | None = None) -> User:
-    """Register a user a surface has verified (Slack users.info, an operator's CLI call)."""
+    """Register a user a surface has verified (Slack users.info, an operator's CLI call).
+
+    The name is a surface's text (Slack's `user_name`): kept only as far as the
+    column holds it and without control characters, so an odd one is stored the
+    same on every database instead of failing the request on PostgreSQL.
+    """
     user_id = parse_user_id(user_id)
+    name = _storable_name(name)
     user = session.get(User, user_id)
     if user is None:
         user = User(id=user_id, name=name, active=True, created_at=now)
@@ -23,6 +31,13 @@ def ensure_user(session: Session, user_id: str, now: datetime, name: str | None 
     elif name and user.name != name:
         user.name = name
     return user
+
+
+def _storable_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    cleaned = "".join(ch for ch in name if ch.isprintable()).strip()[:NAME_MAX]
+    return cleaned.encode("utf-8", "replace").decode("utf-8") or None
 
 
 def users_named(session: Session, name: str) -> list[str]:

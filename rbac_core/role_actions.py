@@ -78,7 +78,7 @@ def sensitive_role(policy: Policy, role: str) -> bool:
     )
 
 
-def _has_active_2fa(session: Session, user: str) -> bool:
+def has_active_2fa(session: Session, user: str) -> bool:
     row = session.get(SecondFactor, user)
     return row is not None and row.active
 
@@ -246,7 +246,7 @@ def check_grantable(ctx: Context, user: str, role: str, scope: str) -> None:
     no self-grant, 2FA for 2FA roles, and no escalation by the granter."""
     if user == ctx.actor:
         raise SelfGrant("You cannot give yourself a role: someone else must.")
-    if ctx.policy.requires_2fa(role) and not _has_active_2fa(ctx.session, user):
+    if ctx.policy.requires_2fa(role) and not has_active_2fa(ctx.session, user):
         raise TwoFactorRequired(
             f"{role} requires two-factor authentication, and {user} has not "
             "turned it on: ask them to run `/wa-2fa enroll` first."

@@ -118,3 +118,14 @@ def test_people_without_any_role_ask_an_admin_directly(gate: Gate) -> None:
         CAROL, "slack", "access.request", {"role": "agent", "for": "4h", "reason": "new starter"}
     )
     assert outcome.status == "denied"
+
+
+def test_asking_for_a_role_that_needs_2fa_without_having_it_is_refused_at_once(
+    gate: Gate, db: Database
+) -> None:
+    """No approver could grant it: the request would have waited for nothing."""
+    asked = gate.submit(
+        ALICE, "slack", "access.request", {"role": "developer", "for": "4h", "reason": "debugging"}
+    )
+    assert asked.error_code == "2fa_required" and "/wa-2fa enroll" in asked.message
+    assert gate.submit(ALICE, "slack", "access.pending", {}).data["mine"] == []

@@ -9,6 +9,7 @@ and expects `audit verify --checkpoint` to exit 1 and say what is wrong.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import io
@@ -280,6 +281,16 @@ def test_an_auditor_pins_the_public_key_so_a_swapped_server_key_cannot_sign(
     assert code == 1 and "not by the expected key" in err
 
 
+def _other_spelling_of_the_signature(line: str) -> str:
+    """The same signature bytes, but the base64 digit before `==` with other padding bits."""
+    body, sig = line.rsplit("sig=", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(sig[-3])
+    sibling = alphabet[(last & ~0b1111) | ((last + 1) & 0b1111)]
+    assert base64.b64decode(sig) == base64.b64decode(sig[:-3] + sibling + "==")
+    return f"{body}sig={sig[:-3]}{sibling}=="
+
+
 @pytest.mark.parametrize(
     ("mangle", "says"),
     [
@@ -287,6 +298,8 @@ def test_an_auditor_pins_the_public_key_so_a_swapped_server_key_cannot_sign(
         (lambda line: line[:-12], "not a wa-access checkpoint line"),
         (lambda line: line.replace(" v1 ", " v2 "), "version v2 is not supported"),
         (lambda line: line.replace("seq=", "seq=x"), "not a wa-access checkpoint line"),
+        (_other_spelling_of_the_signature, "not a wa-access checkpoint line"),
+        (lambda line: line.replace("seq=", "seq=٢"), "not a wa-access checkpoint line"),
     ],
 )
 def test_a_malformed_checkpoint_is_refused_in_one_line(

@@ -379,3 +379,22 @@ def test_version_and_every_option_say_what_they_do(
         build_parser().parse_args(["console", "--help"])
     shown = capsys.readouterr().out
     assert all(command in shown for command in ("/wa-role", "/wa-2fa", "/wa-audit"))
+
+
+def test_python_dash_m_bot_cli_reports_errors_like_the_installed_command(
+    tmp_path: Path, db_url: str
+) -> None:
+    """`python -m bot.cli` runs the module twice over (as __main__ and as bot.cli); errors
+    raised in the subcommand modules used to escape as a traceback with exit 1."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DATABASE_URL": db_url, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "user", "add", "bogus"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "not a Slack user id" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -24,7 +24,7 @@ from flask.testing import FlaskClient
 
 from bot.app import MAX_BODY_BYTES, create_app
 from bot.config import Settings
-from bot.request_body import read_body
+from bot.request_body import READ_TIMEOUT_S, read_body
 from bot.runtime import build_runtime
 from rbac_core import Database
 
@@ -218,6 +218,66 @@ def test_gunicorn_refuses_chunked_bodies_past_the_cap_with_413(
     assert declared.startswith(b"HTTP/1.1 413 "), declared
     assert len(audit_rows(db)) == before + 1  # only the body of exactly 4 MiB ran
     assert exact[0] == 200 and json.loads(exact[2])["text"].startswith(f"Grants of <@{ADMIN}>")
+
+
+def _raw(served: Served, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+        sock.sendall(request)
+        return sock.recv(65536)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        b"zz\r\nabc\r\n0\r\n\r\n",
+        b"-5\r\nabc\r\n0\r\n\r\n",
+        b"3\r\nabcXX",
+        b"3;\x01\r\nabc\r\n0\r\n\r\n",
+    ],
+)
+def test_malformed_chunk_framing_is_a_400_not_a_500(
+    tmp_path: Path, db_url: str, slack: FakeSlack, chunks: bytes
+) -> None:
+    """gunicorn's parser raises its own exceptions for broken chunks, before any signature
+    could be checked; they used to escape as a 500 with a traceback."""
+    head = b"POST /slack/events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with serve(tmp_path, slack_env(db_url, slack)) as served:
+        answer = _raw(served, head + chunks)
+        log = served.output()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert "Traceback" not in log
+
+
+def test_clients_that_stall_mid_body_do_not_hold_the_server(
+    tmp_path: Path, db_url: str, slack: FakeSlack, team: dict[str, str]
+) -> None:
+    """Eight connections that send their headers and part of the body, then wait, used to
+    take every thread of `serve` (2 workers x 4) for as long as they liked."""
+    body = slash_command(ADMIN, "show", slack.response_url()).encode()
+    stalled_head = (
+        f"POST /slack/events HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body) + 10}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+    ).encode()
+    with serve(tmp_path, slack_env(db_url, slack), workers=2) as served:
+        stalls = []
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", served.port), timeout=60)
+            sock.sendall(stalled_head + body[:20])
+            stalls.append(sock)
+        try:
+            started = time.monotonic()
+            status, _, answer = served.request("POST", "/slack/events", body, {**_sign_bytes(body)})
+            waited = time.monotonic() - started
+            stalled_answers = [sock.recv(65536) for sock in stalls]
+        finally:
+            for sock in stalls:
+                sock.close()
+    assert status == 200, answer
+    # Each stall is cut off after READ_TIMEOUT_S; with the eight spread unevenly over the
+    # two workers, the request may queue behind two of them. (A buffering proxy in front
+    # is still the defence against a flood of them: see README.)
+    assert waited < 2 * READ_TIMEOUT_S + 10
+    assert all(a.startswith(b"HTTP/1.1 400 ") for a in stalled_answers), stalled_answers
 
 
 # -- read_body: the one way a route reads a body ------------------------------------

@@ -35,6 +35,7 @@ from handlers.slack_access import APPROVE_ACTION, REQUEST_BUTTON
 from handlers.slack_audit import OLDER_ACTION
 from handlers.slack_blocks import OUT_OF_DATE
 from rbac_core import Database, ManualClock
+from rbac_core.models import User
 
 from .conftest import ADMIN, ALICE
 from .fake_slack import FakeSlack
@@ -669,3 +670,28 @@ def test_a_body_that_is_not_utf8_and_not_signed_is_a_401(client: FlaskClient) ->
     body = b"command=%2Fwa-role&text=show\xff&user_id=" + ADMIN.encode()
     headers = _sign_bytes(body, secret="not-the-signing-secret")
     assert client.post("/slack/events", data=body, headers=headers).status_code == 401
+
+
+def test_a_literal_nul_in_a_signed_form_body_is_a_400(client: FlaskClient) -> None:
+    """PostgreSQL refuses NUL in text: refused at the door, as `%00` already was."""
+    body = slash_command(ADMIN, "show", "https://hooks.slack.com/x").replace(
+        "user_name=", "user_name=a\x00b", 1
+    )
+    answer = client.post("/slack/events", data=body.encode(), headers=signed_headers(body))
+    assert answer.status_code == 200 and "NUL" in answer.get_json()["text"]
+
+
+def test_a_newcomers_long_or_odd_slack_name_is_stored_not_a_failure(
+    client: FlaskClient, db: Database
+) -> None:
+    """Slack's `user_name` went into users.name as sent: past 200 characters, or with a
+    control character, PostgreSQL refused the insert and the person saw an error."""
+    newcomer = "U0NEWBIE01"
+    body = slash_command(newcomer, "show", "https://hooks.slack.com/x").replace(
+        f"user_name={newcomer.lower()}", "user_name=" + "n" * 300 + "%07", 1
+    )
+    answer = client.post("/slack/events", data=body.encode(), headers=signed_headers(body))
+    assert answer.status_code == 200
+    assert "Something went wrong" not in answer.get_json()["text"]
+    with db.read() as session:
+        assert session.get(User, newcomer).name == "n" * 200  # type: ignore[union-attr]
