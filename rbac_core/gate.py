@@ -223,25 +223,14 @@ class Gate:
                 return self._invalid_actor(ctx, action)
             return self._run(ctx, handler, params, confirmed=False)
 
-        try:
-            if handler.read_only:
-                outcome = self._read_only.run(run)
-            else:
-                with self.db.transaction(write=True) as txn:
-                    outcome = run(txn)
-        except _AuditLater as late:
-            outcome = self._audit_alone(late)
-        return _observed(outcome)
+        return self._settled(self._read_only.run if handler.read_only else self._write, run)
 
     def confirm(self, pending_id: str, actor: str, surface: str) -> Outcome:
         """Confirm a pending action: only its actor, once, before it expires."""
         actor = _actor(actor)
-        try:
-            with self.db.transaction(write=True) as txn:
-                outcome = self._confirm(txn, pending_id, actor, surface)
-        except _AuditLater as late:
-            outcome = self._audit_alone(late)
-        return _observed(outcome)
+        return self._settled(
+            self._write, lambda txn: self._confirm(txn, pending_id, actor, surface)
+        )
 
     def _confirm(self, txn: Txn, pending_id: str, actor: str, surface: str) -> Outcome:
         pending = self._claim(txn, pending_id, actor, surface, "confirmed")
@@ -257,12 +246,7 @@ class Gate:
 
     def cancel(self, pending_id: str, actor: str, surface: str) -> Outcome:
         actor = _actor(actor)
-        try:
-            with self.db.transaction(write=True) as txn:
-                outcome = self._cancel(txn, pending_id, actor, surface)
-        except _AuditLater as late:
-            outcome = self._audit_alone(late)
-        return _observed(outcome)
+        return self._settled(self._write, lambda txn: self._cancel(txn, pending_id, actor, surface))
 
     def _cancel(self, txn: Txn, pending_id: str, actor: str, surface: str) -> Outcome:
         pending = self._claim(txn, pending_id, actor, surface, "cancelled")
@@ -299,6 +283,23 @@ class Gate:
     def policy(self) -> Policy:
         with self.db.transaction(write=False) as txn:
             return self.policies.refresh(txn)
+
+    def _write(self, work: Callable[[Txn], Outcome]) -> Outcome:
+        with self.db.transaction(write=True) as txn:
+            return work(txn)
+
+    def _settled(
+        self,
+        transact: Callable[[Callable[[Txn], Outcome]], Outcome],
+        work: Callable[[Txn], Outcome],
+    ) -> Outcome:
+        """`work` in a transaction made by `transact`; a failure its own transaction could
+        not audit is audited in a new one (_AuditLater); the outcome is reported once."""
+        try:
+            outcome = transact(work)
+        except _AuditLater as late:
+            outcome = self._audit_alone(late)
+        return _observed(outcome)
 
     # -- the pipeline ----------------------------------------------------------
 

@@ -7,9 +7,11 @@ runs never see each other's rows.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -134,3 +136,30 @@ def team(db: Database, gate: Gate, clock: ManualClock) -> dict[str, str]:
         for number in NUMBERS:
             register_number(session, number)
     return {"admin": ADMIN, "alice": ALICE, "bob": BOB, "carol": CAROL}
+
+
+Cli = Callable[..., tuple[int, str, str]]
+"""`cli(*argv, stdin="")` -> (exit code, stdout, stderr) of `wa-access` run in process."""
+
+
+@pytest.fixture
+def cli(
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> Cli:
+    """`wa-access` on the test database, run in process from an empty folder."""
+    from bot.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*argv: str, stdin: str = "") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        out = io.StringIO()
+        capsys.readouterr()
+        code = main(list(argv), out=out)
+        return code, out.getvalue(), capsys.readouterr().err
+
+    return invoke

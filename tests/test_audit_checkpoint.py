@@ -38,33 +38,22 @@ from rbac_core.audit_checkpoint import Checkpoint, check, parse, sign
 from rbac_core.audit_keys import PublicKey, Signer, chain_key, keyed_hasher
 from rbac_core.clock import utcnow
 
-from .conftest import ADMIN
+from .conftest import ADMIN, Cli
 from .fake_slack import FakeSlack
 from .helpers import audit_count, audit_rows
 from .test_gate import _everything_but_the_audit_log
 
 KEY = "the-deployment's-WA_SECRET_KEY-0123456789"
 OTHER_KEY = "somebody-else's-secret-key-9876543210abcdef"
-Cli = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def cli(
-    db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> Cli:
+def cli(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """The shared in-process `wa-access`, with this deployment's WA_SECRET_KEY."""
     for name in ("WA_AUDIT_CHECKPOINT_FILE", "SLACK_BOT_TOKEN", "WA_AUDIT_CHANNEL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABASE_URL", db_url)
     monkeypatch.setenv("WA_SECRET_KEY", KEY)
-    monkeypatch.chdir(tmp_path)
-
-    def invoke(*argv: str) -> tuple[int, str, str]:
-        out = io.StringIO()
-        capsys.readouterr()
-        code = main(list(argv), out=out)
-        return code, out.getvalue(), capsys.readouterr().err
-
-    return invoke
+    return cli
 
 
 @pytest.fixture

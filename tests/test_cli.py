@@ -6,7 +6,6 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,30 +13,8 @@ import pytest
 from bot.cli import main
 from rbac_core import Database
 
-from .conftest import ADMIN, ALICE, BOB, CAROL
+from .conftest import ADMIN, ALICE, BOB, CAROL, Cli
 from .helpers import live_grants
-
-Cli = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def cli(
-    db_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> Cli:
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.chdir(tmp_path)
-
-    def invoke(*argv: str, stdin: str = "") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        out = io.StringIO()
-        capsys.readouterr()
-        code = main(list(argv), out=out)
-        return code, out.getvalue(), capsys.readouterr().err
-
-    return invoke
 
 
 @pytest.fixture
