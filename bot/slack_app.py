@@ -101,7 +101,7 @@ def build_slack_app(runtime: Runtime) -> App:
     settings = runtime.settings
     client = slack_client(settings)
     app = bolt_app(settings, client)
-    directory = SlackDirectory(runtime.db, client, runtime.gate.clock)
+    directory = SlackDirectory(runtime.gate, client)
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
     resume_decision = register_access(
@@ -113,7 +113,7 @@ def build_slack_app(runtime: Runtime) -> App:
     register_audit(app, runtime.audit, client)
     reruns: dict[str, Rerun] = {
         "/wa-role": lambda actor, text: runtime.roles.handle(
-            actor, "slack", text, directory.lookup_new
+            actor, "slack", text, directory.lookup_for(actor)
         ),
         "/wa-2fa": lambda actor, text: runtime.twofa.handle(actor, "slack", text),
     }

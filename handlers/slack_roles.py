@@ -15,10 +15,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from rbac_core import Database, Gate, Outcome
-from rbac_core.clock import utcnow
-from rbac_core.directory import ensure_user
-from rbac_core.models import User
+from rbac_core import Gate, Outcome
 
 from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
@@ -32,45 +29,59 @@ TROUBLE = "Something went wrong on our side and nothing was done; please try aga
 
 
 class SlackDirectory:
-    """Makes sure people named in a command are known, asking Slack about newcomers."""
+    """Makes sure people named in a command are known, asking Slack about newcomers.
 
-    def __init__(self, db: Database, client: WebClient, clock: Callable[[], float]) -> None:
-        self.db = db
+    Registering a newcomer is a write, so it is the gate's `user.seen` action and
+    is audited; only the check that someone is already known is a plain read.
+    """
+
+    def __init__(self, gate: Gate, client: WebClient) -> None:
+        self.gate = gate
         self.client = client
-        self.clock = clock
         self._known: set[str] = set()
 
     def ensure(self, user_id: str, name: str | None = None) -> None:
+        """The sender of a signed request: Slack vouches for them."""
+        self._register(user_id, user_id, name, "request")
+
+    def _register(self, actor: str, user_id: str, name: str | None, via: str) -> None:
         # Users are never deleted (only deactivated), so once seen they need no
         # database round trip, and above all no write lock, on later commands.
         if user_id in self._known:
             return
-        with self.db.write() as session:
-            if session.get(User, user_id) is None:
-                ensure_user(session, user_id, utcnow(self.clock), name)
+        if not self.gate.knows(user_id):
+            params = {"user": user_id, "name": name, "via": via}
+            outcome = self.gate.submit(actor, "slack", "user.seen", params)
+            if outcome.status != "done":
+                log.warning("could not register %s: %s", user_id, outcome.error_code)
+                return
         self._known.add(user_id)
 
-    def lookup_new(self, params: Mapping[str, object]) -> None:
-        """Register the command's target if Slack knows them; otherwise the gate will
-        answer "unknown user"."""
-        user_id = params.get("user")
-        if not isinstance(user_id, str):
-            return
-        with self.db.read() as session:
-            if session.get(User, user_id) is not None:
+    def lookup_for(self, actor: str) -> Callable[[Mapping[str, object]], None]:
+        """What a command of `actor` runs before the gate: register the person it names
+        if Slack knows them; otherwise the gate will answer "unknown user"."""
+
+        def lookup(params: Mapping[str, object]) -> None:
+            user_id = params.get("user")
+            if not isinstance(user_id, str) or user_id in self._known:
                 return
-        try:
-            answer = self.client.users_info(user=user_id)
-        except SlackApiError as exc:
-            log.info("users.info refused %s: %s", user_id, exc.response.get("error"))
-            return
-        except Exception:  # network trouble: the gate refuses an unknown user anyway
-            log.warning("users.info failed for %s", user_id, exc_info=True)
-            return
-        user = answer.get("user") or {}
-        if user.get("deleted") or user.get("is_bot"):
-            return
-        self.ensure(user_id, user.get("name"))
+            if self.gate.knows(user_id):
+                self._known.add(user_id)
+                return
+            try:
+                answer = self.client.users_info(user=user_id)
+            except SlackApiError as exc:
+                log.info("users.info refused %s: %s", user_id, exc.response.get("error"))
+                return
+            except Exception:  # network trouble: the gate refuses an unknown user anyway
+                log.warning("users.info failed for %s", user_id, exc_info=True)
+                return
+            user = answer.get("user") or {}
+            if user.get("deleted") or user.get("is_bot"):
+                return
+            self._register(actor, user_id, user.get("name"), "users.info")
+
+        return lookup
 
 
 def _users(reply: Reply, actor: str) -> set[str]:
@@ -135,7 +146,8 @@ def register(
         actor = command.get("user_id", "")
         try:
             directory.ensure(actor, command.get("user_name"))
-            reply = roles.handle(actor, "slack", command.get("text") or "", directory.lookup_new)
+            text = command.get("text") or ""
+            reply = roles.handle(actor, "slack", text, directory.lookup_for(actor))
             outcome = reply.outcome
             if outcome is not None and outcome.action == "access.request" and outcome.ok:
                 notice = post_request(directory.client, audit_channel, outcome)

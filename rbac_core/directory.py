@@ -40,6 +40,10 @@ def _storable_name(name: str | None) -> str | None:
     return cleaned.encode("utf-8", "replace").decode("utf-8") or None
 
 
+def is_registered(session: Session, user_id: str) -> bool:
+    return session.get(User, user_id) is not None
+
+
 def users_named(session: Session, name: str) -> list[str]:
     """Ids of the registered people whose name is `name` (any case), for surfaces
     where people type names rather than pick them (the console)."""

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from .directory import require_user, resolve_scope
-from .errors import Conflict, InvalidInput, NotFound
+from .directory import ensure_user, require_user, resolve_scope
+from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .gate import Action, Context, Prepared, Result
 from .grants import ensure_not_last_admin
 from .models import Grant, Number, User
@@ -29,6 +29,47 @@ def _live(ctx: Context) -> Any:
     return (Grant.revoked_at.is_(None)) & (
         Grant.expires_at.is_(None) | (Grant.expires_at > ctx.now)
     )
+
+
+class SeenUserAction(Action):
+    """A surface registers a person it has verified: the sender of a signed Slack
+    request, or someone a command named whom Slack's users.info vouches for.
+
+    Registering gives no access, but it is a write, so it passes the gate and is
+    audited like any other: who was registered, by whose request, and how the
+    surface knew them (`via`).
+    """
+
+    name = "user.seen"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        if ctx.surface != "slack":
+            raise Forbidden("Only Slack, which verified the person, registers them this way.")
+        user = parse_user_id(str(params.get("user") or ""))
+        via = str(params.get("via") or "")
+        if via not in SEEN_VIA:
+            raise InvalidInput(f"'{via}' is not how a surface knows a person")
+        name = params.get("name")
+        return Prepared(
+            {"user": user, "name": name if isinstance(name, str) else None, "via": via},
+            None,
+            WILDCARD,
+            f"user:{user}",
+            f"register {user}, seen in Slack",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        known = ctx.session.get(User, p["user"]) is not None
+        user = ensure_user(ctx.session, p["user"], ctx.now, p["name"])
+        return Result(
+            f"{user.id} is known to wa-access." if known else f"Registered {user.id}.",
+            data={"user": user.id, "created": not known},
+            details={"created": not known, "via": p["via"]},
+        )
+
+
+SEEN_VIA = ("request", "users.info")
 
 
 class ListUsersAction(Action):
@@ -164,5 +205,11 @@ class RemoveNumberAction(Action):
 
 DIRECTORY_ACTIONS: dict[str, Action] = {
     a.name: a
-    for a in (ListUsersAction(), RemoveUserAction(), ListNumbersAction(), RemoveNumberAction())
+    for a in (
+        SeenUserAction(),
+        ListUsersAction(),
+        RemoveUserAction(),
+        ListNumbersAction(),
+        RemoveNumberAction(),
+    )
 }

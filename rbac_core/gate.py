@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from . import audit, signals
 from .clock import Clock, system_clock, utcnow
 from .db import Database, Txn
-from .directory import resolve_scope
+from .directory import is_registered, resolve_scope
 from .errors import InvalidInput, PermissionDenied, RbacError
 from .group_commit import GroupCommit
 from .models import PendingAction
@@ -279,6 +279,12 @@ class Gate:
         with self.db.transaction(write=False) as txn:
             canonical = resolve_scope(txn.session, scope) if scope != "*" else scope
             return self.policies.refresh(txn).decide(user, permission, canonical)
+
+    def knows(self, user: str) -> bool:
+        """Whether `user` is registered: a read a surface needs before asking Slack about
+        a newcomer (registering them is the `user.seen` action)."""
+        with self.db.transaction(write=False) as txn:
+            return is_registered(txn.session, user)
 
     def policy(self) -> Policy:
         with self.db.transaction(write=False) as txn:

@@ -71,3 +71,19 @@ def test_no_test_script_or_benchmark_reads_outside_the_repository() -> None:
                 if _OUTSIDE.search(line):
                     offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+HANDLERS = REPO / "handlers"
+
+
+def test_handlers_never_touch_the_orm_models() -> None:
+    """Surfaces write only through gate actions (registering a person Slack vouches for
+    is `user.seen`); the rest of the store follows as the reshape moves reads behind the
+    gate (issue 13)."""
+    offenders = {}
+    for path in HANDLERS.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in ("rbac_core.models",):
+                offenders[path.name] = node.module
+    assert offenders == {}

@@ -22,7 +22,7 @@ from handlers.slack_audit import OLDER_ACTION
 from handlers.slack_blocks import CANCEL_ACTION, CONFIRM_ACTION
 from handlers.slack_review import KEEP_ACTION, PAGE_ACTION, REVOKE_ACTION
 from handlers.slack_stepup import CALLBACK_ID as STEPUP_VIEW
-from rbac_core import Database, ManualClock
+from rbac_core import Database, Gate, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB
 from .fake_slack import FakeSlack
@@ -205,6 +205,30 @@ def test_a_newcomer_is_looked_up_in_slack(
     reply = command(client, slack, ADMIN, f"assign <@{CAROL_NEW}|carol> analyst")
     assert "Please confirm" in reply["text"]
     assert [c.body["user"] for c in slack.named("users.info")] == [CAROL_NEW]
+
+
+def test_registering_people_seen_in_slack_passes_the_gate_and_is_audited(
+    client: FlaskClient, slack: FakeSlack, db: Database, gate: Gate
+) -> None:
+    """A newcomer's first signed command registers them; a person a command names is
+    registered on Slack's word (users.info), by whoever named them. Once each."""
+    newcomer = "U0NEWBIE01"
+    command(client, slack, newcomer, "show")
+    command(client, slack, newcomer, "show")
+    command(client, slack, ADMIN, f"assign <@{CAROL_NEW}|carol> analyst")
+    seen = [
+        (r.actor, r.surface, r.target, json.loads(r.details)["via"])
+        for r in audit_rows(db)
+        if r.action == "user.seen"
+    ]
+    assert seen == [
+        (newcomer, "slack", f"user:{newcomer}", "request"),
+        (ADMIN, "slack", f"user:{CAROL_NEW}", "users.info"),
+    ]
+    assert gate.knows(newcomer) and gate.knows(CAROL_NEW)
+    # No other surface registers people this way: the CLI has `user add`.
+    refused = gate.submit("operator", "cli", "user.seen", {"user": "U0OTHER01", "via": "request"})
+    assert refused.status == "refused" and not gate.knows("U0OTHER01")
 
 
 @pytest.mark.parametrize("user", ["U0NOSUCH01", "U0GONE001"])
