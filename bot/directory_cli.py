@@ -39,7 +39,8 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
         )
 
 
-def _listed(action: str, out: TextIO) -> dict[str, Any] | int:
+def _listed(action: str) -> dict[str, Any] | int:
+    """A listing action's data, or its exit code after saying why it was refused."""
     outcome = _runtime().gate.submit(OPERATOR, "cli", action, {})
     if not outcome.ok:
         print(outcome.message, file=sys.stderr)
@@ -48,7 +49,7 @@ def _listed(action: str, out: TextIO) -> dict[str, Any] | int:
 
 
 def cmd_user_list(args: argparse.Namespace, out: TextIO) -> int:
-    data = _listed("user.list", out)
+    data = _listed("user.list")
     if isinstance(data, int):
         return data
     rows = [["USER", "NAME", "STATE", "GRANTS"]]
@@ -60,7 +61,7 @@ def cmd_user_list(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_number_list(args: argparse.Namespace, out: TextIO) -> int:
-    data = _listed("number.list", out)
+    data = _listed("number.list")
     if isinstance(data, int):
         return data
     rows = [["NUMBER", "PHONE-NUMBER ID", "LABEL", "GRANTS"]]
