@@ -27,7 +27,7 @@ def create_app(runtime: Runtime) -> Flask:
     from .metrics import install_metrics
 
     install_request_logging(app)
-    install_metrics(app, runtime.settings.metrics_token)
+    install_metrics(app, runtime.settings.metrics_token, runtime.outbox.counts)
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:

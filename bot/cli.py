@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -25,8 +24,7 @@ from rbac_core.clock import utcnow
 from rbac_core.directory import users_named
 from rbac_core.values import parse_user_id
 
-from .config import SERVE_REQUIRES, ConfigError, Settings, load_settings
-from .logs import configure_logging
+from .config import ConfigError, Settings, load_settings
 from .runtime import Runtime, build_runtime
 
 OPERATOR = "operator"
@@ -83,8 +81,8 @@ def cmd_bootstrap_admin(args: argparse.Namespace, out: TextIO) -> int:
 
 
 CONSOLE_REQUEST_NOTE = (
-    "The console posts nothing to Slack, so no approver was told: an approver sees the "
-    "request in their App Home and can decide it there."
+    "Approvers are told in WA_AUDIT_CHANNEL once a `wa-access serve` or `wa-access worker` "
+    "delivers it; they also see the request in their App Home."
 )
 
 
@@ -285,57 +283,6 @@ def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_scheduler(args: argparse.Namespace, out: TextIO) -> int:
-    from .scheduler import build_scheduler
-    from .slack_app import slack_client
-
-    runtime = _runtime(("SLACK_BOT_TOKEN", "WA_AUDIT_CHANNEL"))
-    configure_logging(runtime.settings)
-    if args.metrics_port is not None:
-        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve's files, not this process's
-        from .metrics import start_listener
-
-        try:
-            start_listener(args.metrics_host, args.metrics_port, runtime.settings.metrics_token)
-        except OSError as exc:
-            raise CliError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from None
-    build_scheduler(runtime, slack_client(runtime.settings)).serve()
-    return 0
-
-
-def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from .server import serve
-
-    runtime = _runtime(SERVE_REQUIRES)
-    configure_logging(runtime.settings)  # the master's lines; each worker configures its own
-    _say_what_will_not_work(runtime.settings)
-    runtime.db.dispose()  # each gunicorn worker opens its own connections
-    serve(runtime.settings, host=args.host, port=args.port, workers=args.workers)
-    return 0
-
-
-def _say_what_will_not_work(settings: Settings) -> None:
-    """One line each, before serving: what a newcomer would otherwise learn from failures."""
-    from .slack_app import slack_client
-    from .slack_token import check_token
-
-    log = logging.getLogger("wa_access.serve")
-    if not settings.secret_key:
-        log.warning(
-            "WA_SECRET_KEY is not set: nobody can turn on 2FA, so sensitive actions and "
-            "roles that require 2FA (admin, developer) are refused, and the audit chain "
-            "is neither keyed nor checkpointed"
-        )
-    check = check_token(slack_client(settings))
-    log.log(logging.INFO if check.ok else logging.ERROR, "%s", check.line)
-
-
-def _port(value: str) -> int:
-    if not (value.isascii() and value.isdigit() and len(value) <= 5 and 1 <= int(value) <= 65535):
-        raise argparse.ArgumentTypeError("expected a port number from 1 to 65535")
-    return int(value)
-
-
 def _days(value: str) -> int:
     if not (value.isascii() and value.isdigit() and len(value) < 12) or not (
         1 <= int(value) <= access_review.MAX_DAYS
@@ -362,22 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser(
-        "serve",
-        help="serve Slack's endpoint, /healthz and /metrics with gunicorn",
-        description="Needs SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN.",
-    )
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
-    serve.add_argument("--port", type=_port, default=3000, help="port (default: %(default)s)")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="gunicorn worker processes, 4 threads each (default: %(default)s)",
-    )
-    serve.set_defaults(func=cmd_serve)
+    from . import process_cli  # serve, worker, scheduler; it imports this module
+
+    process_cli.add_commands(sub)
 
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=cmd_migrate
@@ -419,17 +353,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--post", action="store_true", help="post it to WA_AUDIT_CHANNEL")
     run.set_defaults(func=cmd_audit_run)
 
-    sched = sub.add_parser("scheduler", help="run the weekly access review and expiry sweeps")
-    sched.add_argument(
-        "--metrics-port", type=int, metavar="PORT", help="serve GET /metrics on this port"
-    )
-    sched.add_argument(
-        "--metrics-host",
-        default="127.0.0.1",
-        metavar="HOST",
-        help="the address for --metrics-port (default: %(default)s)",
-    )
-    sched.set_defaults(func=cmd_scheduler)
     return parser
 
 

@@ -26,6 +26,7 @@ the proxy, or set `WA_METRICS_TOKEN` to require `Authorization: Bearer TOKEN`.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -34,11 +35,14 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from rbac_core import signals
 
 from .logs import route_of
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -83,6 +87,13 @@ POLICY_RELOADS = Counter(
     ("kind",),
     registry=REGISTRY,
 )
+OUTBOX_DELIVERIES = Counter(
+    "wa_access_outbox_deliveries",
+    "Outbox delivery attempts that ended, by notice kind and result "
+    "(done, retry, given_up, lost: taken over by another worker).",
+    ("kind", "result"),
+    registry=REGISTRY,
+)
 SCHEDULED_RUNS = Counter(
     "wa_access_scheduled_runs",
     "Scheduled job runs that ended, by job and result (done, failed, given_up).",
@@ -112,6 +123,7 @@ _refused = _children(REFUSED_REQUESTS)
 _gate = _children(GATE_OUTCOMES)
 _reloads = _children(POLICY_RELOADS)
 _runs = _children(SCHEDULED_RUNS)
+_deliveries = _children(OUTBOX_DELIVERIES)
 
 
 def refused(surface: str, reason: str) -> None:
@@ -134,8 +146,13 @@ def _job_finished(job: str, result: str) -> None:
     _runs(job, result).inc()
 
 
+def _outbox_delivered(kind: str, result: str) -> None:
+    _deliveries(kind, result).inc()
+
+
 def connect_core_signals() -> None:
     """Count what the core reports. Idempotent: each listener is connected once."""
+    signals.outbox_delivered.connect(_outbox_delivered)
     signals.gate_outcome.connect(_gate_outcome)
     signals.audit_appended.connect(_audit_appended)
     signals.policy_reloaded.connect(_policy_reloaded)
@@ -162,7 +179,33 @@ def authorised(header: str | None, token: str | None) -> bool:
     )
 
 
-def install_metrics(app: Flask, token: str | None) -> None:
+def outbox_depth(counts: Callable[[], dict[str, int]]) -> bytes:
+    """The outbox's rows by status, read from the database at scrape time: one answer
+    for every process, so it is not kept in the per-process counter files."""
+    gauge = GaugeMetricFamily(
+        "wa_access_outbox_rows",
+        "Outbox rows by status (queued and running are the depth still to deliver).",
+        labels=("status",),
+    )
+    found = counts()
+    for status in ("queued", "running", "done", "given_up"):
+        gauge.add_metric((status,), found.get(status, 0))
+    registry = CollectorRegistry()
+    registry.register(_Fixed(gauge))
+    return generate_latest(registry)
+
+
+class _Fixed:
+    def __init__(self, family: GaugeMetricFamily) -> None:
+        self.family = family
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return [self.family]
+
+
+def install_metrics(
+    app: Flask, token: str | None, outbox_counts: Callable[[], dict[str, int]] | None = None
+) -> None:
     """Count the app's requests and serve `GET /metrics` (no Slack signature on it)."""
     from .slack_intake import request_refused  # the Slack stack is loaded with the app
 
@@ -176,7 +219,13 @@ def install_metrics(app: Flask, token: str | None) -> None:
         if not authorised(request.headers.get("Authorization"), token):
             answer = jsonify(error="unauthorized", message="a bearer token is required")
             return answer, 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
-        return Response(exposition(), content_type=CONTENT_TYPE)
+        body = exposition()
+        if outbox_counts is not None:
+            try:
+                body += outbox_depth(outbox_counts)
+            except Exception:  # the database away: the counters are still worth reading
+                log.warning("metrics: the outbox depth could not be read")
+        return Response(body, content_type=CONTENT_TYPE)
 
 
 class CountRequests:

@@ -10,6 +10,7 @@ from handlers.twofa_command import TwoFactorCommand
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import Clock, system_clock
 from rbac_core.deliveries import Deliveries
+from rbac_core.outbox import Outbox
 
 from .config import Settings
 
@@ -23,6 +24,7 @@ class Runtime:
     twofa: TwoFactorCommand
     deliveries: Deliveries
     audit: AuditCommand
+    outbox: Outbox
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
@@ -36,4 +38,5 @@ def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
         TwoFactorCommand(gate),
         Deliveries(db, clock),
         AuditCommand(gate),
+        Outbox(db, clock),
     )

@@ -17,10 +17,7 @@ Sweeps of expired access are idempotent and run on every replica.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import signal
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from slack_sdk import WebClient
 
 from handlers.audit_checkpoints import hourly_audit_checkpoint
-from handlers.scheduled_jobs import slack_notifier, sweep_expired, weekly_review
+from handlers.scheduled_jobs import sweep_expired, weekly_review
 from rbac_core import signals
 from rbac_core.clock import Clock, system_clock, utcnow
 from rbac_core.job_runs import (
@@ -47,6 +44,7 @@ from rbac_core.job_runs import (
     period_key,
     period_start,
 )
+from rbac_core.leases import default_owner
 
 from .runtime import Runtime
 
@@ -102,10 +100,6 @@ class Periodic:
 def cron(expression: str, timezone: str) -> CronTrigger:
     """A crontab line (`0 9 * * mon`) in an IANA time zone; ValueError if malformed."""
     return CronTrigger.from_crontab(expression, timezone=timezone)
-
-
-def default_owner() -> str:
-    return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Heartbeat:
@@ -344,7 +338,6 @@ def build_scheduler(runtime: Runtime, client: WebClient, *, owner: str | None = 
                 ),
             )
         )
-    notify = slack_notifier(client)
     alert_channel = settings.alert_channel
 
     def gave_up(job: str, period: str, why: str) -> None:
@@ -362,7 +355,7 @@ def build_scheduler(runtime: Runtime, client: WebClient, *, owner: str | None = 
     return Scheduler(
         JobRuns(runtime.db, gate.clock),
         jobs,
-        lambda: sweep_expired(gate, notify),
+        lambda: sweep_expired(gate),
         clock=gate.clock,
         owner=owner,
         on_gave_up=gave_up,

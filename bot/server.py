@@ -34,9 +34,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as bot/metrics.py, which must not 
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, options: dict[str, Any], *, outbox_worker: bool) -> None:
         self._settings = settings
         self._options = options
+        self._outbox_worker = outbox_worker
         super().__init__()
 
     def load_config(self) -> None:
@@ -46,7 +47,13 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         # Built in each worker after fork: no connection is shared across processes.
         configure_logging(self._settings)
-        return create_app(build_runtime(self._settings))
+        runtime = build_runtime(self._settings)
+        if self._outbox_worker:
+            from .outbox_worker import build_worker
+
+            # One per worker process: woken by its own process's commits at once.
+            build_worker(self._settings, runtime.outbox).start()
+        return create_app(runtime)
 
 
 class _RootLogger(Logger):  # type: ignore[misc]
@@ -96,7 +103,9 @@ def _worker_exited(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
-def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
+def serve(
+    settings: Settings, *, host: str, port: int, workers: int, outbox_worker: bool = True
+) -> None:
     """Run gunicorn until it stops; the caller has configured logging (bot/logs.py)."""
     metrics_dir, made_here = prepare_metrics_dir()
     options = {
@@ -111,7 +120,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     }
     master = os.getpid()
     try:
-        _Gunicorn(settings, options).run()
+        _Gunicorn(settings, options, outbox_worker=outbox_worker).run()
     finally:
         # Workers leave through here too (gunicorn forks them from within run()).
         if made_here and os.getpid() == master:

@@ -29,7 +29,6 @@ from handlers.slack_roles import SlackDirectory
 from handlers.slack_roles import register as register_roles
 from handlers.slack_stepup import COMMAND, Rerun, rerun_command
 from handlers.slack_stepup import register as register_stepup
-from handlers.slack_twofa import alert_lockout
 from handlers.slack_twofa import register as register_twofa
 
 from .config import Settings
@@ -103,7 +102,7 @@ def build_slack_app(runtime: Runtime) -> App:
     app = bolt_app(settings, client)
     directory = SlackDirectory(runtime.gate, client)
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
-    register_twofa(app, runtime.twofa, directory, client, settings.alert_channel)
+    register_twofa(app, runtime.twofa, directory, client)
     resume_decision = register_access(
         app, runtime.gate, client, lambda user: publish_home(client, runtime.gate, user)
     )
@@ -125,6 +124,5 @@ def build_slack_app(runtime: Runtime) -> App:
             DECISION_KIND: resume_decision,
             REVIEW_KIND: resume_review,
         },
-        lambda actor: alert_lockout(client, settings.alert_channel, actor),
     )
     return app

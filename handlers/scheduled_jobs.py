@@ -30,22 +30,10 @@ Checkpoint = Callable[[], None]
 """Renews the run's claim between steps; raises if another scheduler took it over or
 the run passed its time bound (`rbac_core.job_runs.RunTooLong`): the run must stop."""
 
-Notify = Callable[[str, str], None]
-"""(Slack user id, text): tells one person something, never raises."""
 
-
-def slack_notifier(client: WebClient) -> Notify:
-    def notify(user: str, text: str) -> None:
-        try:
-            client.chat_postMessage(channel=user, text=text)
-        except Exception:
-            log.error("could not tell %s about an expiry", user)
-
-    return notify
-
-
-def sweep_expired(gate: Gate, notify: Notify) -> Outcome | None:
-    """Mark what expired and tell each owner; None when nothing had (no write, no audit)."""
+def sweep_expired(gate: Gate) -> Outcome | None:
+    """Mark what expired; None when nothing had (no write, no audit). Each owner is told
+    by a notice of the sweep, delivered through the outbox."""
     if not sweep_due(gate.db, utcnow(gate.clock)):
         return None
     outcome = gate.submit(SCHEDULER, "scheduler", "system.sweep", {})
@@ -53,8 +41,6 @@ def sweep_expired(gate: Gate, notify: Notify) -> Outcome | None:
         log.error("the expiry sweep was refused: %s", outcome.message)
         return outcome
     expired: list[Expired] = list(outcome.data.get("expired", ()))
-    for item in expired:
-        notify(item.owner, item.text)
     if expired:
         log.info("%s", outcome.message)
     return outcome

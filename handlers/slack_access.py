@@ -13,7 +13,7 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from rbac_core import Gate, Outcome
+from rbac_core import Gate
 
 from .role_command import reply_for
 from .slack_blocks import OUT_OF_DATE, clicked_json, clicked_value, escape, message, own_json
@@ -73,16 +73,12 @@ def request_message(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def post_request(client: WebClient, channel: str | None, outcome: Outcome) -> str:
-    """Post a new request for approvers; returns what to tell the requester about it."""
+def approvers_told(channel: str | None) -> str:
+    """What a requester is told about approvers: the request's notice is in the outbox,
+    posted to the approvers' channel by the worker (rbac_core/outbox.py)."""
     if channel is None:
         return "No approvers' channel is configured (WA_AUDIT_CHANNEL): ask an admin directly."
-    try:
-        client.chat_postMessage(channel=channel, **request_message(outcome.data))
-    except Exception:
-        log.error("could not post access request %s", outcome.data.get("request_id"))
-        return "Your request is saved, but I could not notify the approvers; ask an admin."
-    return "Approvers have been notified."
+    return "Approvers are being told in the approvers' channel."
 
 
 DECISION_KIND = "access_decision"
@@ -127,7 +123,6 @@ def register(
             # Not theirs to decide, already decided, or no code: tell the clicker only.
             answer(replace_original=False, **message(reply_for(outcome), {actor}))
             return False
-        _tell_requester(client, outcome.data, approve, actor)  # first: it never raises
         data = outcome.data
         verdict = "approved" if approve else "denied"
         scope = "the whole workspace" if data["scope"] == "*" else data["scope"]
@@ -185,21 +180,6 @@ def register(
                 refresh_home(actor)
 
     return resume
-
-
-def _tell_requester(client: WebClient, data: Mapping[str, Any], approved: bool, by: str) -> None:
-    if approved:
-        until = str(data.get("expires_at") or "")[:16].replace("T", " ")
-        text = (
-            f"Your request for *{data['role']}* was approved by <@{by}>; "
-            f"it lasts until {until} UTC."
-        )
-    else:
-        text = f"Your request for *{data['role']}* was denied by <@{by}>."
-    try:
-        client.chat_postMessage(channel=data["requester"], text=text)
-    except Exception:
-        log.error("could not tell %s about their request", data["requester"])
 
 
 REQUEST_BUTTON = "wa_request_access"
@@ -356,7 +336,7 @@ def register_request_form(
             ack(response_action="errors", errors={field: outcome.message[:150]})
             return
         ack()
-        notice = post_request(client, audit_channel, outcome)
+        notice = approvers_told(audit_channel)
         if meta.get("response_url"):
             try:
                 answer_through(str(meta["response_url"]))(

@@ -15,12 +15,12 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from rbac_core import Gate, Outcome
+from rbac_core import Gate
 
 from .grammar import mentioned_users
 from .role_command import Reply, RoleCommand, reply_for
-from .slack_access import post_request, request_button
-from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, clicked_value, escape, message
+from .slack_access import approvers_told, request_button
+from .slack_blocks import CANCEL_ACTION, CONFIRM_ACTION, clicked_value, message
 from .slack_stepup import STEP_UP_PROMPT, open_code_modal
 
 log = logging.getLogger(__name__)
@@ -93,34 +93,6 @@ def _users(reply: Reply, actor: str) -> set[str]:
     return users
 
 
-NOTIFIED = {"role.assign": "assigned", "role.revoke": "revoked"}
-
-
-def notify_role_change(
-    client: WebClient, channel: str | None, actor: str, outcome: Outcome
-) -> None:
-    """Tell the audit channel who changed whose access (SPEC §5, issue 3 item 6)."""
-    verb = NOTIFIED.get(outcome.action)
-    if channel is None or verb is None or outcome.status != "done":
-        return
-    data = outcome.data
-    scope = data.get("scope") or "*"
-    where = "the whole workspace" if scope == "*" else scope
-    until = (
-        f", until {data['expires_at'][:16].replace('T', ' ')} UTC" if data.get("expires_at") else ""
-    )
-    reason = f" Reason: {escape(str(data['reason']))}" if data.get("reason") else ""
-    preposition = "to" if verb == "assigned" else "from"
-    text = (
-        f"<@{actor}> {verb} *{data.get('role')}* {preposition} <@{data.get('user')}> "
-        f"in {where}{until}.{reason}"
-    )
-    try:
-        client.chat_postMessage(channel=channel, text=text)
-    except Exception:
-        log.error("could not post the role change to %s", channel)
-
-
 def ask_for_code(client: WebClient, command: dict[str, Any], reply: Reply) -> bool:
     """Open the 2FA modal when the gate asked for step-up; False to answer in text instead."""
     if reply.outcome is None or reply.outcome.status != "needs_2fa":
@@ -150,7 +122,7 @@ def register(
             reply = roles.handle(actor, "slack", text, directory.lookup_for(actor))
             outcome = reply.outcome
             if outcome is not None and outcome.action == "access.request" and outcome.ok:
-                notice = post_request(directory.client, audit_channel, outcome)
+                notice = approvers_told(audit_channel)
                 reply = Reply("text", f"{reply.text}\n{notice}", outcome=outcome, data=reply.data)
             users = _users(reply, actor) | mentioned_users(command.get("text") or "")
             if ask_for_code(directory.client, command, reply):
@@ -183,7 +155,6 @@ def register(
                 if outcome.status != "cancelled"
                 else Reply("text", outcome.message, outcome=outcome)
             )
-            notify_role_change(directory.client, audit_channel, actor, outcome)
             if outcome.error_code == "pending_not_yours":
                 # Someone else's click: tell them, leave the original alone.
                 respond(replace_original=False, **message(reply, {actor}))

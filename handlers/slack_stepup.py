@@ -148,9 +148,7 @@ def rerun_command(reruns: dict[str, Rerun]) -> Resume:
     return resume
 
 
-def register(
-    app: App, gate: Gate, resumers: dict[str, Resume], on_lockout: Callable[[str], None]
-) -> None:
+def register(app: App, gate: Gate, resumers: dict[str, Resume]) -> None:
     @app.view(CALLBACK_ID)
     def on_code(ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
         actor = body.get("user", {}).get("id", "")
@@ -163,8 +161,6 @@ def register(
             ack(response_action="errors", errors={BLOCK_ID: "Something went wrong; try again."})
             return
         if not outcome.ok:
-            if outcome.error_code == "2fa_locked_now":
-                on_lockout(actor)
             ack(response_action="errors", errors={BLOCK_ID: outcome.message[:150]})
             return
         ack()

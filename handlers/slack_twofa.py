@@ -1,4 +1,5 @@
-"""Slack listener for `/wa-2fa`: the enrolment secret goes by DM, lockouts raise an alert."""
+"""Slack listener for `/wa-2fa`: the enrolment secret goes by DM (a lockout's alert is a
+notice of the `2fa.verify` action, delivered through the outbox)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ def register(
     twofa: TwoFactorCommand,
     directory: SlackDirectory,
     client: WebClient,
-    alert_channel: str | None,
 ) -> None:
     @app.command("/wa-2fa")
     def twofa_command(ack: Ack, command: dict[str, Any]) -> None:
@@ -34,8 +34,6 @@ def register(
             reply = twofa.handle(actor, "slack", command.get("text") or "")
             if "uri" in reply.data:
                 reply = _send_secret(client, actor, reply)
-            if reply.outcome is not None and reply.outcome.error_code == "2fa_locked_now":
-                alert_lockout(client, alert_channel, actor)
             if ask_for_code(client, command, reply):
                 ack(response_type="ephemeral", text=STEP_UP_PROMPT)
                 return
@@ -96,17 +94,3 @@ def qr_png(uri: str) -> bytes:
     buffer = io.BytesIO()
     segno.make(uri, error="m").save(buffer, kind="png", scale=6, border=4)
     return buffer.getvalue()
-
-
-def alert_lockout(client: WebClient, channel: str | None, actor: str) -> None:
-    if not channel:
-        log.warning("2FA locked for %s after repeated wrong codes (no WA_ALERT_CHANNEL)", actor)
-        return
-    try:
-        client.chat_postMessage(
-            channel=channel,
-            text=f":rotating_light: 2FA locked for <@{actor}> for 15 minutes after 5 wrong "
-            "codes in a row.",
-        )
-    except Exception:
-        log.error("could not post the 2FA lockout alert for %s", actor)

@@ -20,6 +20,7 @@ from .errors import Conflict, InvalidInput, NotFound, PendingActionError, TwoFac
 from .gate import Action, Context, Prepared, Result
 from .grants import ensure_separate_duties
 from .models import AccessRequest
+from .outbox import AUDIT_CHANNEL, Notice, person
 from .role_actions import (
     check_grantable,
     create_grant,
@@ -84,20 +85,22 @@ class RequestAccessAction(Action):
         )
         ctx.session.add(request)
         ctx.session.flush()
+        data = {
+            "request_id": request.id,
+            "requester": ctx.actor,
+            "role": p["role"],
+            "scope": p["number"],
+            "for": p["for"],
+            "reason": p["reason"],
+            "expires_at": request.expires_at.isoformat(),
+        }
         return Result(
-            # Telling approvers is the surface's job: it says whether that happened.
             f"Asked for {p['role']} in {scope_text(p['number'])} for {p['for']}; the request "
             "waits for an approver.",
-            data={
-                "request_id": request.id,
-                "requester": ctx.actor,
-                "role": p["role"],
-                "scope": p["number"],
-                "for": p["for"],
-                "reason": p["reason"],
-                "expires_at": request.expires_at.isoformat(),
-            },
+            data=data,
             details={"request_id": request.id},
+            # Approvers hear of it in the audit channel, with Approve and Deny buttons.
+            notices=(Notice("access.requested", AUDIT_CHANNEL, data),),
         )
 
 
@@ -186,6 +189,7 @@ class DecideAccessAction(Action):
                 data={**base, "status": "denied"},
                 details={"request_id": request.id},
                 policy_users=frozenset(),
+                notices=(_decided(ctx, request, approved=False),),
             )
         ensure_not_held(ctx, request.requester, request.role, request.scope)
         granted = create_grant(
@@ -204,7 +208,25 @@ class DecideAccessAction(Action):
             data={**granted.data, **base, "status": "approved"},
             details={"request_id": request.id, "grant_id": request.grant_id},
             policy_users=granted.policy_users,
+            notices=(_decided(ctx, request, approved=True, until=granted.data["expires_at"]),),
         )
+
+
+def _decided(
+    ctx: Context, request: AccessRequest, *, approved: bool, until: str | None = None
+) -> Notice:
+    """The requester's message: who decided, and until when an approved grant lasts."""
+    return Notice(
+        "access.decided",
+        person(request.requester),
+        {
+            "approved": approved,
+            "by": ctx.actor,
+            "role": request.role,
+            "scope": request.scope,
+            "expires_at": until,
+        },
+    )
 
 
 class PendingRequestsAction(Action):

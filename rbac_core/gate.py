@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import audit, signals
+from . import audit, outbox, signals
 from .clock import Clock, system_clock, utcnow
 from .db import Database, Txn
 from .directory import is_registered, resolve_scope
@@ -120,6 +120,9 @@ class Result:
     details: Mapping[str, Any] = field(default_factory=dict)
     refusal: str | None = None
     policy_users: frozenset[str] | None = None
+    notices: tuple[outbox.Notice, ...] = ()
+    """What to tell people outside the database: written to the outbox in this
+    transaction, delivered by a worker after the commit (outbox.py)."""
 
 
 class Action(ABC):
@@ -484,6 +487,10 @@ class Gate:
             result = handler.execute(ctx, prepared)
             if handler.mutates_policy:
                 bump_policy_version(ctx.txn, result.policy_users)
+            if result.notices:
+                if handler.read_only:
+                    raise ValueError(f"{name} is read-only and cannot send notices")
+                outbox.enqueue(ctx.txn, result.notices, ctx.now)
             if savepoint is not None:
                 ctx.session.flush()
                 savepoint.commit()

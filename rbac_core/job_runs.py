@@ -3,11 +3,12 @@
 APScheduler's own FAQ says several schedulers cannot share one job store, so
 each scheduler keeps its jobs in memory and the database decides who runs:
 a run first inserts the row (job, period); the primary key lets exactly one
-insert succeed. The row is a lease, renewed while the run works, but never
-past the run's time bound (`Claim.deadline`), so a run that hangs lets go in
-the end. A run that dies (killed, host lost) stops renewing; once its lease
-lapses, another scheduler takes the period over. A run that fails cleanly
-gives its lease up, and the period is retried after a delay that doubles.
+insert succeed. The row is a lease (leases.py, shared with the outbox),
+renewed while the run works, but never past the run's time bound
+(`Claim.deadline`), so a run that hangs lets go in the end. A run that
+dies (killed, host lost) stops renewing; once its lease lapses, another
+scheduler takes the period over. A run that fails cleanly gives its lease
+up, and the period is retried after a delay that doubles.
 
 Every claimed period ends exactly once, in `done` or `given_up`: each look
 also settles the job's unfinished claims (`JobRuns.settle`), not only the
@@ -25,6 +26,7 @@ from typing import Literal, cast
 from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from . import leases
 from .clock import Clock, system_clock, utcnow
 from .db import Database
 from .models import JobRun
@@ -210,7 +212,7 @@ class JobRuns:
                     _RUNS.c.attempt < MAX_ATTEMPTS,
                     or_(
                         and_(_RUNS.c.status == "failed", _RUNS.c.finished_at <= retry_from),
-                        and_(_RUNS.c.status == "running", _RUNS.c.lease_until < now),
+                        leases.lapsed(_RUNS, now),
                     ),
                 )
                 .values(
@@ -262,18 +264,8 @@ class JobRuns:
         if lease_until is not None:
             values["lease_until"] = lease_until
         with self.db.write() as session:
-            result = session.execute(
-                update(_RUNS)
-                .where(
-                    _RUNS.c.job == claim.job,
-                    _RUNS.c.period == claim.period,
-                    _RUNS.c.owner == claim.owner,
-                    _RUNS.c.attempt == claim.attempt,
-                    _RUNS.c.status == "running",
-                )
-                .values(**values)
-            )
-            return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            key = and_(_RUNS.c.job == claim.job, _RUNS.c.period == claim.period)
+            return leases.settle(session, _RUNS, key, (claim.owner, claim.attempt), values)
 
     def settle(self, job: str, grace: timedelta) -> Settled:
         """Give up the job's unfinished claims that can no longer run (see `verdict`).
@@ -317,7 +309,7 @@ class JobRuns:
                     _RUNS.c.period == run.period,
                     _RUNS.c.status == run.status,
                     _RUNS.c.attempt == run.attempt,
-                    or_(_RUNS.c.status != "running", _RUNS.c.lease_until < now),
+                    or_(_RUNS.c.status != leases.RUNNING, leases.lapsed(_RUNS, now)),
                 )
                 .values(
                     status="given_up", finished_at=now, lease_until=now, summary=why[:SUMMARY_MAX]

@@ -384,3 +384,41 @@ class ReviewKeep(Base):
     until: Mapped[datetime] = mapped_column(UTCDateTime)
     kept_by: Mapped[str] = mapped_column(String(32))
     kept_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OutboxMessage(Base):
+    """Something an action tells someone outside the database, waiting to be delivered.
+
+    Written in the transaction of the gate call that decided it, so it exists
+    exactly when the action happened; delivered at least once by a worker
+    holding it under a lease (leases.py). `queued` rows are due at `next_try_at`.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status_next_try_at", "status", "next_try_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    to: Mapped[str] = mapped_column(String(160))
+    data: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # queued, running, done, given_up
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+
+
+class OutboxPace(Base):
+    """The earliest moment the next message may go to one destination (a channel, a DM).
+
+    Shared by every worker, so Slack's one-post-a-second-per-channel holds
+    however many workers deliver.
+    """
+
+    __tablename__ = "outbox_pace"
+
+    to: Mapped[str] = mapped_column(String(160), primary_key=True)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -8,6 +8,7 @@ can refuse before it asks anyone to confirm.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
@@ -34,6 +35,7 @@ from .errors import (
 from .gate import Action, Context, Prepared, Result
 from .grants import active_admins, ensure_holds, ensure_not_last_admin, live_grant
 from .models import Grant, Number, Role, RoleParent, RolePermission, SecondFactor
+from .outbox import AUDIT_CHANNEL, Notice
 from .permissions import SENSITIVE_PERMISSIONS, check_permission, check_permissions
 from .policy import Policy
 from .values import (
@@ -327,7 +329,8 @@ class AssignAction(Action):
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params
-        return create_grant(ctx, p["user"], p["role"], p["number"], p.get("for"), p.get("reason"))
+        result = create_grant(ctx, p["user"], p["role"], p["number"], p.get("for"), p.get("reason"))
+        return replace(result, notices=(role_changed(ctx, "assigned", result.data),))
 
 
 class RevokeAction(Action):
@@ -388,7 +391,25 @@ class RevokeAction(Action):
             },
             details={"grant_id": grant.id},
             policy_users=frozenset({p["user"]}),
+            notices=(role_changed(ctx, "revoked", {**p, "scope": p["number"]}),),
         )
+
+
+def role_changed(ctx: Context, verb: str, data: Mapping[str, Any]) -> Notice:
+    """The audit channel's line about a role given or taken away (SPEC §5)."""
+    return Notice(
+        "role.changed",
+        AUDIT_CHANNEL,
+        {
+            "verb": verb,
+            "actor": ctx.actor,
+            "user": data["user"],
+            "role": data["role"],
+            "scope": data["scope"],
+            "expires_at": data.get("expires_at"),
+            "reason": data.get("reason"),
+        },
+    )
 
 
 def _check_parents(session: Session, role_name: str, parents: Iterable[str]) -> list[str]:

@@ -50,4 +50,12 @@ job_finished = Signal(
     "(job: str, result: 'done' | 'failed' | 'given_up') a scheduled run ended",
 )
 
-ALL = (gate_outcome, audit_appended, policy_reloaded, job_finished)
+outbox_queued = Signal(
+    "outbox_queued", "(count: int) notices written to the outbox, sent after their commit"
+)
+outbox_delivered = Signal(
+    "outbox_delivered",
+    "(kind: str, result: 'done' | 'retry' | 'given_up' | 'lost') one delivery attempt ended",
+)
+
+ALL = (gate_outcome, audit_appended, policy_reloaded, job_finished, outbox_queued, outbox_delivered)

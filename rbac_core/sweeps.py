@@ -21,6 +21,7 @@ from .db import Database
 from .errors import OperatorOnly
 from .gate import Action, Context, Prepared, Result
 from .models import AccessRequest, Grant, PendingAction
+from .outbox import Notice, person
 from .values import format_moment, scope_text
 
 SYSTEM_SURFACES = frozenset({"scheduler", "cli"})
@@ -163,6 +164,11 @@ class SweepAction(Action):
             data={"expired": expired, "counts": counts},
             details=details,
             policy_users=frozenset(e.owner for e in expired if e.kind == "grant"),
+            # Each owner is told what of theirs expired.
+            notices=tuple(
+                Notice("expired", person(e.owner), {"kind": e.kind, "id": e.id, "text": e.text})
+                for e in expired
+            ),
         )
 
 

@@ -24,6 +24,7 @@ from .directory import require_user
 from .errors import Conflict, InvalidInput, NotFound, SelfGrant
 from .gate import Action, Context, Prepared, Result
 from .models import SecondFactor, User
+from .outbox import ALERT_CHANNEL, Notice
 from .secret_box import SecretBox
 from .values import WILDCARD, format_moment, parse_user_id
 
@@ -178,6 +179,13 @@ class VerifyAction(Action):
                     data={"alert": True, "user": ctx.actor},
                     details={"locked_until": row.locked_until.isoformat()},
                     refusal="2fa_locked_now",
+                    notices=(
+                        Notice(
+                            "2fa.locked",
+                            ALERT_CHANNEL,
+                            {"user": ctx.actor, "until": row.locked_until.isoformat()},
+                        ),
+                    ),
                 )
             left = MAX_FAILURES - row.failures
             return Result(

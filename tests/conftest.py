@@ -48,6 +48,8 @@ TABLES = (
     "access_reviews",
     "review_keeps",
     "deliveries",
+    "outbox",
+    "outbox_pace",
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,6 +34,10 @@ class FakeSlack:
     """Answers to give, in order, before the usual ones (e.g. a malformed reply)."""
     hold: set[str] = field(default_factory=set)
     """Methods whose calls are recorded and then never answered (a Slack that hangs)."""
+    delays: dict[str, float] = field(default_factory=dict)
+    """Seconds to wait before answering a method (a slow Slack)."""
+    arrivals: list[tuple[float, Call]] = field(default_factory=list)
+    """(time.monotonic() on arrival, call), for tests of pacing."""
     _ts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _released: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -61,13 +66,22 @@ class FakeSlack:
                 else:
                     body = {k: v[0] for k, v in parse_qs(raw).items()}
                 name = self.path.split("?")[0].removeprefix("/api/").strip("/")
-                fake.calls.append(Call(name, body, dict(self.headers)))
+                call = Call(name, body, dict(self.headers))
+                fake.calls.append(call)
+                fake.arrivals.append((time.monotonic(), call))
                 if name in fake.hold:
                     fake._released.wait(60)
                     return
-                answer = fake.answer(name, body)
+                if name in fake.delays:
+                    time.sleep(fake.delays[name])
+                answer = dict(fake.answer(name, body))
+                # A scripted answer may carry an HTTP status and headers (a 429's Retry-After).
+                status = int(answer.pop("_status", 200))
+                extra: dict[str, str] = answer.pop("_headers", {})
                 data = json.dumps(answer).encode("utf-8")
-                self.send_response(200)
+                self.send_response(status)
+                for header, value in extra.items():
+                    self.send_header(header, value)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -77,6 +91,11 @@ class FakeSlack:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
+
+    def release(self) -> None:
+        """Stop holding calls: those held so far end without an answer."""
+        self.hold.clear()
+        self._released.set()
 
     def stop(self) -> None:
         self._released.set()

@@ -89,3 +89,42 @@ def throwaway_schema(url: str, prefix: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def notices(db: Database, kind: str | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """What the outbox holds, oldest first: (kind, destination, data)."""
+    import json
+
+    from rbac_core.models import OutboxMessage
+
+    with db.read() as session:
+        query = select(OutboxMessage).order_by(OutboxMessage.id)
+        if kind is not None:
+            query = query.where(OutboxMessage.kind == kind)
+        return [(m.kind, m.to, json.loads(m.data)) for m in session.scalars(query)]
+
+
+def deliver_notices(runtime: Any) -> int:
+    """Deliver what is due in the outbox now, as a worker of `runtime` would (unpaced,
+    so a test need not wait a second between two posts to one channel)."""
+    from datetime import timedelta
+
+    from bot.outbox_worker import build_worker
+    from rbac_core.outbox import Outbox
+
+    if hasattr(runtime, "application"):  # a Flask test client
+        runtime = runtime.application.extensions["wa_access"]
+    outbox = Outbox(runtime.db, runtime.gate.clock, pace=timedelta(0))
+    return build_worker(runtime.settings, outbox).run_until_idle()
+
+
+def wait_for(check: Any, timeout: float = 15.0, what: str = "the condition") -> Any:
+    """Poll `check()` until it returns something truthy (work done by another process)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return found

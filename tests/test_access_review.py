@@ -33,7 +33,7 @@ from rbac_core.models import AccessReview, Grant, JobRun, ReviewFinding
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .fake_slack import FakeSlack
-from .helpers import audit_rows, live_grants, run
+from .helpers import audit_rows, deliver_notices, live_grants, notices, run
 from .slack_requests import SIGNING_SECRET, block_action, signed_headers
 
 AUDIT = "C0WAAUDIT"
@@ -511,7 +511,15 @@ def test_three_schedulers_over_ten_periods_post_exactly_ten_reports(
     assert len({r.period for r in runs}) == 10
     assert sorted(r.period or "" for r in reviews) == [r.period for r in runs]
     assert all(r.status == "posted" for r in reviews)
-    # The expiry sweep ran on every replica; bob still heard about his grant once.
+    # The expiry sweep ran on every replica; bob's notice was written once, and heard once.
+    assert [to for _, to, _ in notices(db, "expired")] == [f"person:{BOB}"]
+    later = ManualClock(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
+    worker = build_runtime(
+        Settings(database_url=db_url, slack_bot_token="xoxb-0000-test", slack_api_url=slack.url),
+        clock=later,
+    )
+    deliver_notices(worker)
+    worker.db.dispose()
     expiry_dms = [
         c.body
         for c in slack.named("chat.postMessage")

@@ -14,7 +14,7 @@ from bot.cli import main
 from rbac_core import Database
 
 from .conftest import ADMIN, ALICE, BOB, CAROL, Cli
-from .helpers import live_grants
+from .helpers import live_grants, notices
 
 
 @pytest.fixture
@@ -293,12 +293,17 @@ def test_the_console_names_an_unknown_or_ambiguous_name(staffed: Cli) -> None:
     assert code == 2 and "nobody is registered as 'zed'" in out and "user add" in out
 
 
-def test_a_request_from_the_console_says_no_approver_was_told(staffed: Cli) -> None:
+def test_a_request_from_the_console_is_queued_for_approvers_and_says_how_they_hear(
+    staffed: Cli, db: Database
+) -> None:
     staffed("console", "--as", ADMIN, stdin=f"/wa-role assign <@{ALICE}> support\nconfirm\n")
     line = "/wa-role request analyst --for 4h --reason covering\n"
     code, out, _ = staffed("console", "--as", ALICE, stdin=line)
     assert code == 0
-    assert "notified" not in out and "no approver was told" in out
+    # Nothing is claimed as done: the notice waits in the outbox for a worker.
+    assert "notified" not in out and "once a `wa-access serve` or `wa-access worker`" in out
+    [(_, to, data)] = notices(db, "access.requested")
+    assert to == "channel:audit" and data["requester"] == ALICE and data["role"] == "analyst"
 
 
 def test_users_are_listed_and_removed_by_the_operator(staffed: Cli, db: Database) -> None:

@@ -187,6 +187,31 @@ def test_scheduled_runs_are_counted_by_job_and_result(client: FlaskClient) -> No
     }
 
 
+def test_the_outbox_depth_and_its_deliveries_are_reported(
+    make_app: Callable[..., FlaskClient], slack: FakeSlack
+) -> None:
+    from .helpers import deliver_notices
+    from .test_slack_roles import click, command, pending_of
+
+    app = make_app(audit_channel="C0WAAUDIT")
+    before = scrape(app)
+    asked = command(app, slack, ADMIN, f"assign <@{ALICE}> agent")
+    click(app, slack, ADMIN, "wa_confirm", pending_of(asked))
+    queued = scrape(app)
+    depth = "wa_access_outbox_rows"
+    assert queued[(depth, (("status", "queued"),))] == 1
+    assert queued[(depth, (("status", "done"),))] == 0
+    deliver_notices(app)
+    after = scrape(app)
+    assert after[(depth, (("status", "queued"),))] == 0
+    assert after[(depth, (("status", "done"),))] == 1
+    delivered = (
+        "wa_access_outbox_deliveries_total",
+        (("kind", "role.changed"), ("result", "done")),
+    )
+    assert moved(before, after)[delivered] == 1
+
+
 def test_metrics_need_the_bearer_token_when_one_is_set(
     make_app: Callable[..., FlaskClient],
 ) -> None:

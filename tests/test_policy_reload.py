@@ -99,7 +99,7 @@ def test_an_expiry_sweep_elsewhere_reloads_the_owners_of_expired_grants(
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", **{"for": "1h"}).ok
     other.policy()
     clock.advance(2 * 3600)
-    outcome = sweep_expired(gate, lambda user, text: None)
+    outcome = sweep_expired(gate)
     assert outcome is not None and outcome.status == "done"
     full_before = other.policies.full_reloads
     assert not other.decide(ALICE, "messages:send_text").allowed
@@ -171,7 +171,7 @@ def test_whatever_happens_elsewhere_the_snapshot_equals_one_loaded_from_scratch(
             run(gate, ADMIN, "role.revoke", user=who, role=role, number=where)
         elif move == "expire":
             clock.advance(2 * 3600)
-            sweep_expired(gate, lambda user, text: None)
+            sweep_expired(gate)
         elif move == "deactivate" and pick.random() < 0.2:
             run(gate, ADMIN, "user.deactivate", user=who)
         elif move == "role":

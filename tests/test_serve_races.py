@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
@@ -23,6 +24,7 @@ from rbac_core.twofa import MAX_FAILURES
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .fake_slack import FakeSlack
+from .helpers import wait_for
 from .slack_requests import signed_headers, slash_command
 from .test_http import Served, serve, slack_env
 
@@ -118,5 +120,10 @@ def test_forty_wrong_codes_at_once_are_at_most_five_guesses(
         "locked_now": 1,
         "locked": 40 - MAX_FAILURES,
     }, answers
-    alerts = [c for c in slack.named("chat.postMessage") if c.body.get("channel") == "C0WAALERT"]
-    assert len(alerts) == 1
+
+    def alerts() -> list[Any]:
+        return [c for c in slack.named("chat.postMessage") if c.body.get("channel") == "C0WAALERT"]
+
+    wait_for(alerts, what="the lockout alert from serve's outbox worker")
+    time.sleep(1.5)  # a second alert, were there one, would have been delivered by now
+    assert len(alerts()) == 1

@@ -39,7 +39,7 @@ from rbac_core.models import User
 
 from .conftest import ADMIN, ALICE
 from .fake_slack import FakeSlack
-from .helpers import audit_rows, live_grants
+from .helpers import audit_rows, deliver_notices, live_grants
 from .slack_requests import (
     SIGNING_SECRET,
     app_home_opened,
@@ -319,8 +319,11 @@ def test_an_approver_decides_from_the_app_home(
         c.body for c in calls if c.method == "chat.postMessage" and c.body["channel"] == ADMIN
     ]
     assert f"<@{ADMIN}> approved <@{ALICE}>'s request for *agent*" in to_admin[-1]["text"]
+    deliver_notices(app)  # the requester hears through the outbox
     to_alice = [
-        c.body for c in calls if c.method == "chat.postMessage" and c.body["channel"] == ALICE
+        c.body
+        for c in slack.calls[before:]
+        if c.method == "chat.postMessage" and c.body["channel"] == ALICE
     ]
     assert "was approved" in to_alice[-1]["text"]
     [home] = [c.body for c in calls if c.method == "views.publish"]
@@ -408,15 +411,17 @@ def test_a_decision_in_the_app_home_stands_when_the_dm_to_the_approver_fails(
 ) -> None:
     app = make_app(audit_channel="C0WAAUDIT")
     request_id = _alice_asks(app, slack, db, "agent --for 4h --reason covering the night shift")
-    # The requester is told first; the approver's DM then fails.
-    slack.scripted["chat.postMessage"] = [{"ok": True}, {"ok": False, "error": "channel_not_found"}]
+    deliver_notices(app)  # the request's post to the approvers
+    # The approver's DM (the answer to the click) fails; the requester is told later.
+    slack.scripted["chat.postMessage"] = [{"ok": False, "error": "channel_not_found"}]
     before = len(slack.calls)
     assert post(app, home_block_action(ADMIN, APPROVE_ACTION, request_id)).status_code == 200
     assert (ALICE, "agent", "*") in live_grants(db, ALICE)
+    assert deliver_notices(app) == 1
     calls = slack.calls[before:]
     told = [c.body for c in calls if c.method == "chat.postMessage"]
-    assert [t["channel"] for t in told] == [ALICE, ADMIN]
-    assert "was approved" in told[0]["text"]
+    assert [t["channel"] for t in told] == [ADMIN, ALICE]
+    assert "was approved" in told[1]["text"]
     assert [c.body["user_id"] for c in calls if c.method == "views.publish"] == [ADMIN]
 
 

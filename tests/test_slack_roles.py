@@ -26,7 +26,7 @@ from rbac_core import Database, Gate, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB
 from .fake_slack import FakeSlack
-from .helpers import audit_rows, live_grants, run
+from .helpers import audit_rows, deliver_notices, live_grants, run
 from .slack_requests import (
     SIGNING_SECRET,
     app_home_opened,
@@ -511,6 +511,7 @@ def test_the_fifth_wrong_code_locks_and_alerts_security(
     assert not [c for c in slack.named("chat.postMessage") if c.body["channel"] == "C0SECURITY"]
     locked = command(client_2fa, slack, ALICE, f"verify {wrong}", "/wa-2fa")
     assert "locked until" in locked["text"]
+    assert deliver_notices(client_2fa) == 1  # the alert left through the outbox
     alerts = [c for c in slack.named("chat.postMessage") if c.body["channel"] == "C0SECURITY"]
     assert len(alerts) == 1 and f"<@{ALICE}>" in alerts[0].body["text"]
 
@@ -528,6 +529,8 @@ def test_role_changes_are_posted_to_the_audit_channel(
     click(app, slack, ADMIN, "wa_confirm", pending_of(reply))
     reply = command(app, slack, ADMIN, f"revoke <@{ALICE}> agent --number +15550001111")
     click(app, slack, ADMIN, "wa_confirm", pending_of(reply), name="r2")
+    assert not slack.named("chat.postMessage")  # the answers did not wait for the posts
+    assert deliver_notices(app) == 2
     posts = [
         c.body["text"] for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"
     ]
@@ -542,7 +545,8 @@ def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
 ) -> None:
     app = make_app(audit_channel="C0WAAUDIT")
     asked = alice_asks(app, slack, "agent --for 4h --reason covering the night shift")
-    assert "Approvers have been notified." in asked["text"]
+    assert "Approvers are being told in the approvers' channel." in asked["text"]
+    deliver_notices(app)
     posted = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
     request_post = (
         json.loads(posted[-1]["blocks"])
@@ -556,6 +560,7 @@ def test_access_requests_go_to_approvers_and_are_decided_by_buttons(
     decided = click(app, slack, ADMIN, "wa_access_approve", request_id, name="adm")
     assert decided["replace_original"] is True
     assert f"<@{ADMIN}> approved <@{ALICE}>'s request for *agent*" in decided["text"]
+    deliver_notices(app)
     dms = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == ALICE]
     assert "was approved" in dms[-1]["text"]
     assert (ALICE, "agent", "*") in live_grants(db, ALICE)
@@ -659,6 +664,7 @@ def test_a_denial_explained_by_why_offers_a_request_access_form(
         app, view_submission(ALICE, "wa_request_access_view", form["private_metadata"], values)
     )
     assert good.status_code == 200 and not good.data.strip()
+    deliver_notices(app)
     posts = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
     assert any("asks for *agent*" in p["text"] for p in posts)
     assert "Asked for agent" in slack.responses()[-1]["text"]
@@ -676,6 +682,7 @@ def test_approving_a_sensitive_request_asks_the_approver_for_a_code_then_decides
     totp = enrol_2fa(app, slack, clock, ADMIN)
     give_2fa(db, ALICE, utcnow(clock))
     alice_asks(app, slack, "developer --for 2h --reason release night")
+    deliver_notices(app)
     posted = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == "C0WAAUDIT"]
     blocks = posted[-1]["blocks"]
     request_id = (json.loads(blocks) if isinstance(blocks, str) else blocks)[1]["elements"][0][
@@ -708,6 +715,7 @@ def test_approving_a_sensitive_request_asks_the_approver_for_a_code_then_decides
     assert decided["replace_original"] is True
     assert f"<@{ADMIN}> approved <@{ALICE}>'s request for *developer*" in decided["text"]
     assert (ALICE, "developer", "*") in live_grants(db, ALICE)
+    deliver_notices(app)
     dms = [c.body for c in slack.named("chat.postMessage") if c.body["channel"] == ALICE]
     assert "was approved" in dms[-1]["text"]
 

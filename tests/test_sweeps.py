@@ -1,4 +1,5 @@
-"""Expiry sweeps: what ran out is marked once, its owner told once, on any number of replicas."""
+"""Expiry sweeps: what ran out is marked once, its owner told once (a notice in the outbox,
+written in the sweep's transaction), on any number of replicas."""
 
 from __future__ import annotations
 
@@ -12,19 +13,14 @@ from rbac_core import Database, Gate, ManualClock, build_gate
 from rbac_core.models import AccessRequest, Grant, PendingAction
 
 from .conftest import ADMIN, ALICE, BOB
-from .helpers import audit_rows, live_grants, run
+from .helpers import audit_rows, live_grants, notices, run
 
 pytestmark = pytest.mark.usefixtures("team")
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, user: str, text: str) -> None:
-        with self._lock:
-            self.messages.append((user, text))
+def told(db: Database) -> list[tuple[str, str]]:
+    """(person, text) of every expiry notice in the outbox: what the worker will DM."""
+    return [(to.removeprefix("person:"), data["text"]) for _, to, data in notices(db, "expired")]
 
 
 def test_an_expired_grant_is_marked_and_its_holder_told(
@@ -32,15 +28,14 @@ def test_an_expired_grant_is_marked_and_its_holder_told(
 ) -> None:
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", **{"for": "1h"}).ok
     clock.advance(2 * 3600)
-    inbox = Inbox()
-    outcome = sweep_expired(gate, inbox)
+    outcome = sweep_expired(gate)
     assert outcome is not None and outcome.status == "done"
     assert live_grants(db, ALICE) == []
     with db.read() as session:
         grant = session.scalars(select(Grant).where(Grant.user_id == ALICE)).one()
         assert (grant.revoked_by, grant.revoke_reason) == ("system", "expired")
         assert grant.revoked_at == grant.expires_at
-    [(user, text)] = inbox.messages
+    [(user, text)] = told(db)
     assert user == ALICE and text.startswith("Your agent access in the whole workspace expired")
     entry = audit_rows(db)[-1]
     assert (entry.actor, entry.surface, entry.action, entry.outcome) == (
@@ -54,7 +49,7 @@ def test_an_expired_grant_is_marked_and_its_holder_told(
 
 def test_an_idle_sweep_writes_nothing_at_all(gate: Gate, db: Database) -> None:
     entries = len(audit_rows(db))
-    assert sweep_expired(gate, Inbox()) is None
+    assert sweep_expired(gate) is None
     assert len(audit_rows(db)) == entries
 
 
@@ -69,15 +64,14 @@ def test_an_unconfirmed_action_and_an_undecided_request_expire_and_their_owners_
     )
     assert request.status == "done"
     clock.advance(25 * 3600)
-    inbox = Inbox()
-    sweep_expired(gate, inbox)
+    sweep_expired(gate)
     with db.read() as session:
         pending = session.get(PendingAction, asked.pending_id)
         assert pending is not None and pending.status == "expired"
         assert session.scalars(select(AccessRequest.status)).all() == ["expired"]
-    told = dict(inbox.messages)
-    assert "expired before it was confirmed; nothing was done" in told[ADMIN]
-    assert "Your request for agent in the whole workspace expired" in told[ALICE]
+    heard = dict(told(db))
+    assert "expired before it was confirmed; nothing was done" in heard[ADMIN]
+    assert "Your request for agent in the whole workspace expired" in heard[ALICE]
     refused = gate.confirm(str(asked.pending_id), ADMIN, "slack")
     assert refused.error_code == "pending_used"  # marked: it can never run now
 
@@ -90,12 +84,11 @@ def test_replicas_sweeping_at_once_mark_and_tell_each_thing_once(
     clock.advance(2 * 3600)
     replicas = [Database(db_url) for _ in range(3)]
     gates = [build_gate(each, clock=clock) for each in replicas]
-    inbox = Inbox()
     start = threading.Barrier(len(gates))
 
     def sweep(each: Gate) -> None:
         start.wait()
-        sweep_expired(each, inbox)
+        sweep_expired(each)
 
     threads = [threading.Thread(target=sweep, args=(g,)) for g in gates]
     for t in threads:
@@ -104,7 +97,7 @@ def test_replicas_sweeping_at_once_mark_and_tell_each_thing_once(
         t.join(timeout=60)
     for each in replicas:
         each.dispose()
-    assert sorted(user for user, _ in inbox.messages) == [ALICE, BOB]
+    assert sorted(user for user, _ in told(db)) == [ALICE, BOB]
 
 
 def test_a_chat_surface_cannot_sweep(gate: Gate) -> None:

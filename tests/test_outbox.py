@@ -1,0 +1,409 @@
+"""The outbox: notices are written with their action and delivered at least once,
+paced per destination, retried, given up for good reasons, and never lost to a dead worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.config import Settings
+from bot.outbox_worker import OutboxWorker, build_worker, slack_deliverer
+from rbac_core import Database, Gate, ManualClock, build_gate
+from rbac_core.gate import Action, Context, Prepared, Result
+from rbac_core.models import OutboxMessage
+from rbac_core.outbox import AUDIT_CHANNEL, MAX_ATTEMPTS, Notice, Outbox, enqueue, person
+from rbac_core.values import WILDCARD
+
+from .conftest import ADMIN, ALICE, BOB, Cli
+from .fake_slack import FakeSlack
+from .helpers import audit_rows, notices, run
+
+pytestmark = pytest.mark.usefixtures("team")
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def settings(db_url: str, slack: FakeSlack) -> Settings:
+    return Settings(
+        database_url=db_url,
+        slack_bot_token="xoxb-0000-test",
+        slack_api_url=slack.url,
+        audit_channel="C0WAAUDIT",
+        alert_channel="C0WAALERT",
+    )
+
+
+@pytest.fixture
+def outbox(db: Database, clock: ManualClock) -> Outbox:
+    return Outbox(db, clock)
+
+
+@pytest.fixture
+def worker(outbox: Outbox, settings: Settings) -> OutboxWorker:
+    return build_worker(settings, outbox, owner="worker-1")
+
+
+def rows(db: Database) -> list[OutboxMessage]:
+    with db.read() as session:
+        return list(session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+def posts(slack: FakeSlack, channel: str | None = None) -> list[dict[str, Any]]:
+    return [
+        c.body
+        for c in slack.named("chat.postMessage")
+        if channel is None or c.body["channel"] == channel
+    ]
+
+
+def queue(db: Database, clock: ManualClock, *items: Notice) -> None:
+    from rbac_core.clock import utcnow
+
+    with db.transaction(write=True) as txn:
+        enqueue(txn, items, utcnow(clock))
+
+
+def changed(n: int) -> Notice:
+    data = {"verb": "assigned", "actor": ADMIN, "user": f"U0PERSON{n:02d}", "role": "agent"}
+    return Notice("role.changed", AUDIT_CHANNEL, {**data, "scope": WILDCARD})
+
+
+# -- written with the action, in its transaction --------------------------------------
+
+
+def test_a_role_change_writes_its_notice_only_once_confirmed(gate: Gate, db: Database) -> None:
+    asked = gate.submit(ADMIN, "slack", "role.assign", {"user": ALICE, "role": "agent"})
+    assert asked.status == "needs_confirmation" and notices(db) == []
+    assert gate.confirm(str(asked.pending_id), ADMIN, "slack").status == "done"
+    [(kind, to, data)] = notices(db)
+    assert (kind, to) == ("role.changed", AUDIT_CHANNEL)
+    assert data == {
+        "verb": "assigned",
+        "actor": ADMIN,
+        "user": ALICE,
+        "role": "agent",
+        "scope": "*",
+        "expires_at": None,
+        "reason": None,
+    }
+
+
+def test_a_refused_action_writes_no_notice(gate: Gate, db: Database) -> None:
+    denied = run(gate, ALICE, "role.assign", user=BOB, role="agent")
+    assert denied.status == "denied"
+    assert notices(db) == []
+
+
+class _Unsendable(Action):
+    """Writes a grant-free row, then returns a notice that cannot be stored (not JSON)."""
+
+    name = "test.unsendable"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        return Prepared({}, None, WILDCARD, "-", "send something odd")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        from rbac_core.directory import ensure_user
+
+        ensure_user(ctx.session, "U0WRITTEN1", ctx.now)
+        return Result("sent", notices=(Notice("role.changed", AUDIT_CHANNEL, {"x": {1, 2}}),))
+
+
+def test_a_notice_that_cannot_be_written_undoes_its_action(
+    db: Database, clock: ManualClock
+) -> None:
+    gate = Gate(db, {"test.unsendable": _Unsendable()}, clock=clock)
+    outcome = gate.submit("operator", "cli", "test.unsendable", {})
+    assert (outcome.status, outcome.error_code) == ("failed", "internal_error")
+    assert notices(db) == []
+    assert not build_gate(db, clock=clock).knows("U0WRITTEN1")  # its own write went with it
+    assert audit_rows(db)[-1].outcome == "error"
+
+
+# -- delivered ------------------------------------------------------------------------
+
+
+def test_a_worker_posts_each_notice_and_marks_it_done(
+    gate: Gate, db: Database, slack: FakeSlack, worker: OutboxWorker
+) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent", reason="on call").ok
+    assert worker.run_until_idle() == 1
+    [post] = posts(slack)
+    assert post["channel"] == "C0WAAUDIT"
+    assert post["text"] == (
+        f"<@{ADMIN}> assigned *agent* to <@{ALICE}> in the whole workspace. Reason: on call"
+    )
+    [row] = rows(db)
+    assert (row.status, row.attempt, row.owner, row.last_error) == ("done", 1, "worker-1", None)
+    assert worker.run_until_idle() == 0 and len(posts(slack)) == 1
+
+
+def test_one_destination_gets_at_most_one_post_a_second(
+    db: Database, clock: ManualClock, slack: FakeSlack, worker: OutboxWorker
+) -> None:
+    queue(db, clock, changed(1), changed(2), Notice("expired", person(BOB), {"text": "gone"}))
+    assert worker.run_until_idle() == 2  # one to the channel, one to Bob
+    assert [p["channel"] for p in posts(slack)] == ["C0WAAUDIT", BOB]
+    clock.advance(0.5)
+    assert worker.run_until_idle() == 0
+    clock.advance(0.5)
+    assert worker.run_until_idle() == 1
+    channel_posts = [p["text"] for p in posts(slack, "C0WAAUDIT")]
+    assert [t.split()[4] for t in channel_posts] == ["<@U0PERSON01>", "<@U0PERSON02>"]
+
+
+def test_a_rate_limited_post_waits_as_slack_asks_and_holds_back_its_channel(
+    db: Database, clock: ManualClock, slack: FakeSlack, worker: OutboxWorker
+) -> None:
+    slack.scripted["chat.postMessage"] = [
+        {"_status": 429, "_headers": {"Retry-After": "7"}, "ok": False, "error": "ratelimited"}
+    ]
+    queue(db, clock, changed(1), changed(2))
+    assert worker.run_until_idle() == 1
+    first = rows(db)[0]
+    assert (first.status, first.attempt) == ("queued", 0)  # a wait Slack asked for: not counted
+    assert first.last_error == "Slack rate limit"
+    clock.advance(6)
+    assert worker.run_until_idle() == 0  # the whole channel waits, not just that row
+    clock.advance(1)
+    assert worker.run_until_idle() == 1
+    clock.advance(1)
+    assert worker.run_until_idle() == 1
+    assert len(posts(slack, "C0WAAUDIT")) == 3  # the refused one, then both
+    assert [r.status for r in rows(db)] == ["done", "done"]
+
+
+def test_a_failing_post_is_retried_with_growing_waits_then_given_up(
+    db: Database, clock: ManualClock, slack: FakeSlack, worker: OutboxWorker
+) -> None:
+    slack.scripted["chat.postMessage"] = [{"ok": False, "error": "internal_error"}] * MAX_ATTEMPTS
+    queue(db, clock, changed(1))
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert worker.run_until_idle() == 1
+        [row] = rows(db)
+        assert (row.status, row.attempt) == ("queued", attempt)
+        assert worker.run_until_idle() == 0  # not before its wait is over
+        clock.advance(row.next_try_at.timestamp() - clock())
+    assert worker.run_until_idle() == 1
+    [row] = rows(db)
+    assert row.status == "given_up" and row.attempt == MAX_ATTEMPTS
+    assert row.last_error == f"Slack said internal_error (after {MAX_ATTEMPTS} attempts)"
+    assert len(posts(slack)) == MAX_ATTEMPTS
+
+
+def test_retry_waits_double_with_jitter_up_to_a_ceiling() -> None:
+    from rbac_core.outbox import FIRST_RETRY, LONGEST_WAIT, retry_delay
+
+    for attempt in range(1, 12):
+        ceiling = min(FIRST_RETRY * 2 ** (attempt - 1), LONGEST_WAIT)
+        waits = {retry_delay(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= w <= ceiling for w in waits)
+        assert len(waits) > 1  # jittered: workers that failed together spread out
+
+
+@pytest.mark.parametrize(
+    ("scripted", "reason"),
+    [
+        ({"ok": False, "error": "channel_not_found"}, "Slack refused it: channel_not_found"),
+        ({"ok": False, "error": "is_archived"}, "Slack refused it: is_archived"),
+    ],
+)
+def test_a_post_slack_refuses_for_good_is_given_up_at_once(
+    db: Database,
+    clock: ManualClock,
+    slack: FakeSlack,
+    worker: OutboxWorker,
+    scripted: dict[str, Any],
+    reason: str,
+) -> None:
+    slack.scripted["chat.postMessage"] = [scripted]
+    queue(db, clock, changed(1))
+    assert worker.run_until_idle() == 1
+    [row] = rows(db)
+    assert (row.status, row.attempt, row.last_error) == ("given_up", 1, reason)
+
+
+def test_a_notice_for_a_channel_nobody_configured_is_given_up_with_the_setting_named(
+    db: Database, clock: ManualClock, slack: FakeSlack, outbox: Outbox, settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    worker = build_worker(replace(settings, audit_channel=None), outbox)
+    queue(db, clock, changed(1))
+    worker.run_until_idle()
+    [row] = rows(db)
+    assert (row.status, row.last_error) == ("given_up", "WA_AUDIT_CHANNEL is not set")
+    assert posts(slack) == []
+
+
+def test_a_notice_of_an_unknown_kind_is_given_up_not_retried(
+    db: Database, clock: ManualClock, slack: FakeSlack, worker: OutboxWorker
+) -> None:
+    queue(db, clock, Notice("from.the.future", AUDIT_CHANNEL, {}))
+    queue(db, clock, Notice("role.changed", AUDIT_CHANNEL, {"verb": "assigned"}))
+    worker.run_until_idle()
+    clock.advance(1)
+    worker.run_until_idle()
+    assert [(r.status, r.last_error) for r in rows(db)] == [
+        ("given_up", "no Slack message for notices of kind 'from.the.future'"),
+        ("given_up", "a role.changed notice without 'actor'"),
+    ]
+    assert posts(slack) == []
+
+
+def test_an_unreachable_slack_is_retried(
+    db: Database, clock: ManualClock, outbox: Outbox, settings: Settings
+) -> None:
+    import socket
+    from dataclasses import replace
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    worker = build_worker(replace(settings, slack_api_url=f"http://127.0.0.1:{port}/api/"), outbox)
+    queue(db, clock, changed(1))
+    worker.run_until_idle()
+    [row] = rows(db)
+    assert row.status == "queued" and row.attempt == 1
+    assert row.last_error is not None and row.last_error.startswith("Slack unreachable")
+
+
+# -- leases ---------------------------------------------------------------------------
+
+
+def test_a_row_held_by_a_worker_that_stopped_is_taken_over_once_its_lease_lapses(
+    db: Database, clock: ManualClock, outbox: Outbox
+) -> None:
+    queue(db, clock, changed(1))
+    [held] = outbox.claim("dead-worker")
+    assert outbox.claim("live-worker") == []
+    clock.advance(outbox.lease.total_seconds() - 1)
+    assert outbox.claim("live-worker") == []  # the lease still stands
+    clock.advance(2)
+    [taken] = outbox.claim("live-worker")
+    assert (taken.id, taken.attempt) == (held.id, 2)
+    assert outbox.done(held) is False  # the first worker woke up late: fenced off
+    assert outbox.done(taken) is True
+    [row] = rows(db)
+    assert (row.status, row.owner, row.attempt) == ("done", "live-worker", 2)
+
+
+def test_a_row_whose_workers_keep_dying_is_given_up(
+    db: Database, clock: ManualClock, outbox: Outbox
+) -> None:
+    queue(db, clock, changed(1))
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        [held] = outbox.claim(f"doomed-{attempt}")
+        assert held.attempt == attempt
+        clock.advance(outbox.lease.total_seconds() + 2)
+    assert outbox.claim("survivor") == []
+    [row] = rows(db)
+    assert row.status == "given_up"
+    assert row.last_error == f"its worker stopped during each of {MAX_ATTEMPTS} attempts"
+
+
+def test_the_outbox_counts_rows_by_status(
+    db: Database, clock: ManualClock, outbox: Outbox, worker: OutboxWorker
+) -> None:
+    queue(db, clock, changed(1), changed(2))
+    worker.run_until_idle()
+    assert outbox.counts() == {"done": 1, "queued": 1}
+    assert json.loads(rows(db)[1].data)["user"] == "U0PERSON02"
+
+
+def test_deliveries_and_their_outcomes_are_signalled_for_metrics(
+    db: Database, clock: ManualClock, slack: FakeSlack, worker: OutboxWorker
+) -> None:
+    from rbac_core import signals
+
+    seen: list[tuple[str, str]] = []
+
+    def listen(kind: str, result: str) -> None:
+        seen.append((kind, result))
+
+    signals.outbox_delivered.connect(listen)
+    try:
+        slack.scripted["chat.postMessage"] = [{"ok": False, "error": "channel_not_found"}]
+        queue(db, clock, changed(1), Notice("expired", person(BOB), {"text": "gone"}))
+        worker.run_until_idle()
+    finally:
+        signals.outbox_delivered.disconnect(listen)
+    assert sorted(seen) == [("expired", "done"), ("role.changed", "given_up")]
+
+
+def test_a_slack_deliverer_needs_a_token(settings: Settings, outbox: Outbox, db: Database) -> None:
+    from dataclasses import replace
+
+    from rbac_core.outbox import Undeliverable
+
+    deliver = slack_deliverer(replace(settings, slack_bot_token=None))
+    queue(db, outbox.clock, changed(1))  # type: ignore[arg-type]
+    [delivery] = outbox.claim("w")
+    with pytest.raises(Undeliverable, match="SLACK_BOT_TOKEN is not set"):
+        deliver(delivery)
+
+
+def test_a_row_given_back_for_later_is_not_taken_before_its_time(
+    db: Database, clock: ManualClock, outbox: Outbox
+) -> None:
+    from rbac_core.outbox import TryLater
+
+    queue(db, clock, changed(1))
+    [held] = outbox.claim("w")
+    assert outbox.retry(held, TryLater("busy", after=timedelta(seconds=3)))
+    assert outbox.retry(held, TryLater("again")) is False  # given back already: not its own
+    clock.advance(2.9)
+    assert outbox.claim("w") == []
+    clock.advance(0.2)
+    [again] = outbox.claim("w")
+    assert (again.id, again.attempt) == (held.id, 1)
+
+
+# -- `wa-access worker` ---------------------------------------------------------------
+
+
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """`wa-access worker` configures the root logger for its process: run in process,
+    that handler would outlive the test and write to its closed, captured stderr."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("own_logging")
+def test_wa_access_worker_once_delivers_what_is_due_and_exits(
+    cli: Cli, gate: Gate, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-0000-test")
+    monkeypatch.setenv("SLACK_API_URL", slack.url)
+    monkeypatch.setenv("WA_AUDIT_CHANNEL", "C0WAAUDIT")
+    code, out, err = cli("worker", "--once")
+    assert (code, out, err) == (0, "delivered or settled 1 outbox rows\n", "")
+    [post] = posts(slack, "C0WAAUDIT")
+    assert post["text"].startswith(f"<@{ADMIN}> assigned *agent* to <@{ALICE}>")
+
+
+def test_wa_access_worker_needs_the_bot_token(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+    code, _, err = cli("worker", "--once")
+    assert code == 2 and "SLACK_BOT_TOKEN" in err
