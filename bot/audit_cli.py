@@ -25,8 +25,9 @@ from rbac_core.audit_checkpoint import (
     parse,
 )
 from rbac_core.audit_keys import MalformedPublicKey, PublicKey, Signer
+from rbac_core.principals import OPERATOR, Surface
 
-from .cli import OPERATOR, CliError, _runtime, _settings
+from .cli import CliError, _runtime, _settings
 from .config import Settings
 
 NO_KEY_HINT = " (WA_SECRET_KEY is not set here: a keyed log can only be checked with it)"
@@ -160,7 +161,7 @@ def cmd_audit_checkpoint(args: argparse.Namespace, out: TextIO) -> int:
     runtime = _runtime(("WA_SECRET_KEY",))
     settings = runtime.settings
     try:
-        checkpoint = take_checkpoint(runtime.gate, actor=OPERATOR, surface="cli")
+        checkpoint = take_checkpoint(runtime.gate, actor=OPERATOR, surface=Surface.CLI)
     except CheckpointFailed as exc:
         raise CliError(str(exc)) from None
     print(checkpoint.line, file=out)

@@ -22,12 +22,11 @@ from handlers.role_command import Reply
 from rbac_core import access_review, audit, migrate
 from rbac_core.clock import utcnow
 from rbac_core.directory import users_named
+from rbac_core.principals import OPERATOR, Surface
 from rbac_core.values import parse_user_id
 
 from .config import ConfigError, Settings, load_settings
 from .runtime import Runtime, build_runtime
-
-OPERATOR = "operator"
 
 
 class CliError(Exception):
@@ -67,7 +66,7 @@ def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
 
 def _run_action(action: str, params: dict[str, object], out: TextIO) -> int:
     runtime = _runtime()
-    outcome = runtime.gate.submit(OPERATOR, "cli", action, params)
+    outcome = runtime.gate.submit(OPERATOR, Surface.CLI, action, params)
     if outcome.ok:
         print(outcome.message, file=out)
     else:
@@ -148,7 +147,8 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
                 show(Reply(kind, "There is nothing waiting for confirmation."))
                 continue
             gate = runtime.gate
-            outcome = (gate.confirm if word == "confirm" else gate.cancel)(pending, actor, "cli")
+            answer = gate.confirm if word == "confirm" else gate.cancel
+            outcome = answer(pending, actor, Surface.CLI)
             pending = None
             text = outcome.message
             show(
@@ -160,16 +160,16 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
         command, _, rest = line.partition(" ")
         if command == "/wa-role":
             pending = None
-            show(runtime.roles.handle(actor, "cli", rest, names=names))
+            show(runtime.roles.handle(actor, Surface.CLI, rest, names=names))
         elif command == "/wa-2fa":
             pending = None
-            reply = runtime.twofa.handle(actor, "cli", rest, names=names)
+            reply = runtime.twofa.handle(actor, Surface.CLI, rest, names=names)
             show(reply)
             if "uri" in reply.data:  # the operator's own terminal: the one place to show it
                 print(f"otpauth URI (shown once): {reply.data['uri']}", file=out)
         elif command == "/wa-audit":
             pending = None
-            reply = runtime.audit.handle(actor, "cli", rest, names=names)
+            reply = runtime.audit.handle(actor, Surface.CLI, rest, names=names)
             show(reply)
             _show_audit_extras(reply, out)
         else:
@@ -232,14 +232,14 @@ def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
                 slack_client(settings),
                 settings.audit_channel,
                 actor=OPERATOR,
-                surface="cli",
+                surface=Surface.CLI,
                 days=days,
             )
         except ReviewRefused as exc:
             raise CliError(str(exc)) from None
         print(f"{summary}; posted to {settings.audit_channel}", file=out)
         return 0
-    opened = gate.submit(OPERATOR, "cli", "audit.review", {"days": days})
+    opened = gate.submit(OPERATOR, Surface.CLI, "audit.review", {"days": days})
     if opened.status != "done":
         raise CliError(opened.message, opened.exit_code)
     review_id = int(opened.data["review_id"])

@@ -11,7 +11,9 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from .cli import OPERATOR, _run_action, _runtime, _user_arg
+from rbac_core.principals import OPERATOR, Surface
+
+from .cli import _run_action, _runtime, _user_arg
 
 
 def cmd_user_add(args: argparse.Namespace, out: TextIO) -> int:
@@ -41,7 +43,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 def _listed(action: str) -> dict[str, Any] | int:
     """A listing action's data, or its exit code after saying why it was refused."""
-    outcome = _runtime().gate.submit(OPERATOR, "cli", action, {})
+    outcome = _runtime().gate.submit(OPERATOR, Surface.CLI, action, {})
     if not outcome.ok:
         print(outcome.message, file=sys.stderr)
         return outcome.exit_code

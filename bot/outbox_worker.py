@@ -7,10 +7,13 @@ in its own process commits a notice (`signals.outbox_queued`), or for at
 most `poll` seconds, which is how it sees notices written by other processes
 (the CLI, other replicas) and retries falling due.
 
-Deliveries to Slack are posted by a Web API client of their own: no
-automatic 429 retry (slack_sdk's handler would sleep inside the worker);
-a 429 becomes `TryLater(after=Retry-After)`, which holds back that whole
-destination (rbac_core/outbox.py).
+Deliveries to Slack are posted by a Web API client of their own, with none
+of slack_sdk's retry handlers: its 429 handler would sleep inside the worker,
+and its connection-error handler posts again after a reset, when Slack may
+have taken the first post. A 429 becomes `TryLater(after=Retry-After)`, which
+holds back that whole destination (rbac_core/outbox/). Before each post the
+worker makes sure the row's lease outlasts it (renewing it if not), so a live
+worker is never taken over mid-post.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -25,17 +29,20 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from handlers.slack_notices import UnknownNotice, render
+from handlers.slack_notices import UnknownKind, UnknownNotice, render
 from rbac_core import signals
+from rbac_core.clock import utcnow
 from rbac_core.leases import default_owner
 from rbac_core.outbox import (
     ALERT_CHANNEL,
     AUDIT_CHANNEL,
     Delivery,
     DeliveryFailed,
+    Notice,
     Outbox,
     TryLater,
     Undeliverable,
+    person,
 )
 
 from .config import Settings
@@ -45,6 +52,9 @@ log = logging.getLogger(__name__)
 SLACK_TIMEOUT_SECONDS = 5
 POLL_SECONDS = 1.0
 IDLE_AFTER_ERROR_SECONDS = 5.0
+RENEW_BELOW = timedelta(seconds=4 * SLACK_TIMEOUT_SECONDS)
+"""A row whose lease has less than this left is renewed before it is posted: a post
+may take the client's timeout for each of connecting, sending and reading."""
 
 Deliver = Callable[[Delivery], None]
 """Delivers one row or raises DeliveryFailed (TryLater, Undeliverable)."""
@@ -74,6 +84,7 @@ def slack_deliverer(settings: Settings) -> Deliver:
         token=settings.slack_bot_token,
         base_url=settings.slack_api_url,
         timeout=SLACK_TIMEOUT_SECONDS,
+        retry_handlers=[],
     )
     channels = {AUDIT_CHANNEL: settings.audit_channel, ALERT_CHANNEL: settings.alert_channel}
     names = {AUDIT_CHANNEL: "WA_AUDIT_CHANNEL", ALERT_CHANNEL: "WA_ALERT_CHANNEL"}
@@ -93,6 +104,8 @@ def slack_deliverer(settings: Settings) -> Deliver:
             raise Undeliverable("SLACK_BOT_TOKEN is not set")
         try:
             message = render(delivery.kind, delivery.data)
+        except UnknownKind as exc:
+            raise TryLater(str(exc)) from None
         except UnknownNotice as exc:
             raise Undeliverable(str(exc)) from None
         channel = channel_of(delivery.to)
@@ -148,28 +161,44 @@ class OutboxWorker:
         """Claim and deliver one batch; how many rows it held."""
         claimed = self.outbox.claim(self.owner, self.batch)
         for delivery in claimed:
-            self._deliver(delivery)
+            try:
+                self._deliver(delivery)
+            except Exception:  # the database, while recording: the lease brings it back
+                log.exception("outbox %d: could not record how its delivery went", delivery.id)
         return len(claimed)
 
-    def run_until_idle(self) -> int:
-        """Deliver until nothing is due now (tests, `wa-access worker --once`)."""
+    def run_until_idle(self, patience: float = 0.0) -> int:
+        """Deliver until nothing is due; with `patience` (seconds), also wait for due
+        rows whose destination is paced (`wa-access worker --once`)."""
         total = 0
-        while (handled := self.run_once()) > 0:
+        give_up_at = time.monotonic() + patience
+        while True:
+            handled = self.run_once()
             total += handled
-        return total
+            if handled:
+                continue
+            if time.monotonic() >= give_up_at or not self.outbox.due_now():
+                return total
+            time.sleep(0.1)
 
     def _deliver(self, delivery: Delivery) -> None:
+        left = delivery.lease_until - utcnow(self.outbox.clock)
+        if left < RENEW_BELOW:
+            renewed = self.outbox.renew(delivery)
+            if renewed is None:
+                log.warning("outbox %d was taken over before it was posted", delivery.id)
+                self._report(delivery, "lost")
+                return
+            delivery = renewed
         try:
             self.deliver(delivery)
         except TryLater as failure:
             kept = self.outbox.retry(delivery, failure)
-            log.warning("outbox %d (%s): %s; retrying", delivery.id, delivery.kind, failure)
+            log.warning("outbox %d (%s): %s; retrying", delivery.id, _about(delivery), failure)
             self._report(delivery, "retry" if kept else "lost")
             return
         except Undeliverable as failure:
-            kept = self.outbox.give_up(delivery, str(failure))
-            log.error("outbox %d (%s) given up: %s", delivery.id, delivery.kind, failure)
-            self._report(delivery, "given_up" if kept else "lost")
+            self._give_up(delivery, str(failure))
             return
         except Exception as exc:  # a bug in rendering or delivering: retried, then given up
             log.exception("outbox %d (%s) failed", delivery.id, delivery.kind)
@@ -181,6 +210,16 @@ class OutboxWorker:
             self._report(delivery, "lost")
             return
         self._report(delivery, "done")
+
+    def _give_up(self, delivery: Delivery, reason: str) -> None:
+        kept = self.outbox.give_up(delivery, reason)
+        # A setting left unset is the operator's choice, not an incident.
+        level = logging.WARNING if reason.endswith("is not set") else logging.ERROR
+        log.log(level, "outbox %d (%s) given up: %s", delivery.id, _about(delivery), reason)
+        self._report(delivery, "given_up" if kept else "lost")
+        fallback = FALLBACKS.get(delivery.kind)
+        if kept and fallback is not None and level == logging.ERROR:
+            self.outbox.add([fallback(delivery.data, reason)])
 
     @staticmethod
     def _report(delivery: Delivery, result: str) -> None:
@@ -217,6 +256,27 @@ class OutboxWorker:
         thread = threading.Thread(target=self.run_forever, name="outbox-worker", daemon=True)
         thread.start()
         return thread
+
+
+def _about(delivery: Delivery) -> str:
+    """The kind, and who it concerns when the data says: enough to act on from the log."""
+    who = delivery.data.get("user") or delivery.data.get("requester")
+    return f"{delivery.kind} about {who}" if isinstance(who, str) else delivery.kind
+
+
+def _unannounced(data: dict[str, Any], why: str) -> Notice:
+    return Notice(
+        "access.unannounced",
+        person(str(data.get("requester"))),
+        {"role": data.get("role"), "why": why},
+    )
+
+
+FALLBACKS: dict[str, Callable[[dict[str, Any], str], Notice]] = {
+    "access.requested": _unannounced,
+}
+"""What to send instead when a notice is given up: a requester whose request
+the approvers never saw is told so, as they were before the outbox."""
 
 
 def build_worker(settings: Settings, outbox: Outbox, *, owner: str | None = None) -> OutboxWorker:

@@ -42,7 +42,9 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     configure_logging(runtime.settings)
     worker = build_worker(runtime.settings, runtime.outbox)
     if args.once:
-        print(f"delivered or settled {worker.run_until_idle()} outbox rows", file=out)
+        # Paced destinations free up within a second: wait for them, up to a minute.
+        handled = worker.run_until_idle(patience=60.0)
+        print(f"delivered or settled {handled} outbox rows", file=out)
         return 0
     serve_worker(worker)
     return 0

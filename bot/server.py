@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             from .outbox_worker import build_worker
 
             # One per worker process: woken by its own process's commits at once.
-            build_worker(self._settings, runtime.outbox).start()
+            worker = build_worker(self._settings, runtime.outbox)
+            _RUNNING.append((worker, worker.start()))
         return create_app(runtime)
 
 
@@ -93,6 +95,18 @@ def prepare_metrics_dir(environ: MutableMapping[str, str] | None = None) -> tupl
     return path, False
 
 
+_RUNNING: list[tuple[Any, threading.Thread]] = []
+"""This process's outbox worker and its thread (one per gunicorn worker)."""
+
+
+def _worker_exiting(server: Any, worker: Any) -> None:
+    """gunicorn's worker_exit hook, in the worker: let the outbox worker finish its post,
+    so a restart does not leave a row held for a lease (and perhaps posted twice)."""
+    for outbox_worker, thread in _RUNNING:
+        outbox_worker.stop()
+        thread.join(timeout=10)
+
+
 def _worker_exited(server: Any, worker: Any) -> None:
     """gunicorn's child_exit hook, in the master: a dead worker's live gauges go.
 
@@ -116,6 +130,7 @@ def serve(
         "accesslog": None,  # bot/logs.py logs each request, with its id
         "logger_class": _RootLogger,
         "child_exit": _worker_exited,
+        "worker_exit": _worker_exiting,
         "timeout": 30,
     }
     master = os.getpid()

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING
 
 from rbac_core import Gate
 from rbac_core.audit_checkpoint import ACTION, Checkpoint, has_new_entries
+from rbac_core.principals import SCHEDULER, Surface
 
 if TYPE_CHECKING:  # only for annotations: `wa-access` need not load slack_sdk to start
     from slack_sdk import WebClient
 
 log = logging.getLogger(__name__)
-
-SCHEDULER = "scheduler"
 
 
 class CheckpointFailed(RuntimeError):
@@ -44,7 +43,7 @@ class Delivery:
 
 
 def take_checkpoint(
-    gate: Gate, *, actor: str = SCHEDULER, surface: str = "scheduler"
+    gate: Gate, *, actor: str = SCHEDULER, surface: str = Surface.SCHEDULER
 ) -> Checkpoint:
     """Sign the head through the gate (authorised and audited as `audit.checkpoint`)."""
     outcome = gate.submit(actor, surface, ACTION, {})

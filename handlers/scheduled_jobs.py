@@ -16,13 +16,13 @@ from rbac_core import Gate, Outcome
 from rbac_core.access_review import DEFAULT_DAYS, build, mark_posted, mark_posting, page
 from rbac_core.clock import utcnow
 from rbac_core.job_runs import period_key
+from rbac_core.principals import SCHEDULER, Surface
 from rbac_core.sweeps import Expired, sweep_due
 
 from .slack_review import post_report, report_csv
 
 log = logging.getLogger(__name__)
 
-SCHEDULER = "scheduler"
 
 USERS_PAGE = 1000  # users.list allows up to 1,000 a page; fewer calls on a Tier 2 method
 
@@ -36,7 +36,7 @@ def sweep_expired(gate: Gate) -> Outcome | None:
     by a notice of the sweep, delivered through the outbox."""
     if not sweep_due(gate.db, utcnow(gate.clock)):
         return None
-    outcome = gate.submit(SCHEDULER, "scheduler", "system.sweep", {})
+    outcome = gate.submit(SCHEDULER, Surface.SCHEDULER, "system.sweep", {})
     if outcome.status != "done":
         log.error("the expiry sweep was refused: %s", outcome.message)
         return outcome
@@ -70,7 +70,7 @@ def run_review(
     channel: str,
     *,
     actor: str = SCHEDULER,
-    surface: str = "scheduler",
+    surface: str = Surface.SCHEDULER,
     days: int = DEFAULT_DAYS,
     period: str | None = None,
     checkpoint: Checkpoint = lambda: None,

@@ -19,7 +19,12 @@ Message = dict[str, Any]
 
 
 class UnknownNotice(ValueError):
-    """A notice this version cannot render (a newer kind, or data it does not hold)."""
+    """A notice this version cannot render: its data lacks what its kind needs."""
+
+
+class UnknownKind(UnknownNotice):
+    """A kind this version does not know: perhaps a newer one, which a newer worker
+    (in a rolling deploy) can render, so it is retried rather than given up."""
 
 
 def _where(scope: object) -> str:
@@ -52,7 +57,16 @@ def access_decided(data: Mapping[str, Any]) -> Message:
 
 
 def expired(data: Mapping[str, Any]) -> Message:
-    return {"text": str(data["text"])}
+    return {"text": escape(str(data["text"]))}
+
+
+def access_unannounced(data: Mapping[str, Any]) -> Message:
+    """To a requester whose request's post to the approvers failed for good."""
+    return {
+        "text": f"Your request for *{data['role']}* is saved, but I could not tell the "
+        f"approvers ({escape(str(data['why']))}): ask an admin, or an approver can decide "
+        "it in their App Home."
+    }
 
 
 def twofa_locked(data: Mapping[str, Any]) -> Message:
@@ -67,6 +81,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], Message]] = {
     "access.requested": request_message,
     "access.decided": access_decided,
     "expired": expired,
+    "access.unannounced": access_unannounced,
     "2fa.locked": twofa_locked,
 }
 
@@ -74,7 +89,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], Message]] = {
 def render(kind: str, data: Mapping[str, Any]) -> Message:
     renderer = RENDERERS.get(kind)
     if renderer is None:
-        raise UnknownNotice(f"no Slack message for notices of kind {kind!r}")
+        raise UnknownKind(f"no Slack message for notices of kind {kind!r}")
     try:
         return renderer(data)
     except (KeyError, TypeError) as exc:

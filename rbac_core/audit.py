@@ -29,9 +29,9 @@ from . import signals
 from .audit_keys import keyed_hasher
 from .db import Sql, Txn
 from .models import AuditEntry, AuditHead
+from .principals import SURFACES
 
 GENESIS_HASH = "0" * 64
-SURFACES = frozenset({"slack", "whatsapp", "api", "scheduler", "cli"})
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=repr)
 SEP = "\x1f"

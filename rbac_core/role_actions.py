@@ -38,6 +38,7 @@ from .models import Grant, Number, Role, RoleParent, RolePermission, SecondFacto
 from .outbox import AUDIT_CHANNEL, Notice
 from .permissions import SENSITIVE_PERMISSIONS, check_permission, check_permissions
 from .policy import Policy
+from .principals import is_operator
 from .values import (
     WILDCARD,
     clean_text,
@@ -85,11 +86,8 @@ def has_active_2fa(session: Session, user: str) -> bool:
     return row is not None and row.active
 
 
-OPERATOR = "operator"  # the actor the CLI's operator commands run as
-
-
 def operator_only(ctx: Context, what: str) -> None:
-    if ctx.surface != "cli" or ctx.actor != OPERATOR:
+    if not is_operator(ctx.actor, ctx.surface):
         raise OperatorOnly(f"Only an operator at the server's command line can {what}.")
 
 

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, exists, or_, select, update
 
+from . import principals
 from .db import Database
 from .errors import OperatorOnly
 from .gate import Action, Context, Prepared, Result
@@ -24,17 +25,10 @@ from .models import AccessRequest, Grant, PendingAction
 from .outbox import Notice, person
 from .values import format_moment, scope_text
 
-SYSTEM_SURFACES = frozenset({"scheduler", "cli"})
-SYSTEM_ACTORS = frozenset({"scheduler", "operator"})
-
 
 def is_system(ctx: Context) -> bool:
-    """The scheduler, or the operator at the server's command line; never a person.
-
-    Both the actor and the surface count: `wa-access console --as U…` is the
-    command-line surface acting for a person, who gets no system rights.
-    """
-    return ctx.actor in SYSTEM_ACTORS and ctx.surface in SYSTEM_SURFACES
+    """The scheduler, or the operator at the server's command line (principals.py)."""
+    return principals.is_system(ctx.actor, ctx.surface)
 
 
 AUDITED_IDS = 50  # ids listed per kind in the audit entry; the counts are always whole

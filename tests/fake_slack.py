@@ -34,6 +34,8 @@ class FakeSlack:
     """Answers to give, in order, before the usual ones (e.g. a malformed reply)."""
     hold: set[str] = field(default_factory=set)
     """Methods whose calls are recorded and then never answered (a Slack that hangs)."""
+    drop: set[str] = field(default_factory=set)
+    """Methods whose calls are recorded, then cut off without an answer (a reset)."""
     delays: dict[str, float] = field(default_factory=dict)
     """Seconds to wait before answering a method (a slow Slack)."""
     arrivals: list[tuple[float, Call]] = field(default_factory=list)
@@ -71,6 +73,9 @@ class FakeSlack:
                 fake.arrivals.append((time.monotonic(), call))
                 if name in fake.hold:
                     fake._released.wait(60)
+                    return
+                if name in fake.drop:
+                    self.close_connection = True
                     return
                 if name in fake.delays:
                     time.sleep(fake.delays[name])

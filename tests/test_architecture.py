@@ -87,3 +87,22 @@ def test_handlers_never_touch_the_orm_models() -> None:
             if isinstance(node, ast.ImportFrom) and node.module in ("rbac_core.models",):
                 offenders[path.name] = node.module
     assert offenders == {}
+
+
+def _functions(path: Path) -> list[tuple[str, int]]:
+    """(name, lines) of every function and method in a module, nested ones included."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        (node.name, (node.end_lineno or node.lineno) - node.lineno + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
+
+
+def test_the_gate_is_a_chain_of_short_stages() -> None:
+    """No function of the gate over 60 lines, no gate module over 400: each stage reads
+    as one concern (issue 13)."""
+    for path in sorted((REPO / "rbac_core" / "gate").glob("*.py")):
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 400, path.name
+        long = [(name, n) for name, n in _functions(path) if n > 60]
+        assert long == [], f"{path.name}: {long}"

@@ -216,7 +216,7 @@ def test_a_confirmation_expiring_as_a_replica_sweeps_does_not_deadlock(
     take the policy lock before the pending row; the other way round they deadlocked."""
     import time
 
-    import rbac_core.gate as gate_module
+    import rbac_core.gate.confirmations as gate_module
 
     confirming = build_gate(Database(db_url), clock=clock)
     asked = confirming.submit(ADMIN, "cli", "role.assign", {"user": ALICE, "role": "agent"})

@@ -1,0 +1,135 @@
+"""How the gate writes its audit entries, including those its own transaction lost.
+
+Every stop and every success is audited in the transaction of the decision.
+After any database error PostgreSQL refuses every further statement of that
+transaction, the audit append included (a number out of a column's range in
+a read-only action used to leave no trace at all): `AuditLater` carries the
+entry out, the transaction rolls back (nothing the action did survives), and
+`Auditor.alone` appends it in a new one, so every refusal and failure is
+audited. Where the rollback undid writes the answer depended on (a success, or
+a refusal that counts a wrong 2FA code), the answer becomes a plain failure,
+the same whatever the request was, so it tells nobody which it would have been.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from sqlalchemy.exc import DBAPIError
+
+from .. import audit
+from ..clock import Clock
+from ..db import Database, Txn
+from .contract import Outcome
+
+log = logging.getLogger("rbac_core.gate")
+
+REDACTED = "[redacted]"
+_ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,63}")
+
+
+class AuditLater(Exception):
+    """A gate call whose audit entry its own transaction could no longer take (see above).
+
+    `outcome` is set when the entry reports a stop that came before any write
+    (or after its savepoint rolled back): the rollback loses nothing, so that
+    answer stands as it is.
+    """
+
+    def __init__(self, entry: audit.NewEntry) -> None:
+        super().__init__(entry.action)
+        self.entry = entry
+        self.outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Auditor:
+    db: Database
+    clock: Clock
+    chain_key: bytes | None
+    """HMAC key of the audit chain (see audit.py); None keeps it plain SHA-256."""
+
+    def append(
+        self,
+        txn: Txn,
+        actor: str,
+        surface: str,
+        action: str,
+        target: str,
+        decision: Literal["allow", "deny"],
+        outcome: str,
+        details: Mapping[str, Any],
+    ) -> int:
+        entry = audit.NewEntry(
+            actor=actor,
+            surface=surface,
+            action=action,
+            target=target,
+            decision=decision,
+            outcome=outcome,
+            details=details,
+            ts_us=audit.micros(self.clock()),
+        )
+        try:
+            return audit.append(txn, [entry], key=self.chain_key)[0]
+        except DBAPIError as exc:
+            raise AuditLater(entry) from exc
+
+    def alone(self, late: AuditLater) -> Outcome:
+        """Write the entry of a stop whose own transaction had failed, in a new one."""
+        log.warning(
+            "%s: the transaction failed (%s); its refusal is audited on its own",
+            late.entry.action,
+            type(late.__cause__).__name__,
+        )
+        entry, outcome = late.entry, late.outcome
+        if outcome is None:  # the rollback undid what the entry reported: a failure
+            entry = replace(
+                entry,
+                decision="deny",
+                outcome="error",
+                details={**entry.details, "error": "db_error"},
+            )
+            outcome = Outcome(
+                "failed",
+                entry.action,
+                "Something went wrong on our side, so nothing was done.",
+                error_code="internal_error",
+            )
+        with self.db.transaction(write=True) as txn:
+            seq = audit.append(txn, [entry], key=self.chain_key)[0]
+        return replace(outcome, audit_seq=seq)
+
+
+def jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def redacted(params: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
+    """Params as the audit log may keep them: secrets masked, odd values made text."""
+    return {
+        str(k): REDACTED if k in secret else _auditable(v)
+        for k, v in params.items()
+        if v is not None
+    }
+
+
+def _auditable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_auditable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _auditable(v) for k, v in value.items()}
+    return repr(value)[:200]
+
+
+def audited_actor(actor: object) -> str:
+    """The actor as audited: itself if well-formed, else a bounded placeholder."""
+    if isinstance(actor, str) and _ACTOR.fullmatch(actor):
+        return actor
+    return "invalid-actor"

@@ -1,0 +1,155 @@
+"""The action contract: what an action declares, receives and returns, and what a caller gets.
+
+An `Action` is one thing a person (or the system) can ask for. The gate hands
+it a `Context` (the open transaction, the policy, who asks and from where),
+asks it to `prepare` (validate, canonicalise, name the permission and scope),
+to `check_rules` beyond the permission, and to `execute`; the caller gets an
+`Outcome`. Names say what the gate does with them: `needs_confirmation` (a
+pending action the actor must confirm), `Prepared.sensitive` (step-up 2FA).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from sqlalchemy.orm import Session
+
+from ..clock import Clock
+from ..db import Txn
+from ..outbox import Notice
+from ..policy import Decision, Policy
+
+Status = Literal[
+    "done",
+    "cancelled",
+    "denied",
+    "refused",
+    "invalid",
+    "needs_confirmation",
+    "needs_2fa",
+    "failed",
+]
+
+
+@dataclass
+class Context:
+    """What an action may use while it runs: the open transaction and the policy.
+
+    The policy snapshot is read on first use: system actions that decide
+    nothing (sweeps, the scheduler's review) never pay for loading every grant.
+    """
+
+    txn: Txn
+    load_policy: Callable[[], Policy]
+    actor: str
+    surface: str
+    now: datetime
+    clock: Clock
+    _policy: Policy | None = None
+
+    @property
+    def policy(self) -> Policy:
+        if self._policy is None:
+            self._policy = self.load_policy()
+        return self._policy
+
+    @property
+    def session(self) -> Session:
+        """The ORM session of this transaction, made on first use."""
+        return self.txn.session
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An action's request after validation: what to authorise and how to describe it."""
+
+    params: Mapping[str, Any]
+    permission: str | None
+    scope: str
+    target: str
+    summary: str
+    sensitive: bool = False
+
+
+@dataclass(frozen=True)
+class Result:
+    """What an action did. `data` goes back to the surface only; `details` is audited.
+
+    `refusal` (an error code) marks a request the action turned down while its
+    writes must still stand, such as counting a wrong 2FA code toward lockout.
+    `policy_users`, for actions that change policy: the people whose grants or
+    standing changed, so other processes reload only theirs. None, the
+    default, makes every process reload the whole policy: the safe answer for
+    an action that cannot name them.
+    """
+
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    refusal: str | None = None
+    policy_users: frozenset[str] | None = None
+    notices: tuple[Notice, ...] = ()
+    """What to tell people outside the database: written to the outbox in this
+    transaction, delivered by a worker after the commit (outbox.py)."""
+
+
+class Action(ABC):
+    """One thing a person can ask for. Subclasses hold no state."""
+
+    name: str
+    risky: bool = False
+    mutates_policy: bool = False
+    read_only: bool = False
+    """Writes nothing but its audit entry, so it runs without a savepoint."""
+    secret_params: frozenset[str] = frozenset()
+    """Params never written to the audit log or a pending action (codes, keys)."""
+
+    @abstractmethod
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        """Validate and canonicalise params; raise InvalidInput/NotFound/Conflict."""
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:  # noqa: B027
+        """Rules beyond the permission (escalation, self-grant, last admin); raise Forbidden."""
+
+    @abstractmethod
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        """Do it. Runs in a savepoint: raising undoes every write it made."""
+
+
+class StepUp(Protocol):
+    """Tells whether the actor has proved a second factor recently enough."""
+
+    def satisfied(self, session: Session, actor: str, now: datetime) -> bool: ...
+
+
+class NoStepUp:
+    """Until a second factor is configured, sensitive actions are refused (deny by default)."""
+
+    def satisfied(self, session: Session, actor: str, now: datetime) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    action: str
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None
+    pending_id: str | None = None
+    error_code: str | None = None
+    audit_seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "cancelled", "needs_confirmation")
+
+    @property
+    def exit_code(self) -> int:
+        if self.ok:
+            return 0
+        return 2 if self.status == "invalid" else 1
