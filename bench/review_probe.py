@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from rbac_core import build_gate
-from rbac_core.access_review import build, live_grants_query
+from rbac_core.access_review import live_grants_query
 from rbac_core.clock import utcnow
 from rbac_core.db import Database
 
@@ -31,8 +31,10 @@ def _review(db: Database) -> tuple[float, Any]:
     opened = gate.submit("operator", "cli", "audit.review", {"days": 30})
     if opened.status != "done":
         raise RuntimeError(opened.message)
-    totals = build(db, int(opened.data["review_id"]), now=utcnow())
-    return time.perf_counter() - start, totals
+    built = gate.submit("operator", "cli", "review.build", {"review": opened.data["review_id"]})
+    if built.status != "done":
+        raise RuntimeError(built.message)
+    return time.perf_counter() - start, built.data["totals"]
 
 
 def probe(url: str) -> dict[str, Any]:

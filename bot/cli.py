@@ -7,6 +7,7 @@ Every refusal prints one clear line to stderr, never a stack trace.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import os
 import sys
@@ -18,9 +19,9 @@ from typing import IO, Literal, TextIO
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from handlers.grammar import UsageError
+from handlers.review_runs import ReviewRun
 from handlers.role_command import Reply
 from rbac_core import access_review, audit, migrate
-from rbac_core.clock import utcnow
 from rbac_core.directory import users_named
 from rbac_core.principals import OPERATOR, Surface
 from rbac_core.values import parse_user_id
@@ -217,70 +218,71 @@ def cmd_audit_export(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
     """The access review now: printed here, or with --post sent to the audit channel."""
-    from handlers.scheduled_jobs import ReviewRefused, run_review, slack_deactivated
+    from handlers.review_runs import ReviewRefused, run_review
+    from handlers.scheduled_jobs import slack_deactivated
+    from handlers.slack_review import slack_poster
 
     from .slack_app import slack_client
 
     runtime = _runtime(("SLACK_BOT_TOKEN", "WA_AUDIT_CHANNEL") if args.post else ())
     gate, settings = runtime.gate, runtime.settings
     days = args.days if args.days is not None else settings.audit_inactive_days
+    deactivated = None
+    if settings.slack_bot_token:
+        client = slack_client(settings)
+        deactivated = lambda: slack_deactivated(client, lambda: None)  # noqa: E731
+    elif not args.post:
+        print("(SLACK_BOT_TOKEN not set: people deactivated in Slack are not checked)", file=out)
+    post = None
     if args.post:
         assert settings.audit_channel is not None  # required above
-        try:
-            summary = run_review(
-                gate,
-                slack_client(settings),
-                settings.audit_channel,
-                actor=OPERATOR,
-                surface=Surface.CLI,
-                days=days,
-            )
-        except ReviewRefused as exc:
-            raise CliError(str(exc)) from None
-        print(f"{summary}; posted to {settings.audit_channel}", file=out)
+        post = slack_poster(slack_client(settings), settings.audit_channel, gate.clock)
+    try:
+        run = run_review(gate, OPERATOR, Surface.CLI, days=days, deactivated=deactivated, post=post)
+    except ReviewRefused as refused:
+        raise CliError(refused.outcome.message, refused.outcome.exit_code) from None
+    if args.post:
+        print(f"{run.summary}; posted to {run.posted_to}", file=out)
         return 0
-    opened = gate.submit(OPERATOR, Surface.CLI, "audit.review", {"days": days})
-    if opened.status != "done":
-        raise CliError(opened.message, opened.exit_code)
-    review_id = int(opened.data["review_id"])
-    deactivated: set[str] = set()
-    if settings.slack_bot_token:
-        deactivated = slack_deactivated(slack_client(settings), lambda: None)
-    else:
-        print("(SLACK_BOT_TOKEN not set: people deactivated in Slack are not checked)", file=out)
-    totals = access_review.build(
-        runtime.db,
-        review_id,
-        now=utcnow(gate.clock),
-        deactivated_in_slack=deactivated,
-    )
+    _print_review(run, days, out)
+    exported = gate.submit(OPERATOR, Surface.CLI, "review.export", {"review": run.review_id})
+    if exported.status != "done":
+        raise CliError(exported.message, exported.exit_code)
+    csv_text = str(exported.data["csv"])
+    if args.csv:
+        _write_atomically(Path(args.csv), csv_text)
+        print(f"all findings written to {args.csv}", file=out)
+        return 0
+    for row in csv.DictReader(io.StringIO(csv_text)):
+        print(
+            f"  {row['position']:>5}. {row['finding']:<11} {row['user']:<12} "
+            f"{row['role']} in {row['scope']} (grant #{row['grant_id']})",
+            file=out,
+        )
+    return 0
+
+
+def _print_review(run: ReviewRun, days: int, out: TextIO) -> None:
+    totals = run.totals
     print(
-        f"access review #{review_id}: {totals.findings} findings for {totals.users} people "
+        f"access review #{run.review_id}: {totals.findings} findings for {totals.users} people "
         f"({totals.grants_checked} live grants checked, inactive = {days} days)",
         file=out,
     )
     for kind in access_review.KINDS:
         if totals.by_kind[kind]:
             print(f"  {totals.by_kind[kind]:>7} {access_review.KIND_TITLES[kind]}", file=out)
-    if args.csv:
-        target = Path(args.csv)
-        partial = target.with_name(f".{target.name}.partial")
-        try:
-            with partial.open("w", encoding="utf-8", newline="") as fh:
-                access_review.write_csv(runtime.db, review_id, fh)
-            partial.replace(target)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
-        print(f"all findings written to {target}", file=out)
-    else:
-        for finding in access_review.iter_findings(runtime.db, review_id):
-            print(
-                f"  {finding.position:>5}. {finding.kind:<11} {finding.user:<12} "
-                f"{finding.role} in {finding.scope} (grant #{finding.grant_id})",
-                file=out,
-            )
-    return 0
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
 def _days(value: str) -> int:

@@ -115,7 +115,7 @@ def make_checkpoint_if_new(
     (no WA_SECRET_KEY) or the checkpoint reached none of its destinations, so
     the run is recorded as failed and, after the last retry, alerted.
     """
-    if not has_new_entries(gate.db):
+    if not gate.peek(has_new_entries):
         return "no new audit entries since the last checkpoint"
     checkpoint = take_checkpoint(gate)
     log.info("audit checkpoint: %s", checkpoint.line)

@@ -14,11 +14,11 @@ from typing import Any
 
 from rbac_core import Gate
 from rbac_core import audit as audit_log
-from rbac_core.access_review import KIND_TITLES, KINDS, build, page
+from rbac_core.access_review import KIND_TITLES, KINDS
 from rbac_core.audit_actions import LogLine
-from rbac_core.clock import utcnow
 
 from .grammar import NameLookup, Option, Subcommand
+from .review_runs import ReviewRefused, complete_review
 from .role_command import Reply, SlashCommand
 
 COMMAND = "/wa-audit"
@@ -89,7 +89,7 @@ class AuditCommand(SlashCommand):
         if outcome is None or outcome.status != "done":
             return reply
         if outcome.action == "audit.review":
-            return self._review(int(outcome.data["review_id"]), deactivated, reply)
+            return self._review(actor, surface, deactivated, reply)
         if outcome.action == "audit.log":
             return self.log_page(reply)
         if outcome.action == "audit.verify":
@@ -104,10 +104,15 @@ class AuditCommand(SlashCommand):
             text += "\n_Older entries: use the button below._"
         return Reply("text", text, outcome=reply.outcome, data=dict(reply.outcome.data))
 
-    def _review(self, review_id: int, deactivated: Deactivated | None, reply: Reply) -> Reply:
-        gate = self.gate
-        gone = deactivated() if deactivated is not None else set()
-        totals = build(gate.db, review_id, now=utcnow(gate.clock), deactivated_in_slack=gone)
+    def _review(
+        self, actor: str, surface: str, deactivated: Deactivated | None, reply: Reply
+    ) -> Reply:
+        assert reply.outcome is not None
+        try:
+            run = complete_review(self.gate, actor, surface, reply.outcome, deactivated=deactivated)
+        except ReviewRefused as refused:
+            return Reply("error", refused.outcome.message, outcome=refused.outcome)
+        review_id, totals = run.review_id, run.totals
         lines = [
             f"Access review #{review_id}: {totals.findings} grants to look at, held by "
             f"{totals.users} people ({totals.grants_checked} live grants checked)."
@@ -115,11 +120,12 @@ class AuditCommand(SlashCommand):
         lines += [f"• {totals.by_kind[k]} {KIND_TITLES[k]}" for k in KINDS if totals.by_kind[k]]
         if deactivated is None:
             lines.append("(Deactivations in Slack were not checked from here.)")
-        data: dict[str, Any] = {"review_id": review_id, "page": page(gate.db, review_id, 0)}
+        data: dict[str, Any] = {"review_id": review_id, "page": run.first}
         return Reply("text", "\n".join(lines), outcome=reply.outcome, data=data)
 
     def _verify(self, reply: Reply) -> Reply:
-        with self.gate.db.snapshot() as conn:
+        assert reply.outcome is not None
+        with self.gate.snapshot_for(reply.outcome) as conn:
             result = audit_log.verify(conn, key=self.gate.chain_key)
         if result.ok:
             text = (

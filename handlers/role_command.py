@@ -102,10 +102,10 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand(
         "why",
         "role.why",
-        "/wa-role why @user PERMISSION [--number N]",
-        "explain why someone may or may not do something",
+        "/wa-role why @user PERMISSION [--number N] [--request ID]",
+        "explain why someone may or may not do something (to an access request)",
         positionals=(("user", "user", True), ("permission", "word", True)),
-        options=(Option("number"),),
+        options=(Option("number"), Option("request")),
         permission="roles:view",
     ),
 )

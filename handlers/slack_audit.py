@@ -16,7 +16,7 @@ from typing import Any
 from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
-from rbac_core import Gate
+from rbac_core import Gate, Outcome
 from rbac_core import audit as audit_log
 from rbac_core.access_review import Page
 from rbac_core.clock import utcnow
@@ -124,14 +124,14 @@ def _answer(reply: Reply, actor: str, gate: Gate, client: WebClient) -> dict[str
         if outcome.action == "audit.log":
             return log_message(reply)
         if outcome.action == "audit.export":
-            return {"response_type": "ephemeral", "text": _export(gate, client, actor)}
+            return {"response_type": "ephemeral", "text": _export(gate, client, actor, outcome)}
     return message(reply, {actor})
 
 
-def _export(gate: Gate, client: WebClient, actor: str) -> str:
+def _export(gate: Gate, client: WebClient, actor: str, allowed: Outcome) -> str:
     """Stream the log to a temporary file and send it to the person by DM."""
     with tempfile.NamedTemporaryFile("w+", suffix=".csv", encoding="utf-8", newline="") as fh:
-        with gate.db.snapshot() as conn:
+        with gate.snapshot_for(allowed) as conn:
             count = audit_log.export(conn, fh, "csv")
         fh.flush()
         stamp = utcnow(gate.clock).strftime("%Y%m%d-%H%M")

@@ -9,7 +9,6 @@ its thread, so nothing is ever cut off. Every click goes through the gate
 
 from __future__ import annotations
 
-import io
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +17,10 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from rbac_core import Gate, Outcome
-from rbac_core.access_review import KIND_TITLES, KINDS, Finding, Page, page, page_of, write_csv
-from rbac_core.db import Database
+from rbac_core.access_review import KIND_TITLES, KINDS, Finding, Page
+from rbac_core.clock import Clock, utcnow
 
+from .review_runs import Post
 from .slack_blocks import clicked_value, escape
 from .slack_stepup import STEP_UP_PROMPT, Resume, answer_through, ask_for_code
 
@@ -153,15 +153,6 @@ def _page_button(label: str, review_id: int, number: int) -> dict[str, Any]:
     }
 
 
-def report_csv(db: Database, page: Page) -> str | None:
-    """The whole list as CSV when it has more than one page; built before anything is posted."""
-    if page.pages <= 1:
-        return None
-    buffer = io.StringIO()
-    write_csv(db, page.review.id, buffer)
-    return buffer.getvalue()
-
-
 def post_report(
     client: WebClient, channel: str, page: Page, now: datetime, csv_text: str | None
 ) -> str:
@@ -189,14 +180,22 @@ def post_report(
     return ts
 
 
+def slack_poster(client: WebClient, channel: str, clock: Clock) -> Post:
+    """Posts a review's report to `channel` (see post_report) for review_runs."""
+
+    def post(first: Page, csv_text: str | None) -> tuple[str, str]:
+        return channel, post_report(client, channel, first, utcnow(clock), csv_text)
+
+    return post
+
+
 def register(app: App, gate: Gate) -> Resume:
     """Listeners for the report's buttons; returns the resume for step-up 2FA."""
 
     def redraw(outcome: Outcome, respond: Respond | Any) -> None:
         """Show the decision on the report: the page the finding is on, drawn afresh."""
-        data = outcome.data
-        shown = page(gate.db, int(data["review_id"]), page_of(int(data["position"])))
-        if shown is not None:
+        shown = outcome.data.get("page")
+        if isinstance(shown, Page):
             respond(replace_original=True, **render(shown, _now(gate)))
 
     def decide(action: str, actor: str, finding: str, respond: Respond | Any) -> Outcome:

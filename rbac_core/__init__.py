@@ -5,6 +5,7 @@ to it through `Gate`.
 """
 
 from .access_requests import ACCESS_ACTIONS
+from .actions import ROLE_ACTIONS
 from .audit_actions import AUDIT_ACTIONS
 from .audit_checkpoint import checkpoint_actions
 from .audit_keys import Signer, chain_key
@@ -15,7 +16,7 @@ from .errors import RbacError
 from .gate import Action, Context, Gate, Outcome, Prepared, Result, StepUp
 from .policy import Decision, Policy, PolicyCache
 from .review_actions import REVIEW_ACTIONS
-from .role_actions import ROLE_ACTIONS
+from .review_run_actions import REVIEW_RUN_ACTIONS
 from .secret_box import SecretBox
 from .sweeps import SWEEP_ACTIONS
 from .twofa import TotpStepUp, twofa_actions
@@ -39,6 +40,7 @@ def build_gate(
         **ACCESS_ACTIONS,
         **SWEEP_ACTIONS,
         **REVIEW_ACTIONS,
+        **REVIEW_RUN_ACTIONS,
         **AUDIT_ACTIONS,
         **twofa_actions(SecretBox(secret_key)),
         **checkpoint_actions(Signer.optional(secret_key)),

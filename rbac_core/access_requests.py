@@ -15,13 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .directory import require_user, resolve_scope
-from .errors import Conflict, InvalidInput, NotFound, PendingActionError, TwoFactorRequired
-from .gate import Action, Context, Prepared, Result
-from .grants import ensure_separate_duties
-from .models import AccessRequest
-from .outbox import AUDIT_CHANNEL, Notice, person
-from .role_actions import (
+from .actions.granting import (
     check_grantable,
     create_grant,
     ensure_not_held,
@@ -29,6 +23,12 @@ from .role_actions import (
     has_active_2fa,
     sensitive_role,
 )
+from .directory import require_user, resolve_scope
+from .errors import Conflict, InvalidInput, NotFound, PendingActionError, TwoFactorRequired
+from .gate import Action, Context, Prepared, Result
+from .models import AccessRequest
+from .outbox import AUDIT_CHANNEL, Notice, person
+from .relations import Resource
 from .values import clean_text, format_duration, format_moment, parse_duration, scope_text
 
 APPROVAL_TTL = timedelta(hours=24)
@@ -159,11 +159,11 @@ class DecideAccessAction(Action):
             f"{verb} {request.requester}'s request for {request.role} in "
             f"{scope_text(request.scope)} for {request.duration}",
             sensitive=self.approve and sensitive_role(ctx.policy, request.role),
+            resource=Resource("access_request", request.id, {"requester": request.requester}),
         )
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         request = _pending_request(ctx, prepared.params["request_id"])
-        ensure_separate_duties(ctx.actor, request.requester, "decide on this request")
         if self.approve:
             check_grantable(ctx, request.requester, request.role, request.scope)
 

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, cast
 
-from sqlalchemy import String, Table, bindparam, delete, or_, select, text, update
+from sqlalchemy import String, Table, bindparam, delete, or_, select, text
 from sqlalchemy.orm import Session
 
-from .db import Database
+from .db import Txn
 from .models import (
     AccessReview,
     ActivityRollup,
@@ -58,7 +58,6 @@ _GRANTS = cast(Table, Grant.__table__)
 _USERS = cast(Table, User.__table__)
 _ACTIVITY = cast(Table, UserActivity.__table__)
 _FINDINGS = cast(Table, ReviewFinding.__table__)
-_REVIEWS = cast(Table, AccessReview.__table__)
 
 # Dialect-neutral upsert: both SQLite (3.24+) and PostgreSQL speak ON CONFLICT.
 # The WHERE clause is required by SQLite's parser when an upsert takes a SELECT.
@@ -75,8 +74,6 @@ _FOLD = text(
     "THEN excluded.last_active_us ELSE user_activity.last_active_us END"
 )
 
-Checkpoint = Callable[[], None]
-
 
 def _us(moment: datetime) -> int:
     return int(moment.timestamp() * 1_000_000)
@@ -86,18 +83,16 @@ def _moment(us: int | None) -> datetime | None:
     return None if us is None else datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
-def fold_activity(db: Database) -> int:
+def fold_activity(session: Session) -> int:
     """Fold new audit entries into `user_activity`; returns the last seq folded."""
-    with db.transaction(write=True) as txn:
-        session = txn.session
-        rollup = session.execute(
-            select(ActivityRollup).where(ActivityRollup.id == 1).with_for_update()
-        ).scalar_one()
-        upto = session.scalar(text("SELECT MAX(seq) FROM audit_log")) or 0
-        if upto > rollup.through_seq:
-            session.execute(_FOLD, {"after": rollup.through_seq, "upto": upto})
-            rollup.through_seq = upto
-        return int(rollup.through_seq)
+    rollup = session.execute(
+        select(ActivityRollup).where(ActivityRollup.id == 1).with_for_update()
+    ).scalar_one()
+    upto = session.scalar(text("SELECT MAX(seq) FROM audit_log")) or 0
+    if upto > rollup.through_seq:
+        session.execute(_FOLD, {"after": rollup.through_seq, "upto": upto})
+        rollup.through_seq = upto
+    return int(rollup.through_seq)
 
 
 def last_active(session: Session, user: str) -> datetime | None:
@@ -205,60 +200,59 @@ def live_grants_query(now: datetime) -> Any:
     )
 
 
-def build(
-    db: Database,
+def build_in(
+    txn: Txn,
     review_id: int,
     *,
     now: datetime,
     deactivated_in_slack: Collection[str] = frozenset(),
-    checkpoint: Checkpoint = lambda: None,
 ) -> Totals:
-    """Compute and store the findings of review `review_id`; returns its totals.
+    """Compute and store the findings of review `review_id` in `txn` (the gate's, for
+    `review.build`); returns its totals.
 
     Only a review still being built is built: rebuilding replaces its findings,
     so a run that took a period over after another died half way starts clean,
     while a review already built (and perhaps posted, its buttons out) stays.
     """
-    through = fold_activity(db)
-    checkpoint()
-    with db.transaction(write=True) as txn:
-        session = txn.session
-        roles = Policy(load_roles(session), [])  # roles only: no grant is loaded
-        needs_2fa = sorted(role for role in roles.roles if roles.requires_2fa(role))
-        review = session.get(AccessReview, review_id)
-        if review is None:
-            raise LookupError(f"no access review #{review_id}")
-        if review.status != "building":
-            return Totals.from_json(review.totals)  # built already: its buttons may be out
-        cutoff = now - timedelta(days=review.days)
-        session.execute(delete(_FINDINGS).where(_FINDINGS.c.review_id == review_id))
-        session.execute(text(_GONE_TABLE + (" ON COMMIT DELETE ROWS" if not db.is_sqlite else "")))
+    is_sqlite = txn.dialect_name == "sqlite"
+    session = txn.session
+    through = fold_activity(session)
+    roles = Policy(load_roles(session), [])  # roles only: no grant is loaded
+    needs_2fa = sorted(role for role in roles.roles if roles.requires_2fa(role))
+    review = session.get(AccessReview, review_id)
+    if review is None:
+        raise LookupError(f"no access review #{review_id}")
+    if review.status != "building":
+        return Totals.from_json(review.totals)  # built already: its buttons may be out
+    cutoff = now - timedelta(days=review.days)
+    session.execute(delete(_FINDINGS).where(_FINDINGS.c.review_id == review_id))
+    session.execute(text(_GONE_TABLE + (" ON COMMIT DELETE ROWS" if not is_sqlite else "")))
+    session.execute(text("DELETE FROM review_slack_gone"))
+    gone = sorted(set(deactivated_in_slack))
+    for start in range(0, len(gone), BATCH):
+        session.execute(_GONE_INSERT, [{"user_id": u} for u in gone[start : start + BATCH]])
+    session.execute(
+        _FINDINGS_INSERT,
+        {
+            "review_id": review_id,
+            "needs_2fa": needs_2fa,
+            "cutoff": cutoff,
+            "cutoff_us": _us(cutoff),
+            "now": now,
+            "soon": now + EXPIRING_WITHIN,
+        },
+    )
+    by_kind = dict.fromkeys(KINDS, 0)
+    for kind, count in session.execute(_COUNTS, {"review_id": review_id}):
+        by_kind[str(kind)] = int(count)
+    people = int(session.scalar(_PEOPLE, {"review_id": review_id}) or 0)
+    checked = int(session.scalar(_LIVE_COUNT, {"now": now}) or 0)
+    if is_sqlite:
         session.execute(text("DELETE FROM review_slack_gone"))
-        gone = sorted(set(deactivated_in_slack))
-        for start in range(0, len(gone), BATCH):
-            session.execute(_GONE_INSERT, [{"user_id": u} for u in gone[start : start + BATCH]])
-        session.execute(
-            _FINDINGS_INSERT,
-            {
-                "review_id": review_id,
-                "needs_2fa": needs_2fa,
-                "cutoff": cutoff,
-                "cutoff_us": _us(cutoff),
-                "now": now,
-                "soon": now + EXPIRING_WITHIN,
-            },
-        )
-        by_kind = dict.fromkeys(KINDS, 0)
-        for kind, count in session.execute(_COUNTS, {"review_id": review_id}):
-            by_kind[str(kind)] = int(count)
-        people = int(session.scalar(_PEOPLE, {"review_id": review_id}) or 0)
-        checked = int(session.scalar(_LIVE_COUNT, {"now": now}) or 0)
-        if db.is_sqlite:
-            session.execute(text("DELETE FROM review_slack_gone"))
-        totals = Totals(sum(by_kind.values()), people, checked, by_kind)
-        review.status = "ready"
-        review.totals = totals.to_json()
-        review.through_seq = through
+    totals = Totals(sum(by_kind.values()), people, checked, by_kind)
+    review.status = "ready"
+    review.totals = totals.to_json()
+    review.through_seq = through
     return totals
 
 
@@ -339,13 +333,8 @@ class Page:
     findings: list[Finding]
 
 
-def page(db: Database, review_id: int, number: int, size: int = PAGE_SIZE) -> Page | None:
-    """Page `number` of a review (clamped to the pages it has); None if no such review."""
-    with db.read() as session:
-        return read_page(session, review_id, number, size)
-
-
 def read_page(session: Session, review_id: int, number: int, size: int = PAGE_SIZE) -> Page | None:
+    """Page `number` of a review (clamped to the pages it has); None if no such review."""
     row = session.get(AccessReview, review_id)
     if row is None:
         return None
@@ -368,25 +357,6 @@ def page_of(position: int, size: int = PAGE_SIZE) -> int:
     return (position - 1) // size
 
 
-def mark_posting(db: Database, review_id: int) -> None:
-    """Posting starts: from here the review is never rebuilt, only posted (again)."""
-    with db.write() as session:
-        session.execute(
-            update(_REVIEWS)
-            .where(_REVIEWS.c.id == review_id, _REVIEWS.c.status == "ready")
-            .values(status="posting")
-        )
-
-
-def mark_posted(db: Database, review_id: int, channel: str, ts: str) -> None:
-    with db.write() as session:
-        session.execute(
-            update(_REVIEWS)
-            .where(_REVIEWS.c.id == review_id)
-            .values(status="posted", channel=channel, message_ts=ts)
-        )
-
-
 CSV_COLUMNS = (
     "position",
     "finding",
@@ -407,25 +377,24 @@ def _iso(moment: datetime | None) -> str:
     return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def iter_findings(db: Database, review_id: int) -> Iterator[Finding]:
-    """Every finding of a review in order, streamed in one snapshot."""
+def iter_findings(session: Session, review_id: int) -> Iterator[Finding]:
+    """Every finding of a review in order, read in batches."""
     query = (
         select(ReviewFinding)
         .where(ReviewFinding.review_id == review_id)
         .order_by(ReviewFinding.position)
         .execution_options(yield_per=BATCH)
     )
-    with db.snapshot() as conn, Session(bind=conn) as session:
-        for row in session.scalars(query):
-            yield Finding.of(row)
+    for row in session.scalars(query):
+        yield Finding.of(row)
 
 
-def write_csv(db: Database, review_id: int, out: IO[str]) -> int:
-    """The whole review as CSV, streamed; returns the number of findings written."""
+def write_csv_in(session: Session, review_id: int, out: IO[str]) -> int:
+    """The whole review as CSV; returns the number of findings written."""
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     count = 0
-    for f in iter_findings(db, review_id):
+    for f in iter_findings(session, review_id):
         writer.writerow(
             (
                 f.position,

@@ -121,12 +121,14 @@ class VerifyAuditAction(_Authorise):
     name = "audit.verify"
     permission = "audit:view"
     summary = "verify the audit log"
+    hands_out_snapshot = True
 
 
 class ExportAuditAction(_Authorise):
     name = "audit.export"
     permission = "audit:export"
     summary = "export the audit log"
+    hands_out_snapshot = True
 
 
 AUDIT_ACTIONS: dict[str, Action] = {

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 
 from . import audit
 from .audit_keys import NO_SIGNING_KEY, KeyUnavailable, PublicKey, Signer
-from .db import Database, Sql
+from .db import Sql
 from .gate import Action, Context, Prepared, Result
 from .models import AuditEntry, AuditHead
 from .sweeps import system_only
@@ -219,7 +219,7 @@ def _problem(checkpoint: Checkpoint, head_seq: int, held: str | None) -> str | N
     return None
 
 
-def has_new_entries(db: Database) -> bool:
+def has_new_entries(conn: Connection) -> bool:
     """Whether the log has grown since the last checkpoint: the scheduler's cheap look.
 
     The newest entry is the last checkpoint's own entry exactly when nothing
@@ -228,8 +228,7 @@ def has_new_entries(db: Database) -> bool:
     """
     head = select(_HEAD.c.seq).where(_HEAD.c.id == 1).scalar_subquery()
     query = select(_LOG.c.action, _LOG.c.outcome).where(_LOG.c.seq == head)
-    with db.snapshot() as conn:
-        newest = conn.execute(query).first()
+    newest = conn.execute(query).first()
     return newest is not None and tuple(newest) != (ACTION, "done")
 
 

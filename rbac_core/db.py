@@ -267,6 +267,11 @@ class Txn:
             except Exception:
                 log.exception("an after-commit callback failed")
 
+    @property
+    def dialect_name(self) -> str:
+        """`sqlite` or `postgresql`: for the few statements that differ between them."""
+        return str(self._dialect.name)
+
     @classmethod
     def joining(cls, session: Session) -> Txn:
         """The fast-statement view of a session's transaction; never ends it."""

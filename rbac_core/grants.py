@@ -8,7 +8,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from .builtin_roles import ADMIN
-from .errors import LastAdmin, PrivilegeEscalation, SeparationOfDuties
+from .errors import LastAdmin, PrivilegeEscalation
 from .models import Grant, User
 from .policy import Policy
 from .values import WILDCARD
@@ -74,15 +74,4 @@ def ensure_holds(
         raise PrivilegeEscalation(
             f"You cannot {what}: it carries permissions you do not hold{where} "
             f"({', '.join(sorted(missing))})"
-        )
-
-
-def ensure_separate_duties(actor: str, author: str, what: str) -> None:
-    """Separation of duties (SPEC §4 rule 7): whoever asked for something cannot approve it.
-
-    Used by callers that approve templates, access requests and escalations.
-    """
-    if actor == author:
-        raise SeparationOfDuties(
-            f"You cannot {what}: you asked for it yourself, so someone else must approve it."
         )

@@ -12,18 +12,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import signals
+from . import relations, signals
 from .clock import Clock, system_clock
 from .db import Txn
 from .errors import UnknownPermission
 from .models import Grant, Role, RoleParent, RolePermission, User
 from .permissions import PERMISSIONS, check_permission
 from .policy_store import changed_users, read_policy_version
+from .relations import Resource
 from .values import WILDCARD, format_moment, scope_text
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class Decision:
     role: str | None = None
     via: tuple[str, ...] = ()
     valid_until: float = field(default=FOREVER, compare=False)
+    code: str | None = None
+    """Set when a relation rule refused (relations.py): the rule's error code..."""
+    refusal: str | None = field(default=None, compare=False)
+    """...and what the actor is told."""
 
 
 def role_closure(roles: Mapping[str, RoleSpec]) -> dict[str, dict[str, tuple[str, ...]]]:
@@ -157,6 +162,26 @@ class Policy:
         if hit is not None and hit.valid_until > self._clock():
             return hit
         return self._decide_uncached(user, permission, scope)
+
+    def decide_on(self, user: str, permission: str, scope: str, resource: Resource) -> Decision:
+        """`decide`, then the relation rules about `resource` (relations.py): the grants
+        say what someone may do somewhere, the rules what they may do to this thing."""
+        decision = self.decide(user, permission, scope)
+        if not decision.allowed:
+            return decision
+        broken = relations.check(
+            resource, user, permission, lambda other: self.decide(user, other, scope).allowed
+        )
+        if broken is None:
+            return decision
+        return replace(
+            decision,
+            allowed=False,
+            reason=broken.reason,
+            code=broken.code,
+            refusal=broken.refusal,
+            valid_until=FOREVER,
+        )
 
     def _decide_uncached(self, user: str, permission: str, scope: str) -> Decision:
         if permission not in self.catalogue:

@@ -18,13 +18,22 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from .access_review import DEFAULT_DAYS, KEEP_FOR, MAX_DAYS, Review, last_active, read_page
+from .access_review import (
+    DEFAULT_DAYS,
+    KEEP_FOR,
+    MAX_DAYS,
+    Review,
+    last_active,
+    page_of,
+    read_page,
+)
+from .actions.granting import check_grantable, sensitive_role
 from .builtin_roles import ADMIN
-from .errors import Conflict, InvalidInput, NotFound, SelfGrant
+from .errors import Conflict, InvalidInput, NotFound
 from .gate import Action, Context, Prepared, Result
 from .grants import ensure_holds, ensure_not_last_admin
 from .models import AccessReview, Grant, ReviewFinding, ReviewKeep, SecondFactor
-from .role_actions import check_grantable, sensitive_role
+from .relations import Resource
 from .sweeps import is_system
 from .values import (
     INT_MAX,
@@ -154,7 +163,12 @@ def _ensure_still_true(ctx: Context, finding: ReviewFinding) -> None:
         )
 
 
-def _prepared(finding: ReviewFinding, what: str, sensitive: bool = False) -> Prepared:
+def _prepared(
+    finding: ReviewFinding, what: str, sensitive: bool = False, *, vouches: bool = False
+) -> Prepared:
+    """`vouches`: keeping access vouches for it, which its holder may not do for
+    themselves (a relation rule, relations.py); revoking one's own is allowed."""
+    holder = {"holder": finding.user_id} if vouches else {}
     return Prepared(
         {"finding": finding.id},
         "roles:assign",
@@ -163,6 +177,7 @@ def _prepared(finding: ReviewFinding, what: str, sensitive: bool = False) -> Pre
         f"{what} {finding.role} of {finding.user_id} in {scope_text(finding.scope)} "
         f"(review #{finding.review_id}, {finding.kind})",
         sensitive,
+        Resource("finding", f"#{finding.id}", holder),
     )
 
 
@@ -199,7 +214,7 @@ class RevokeFindingAction(Action):
         return Result(
             f"Revoked {finding.role} from {finding.user_id} in {scope_text(finding.scope)} "
             f"(grant #{grant.id}).",
-            data=_data(finding),
+            data=_data(ctx, finding),
             details={"finding": finding.id, "grant_id": grant.id, "kind": finding.kind},
             policy_users=frozenset({grant.user_id}),
         )
@@ -213,7 +228,7 @@ class KeepFindingAction(Action):
         finding = _finding(ctx, params)
         extends = finding.kind == "expiring"
         sensitive = extends and sensitive_role(ctx.policy, finding.role)
-        return _prepared(finding, "extend" if extends else "keep", sensitive)
+        return _prepared(finding, "extend" if extends else "keep", sensitive, vouches=True)
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         finding = _finding(ctx, prepared.params)
@@ -222,8 +237,6 @@ class KeepFindingAction(Action):
         if finding.kind == "expiring":
             check_grantable(ctx, finding.user_id, finding.role, finding.scope)
             return
-        if finding.user_id == ctx.actor:
-            raise SelfGrant("You cannot keep your own access: someone else must decide.")
         # Keeping a grant vouches for it: only someone who could grant it may.
         ensure_holds(
             ctx.policy,
@@ -275,7 +288,10 @@ class KeepFindingAction(Action):
             details["kept_until"] = until.isoformat()
         _handled(ctx, finding, "kept", same_kind=True)
         return Result(
-            message, data=_data(finding), details=details, policy_users=frozenset({grant.user_id})
+            message,
+            data=_data(ctx, finding),
+            details=details,
+            policy_users=frozenset({grant.user_id}),
         )
 
 
@@ -296,8 +312,11 @@ def _handled(ctx: Context, finding: ReviewFinding, status: str, *, same_kind: bo
     ctx.session.flush()
 
 
-def _data(finding: ReviewFinding) -> dict[str, Any]:
+def _data(ctx: Context, finding: ReviewFinding) -> dict[str, Any]:
+    """What a surface shows after a decision: the finding, and its page drawn afresh
+    (handed out here, so the clicker needs no permission to read the review)."""
     return {
+        "page": read_page(ctx.session, finding.review_id, page_of(finding.position)),
         "finding": finding.id,
         "review_id": finding.review_id,
         "position": finding.position,
@@ -320,7 +339,7 @@ class ViewReviewPageAction(Action):
         )
         return Prepared(
             {"review": review_id, "page": number},
-            "audit:view",
+            None if is_system(ctx) else "audit:view",
             WILDCARD,
             f"review:{review_id}",
             f"read page {number + 1} of access review #{review_id}",

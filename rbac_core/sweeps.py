@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, exists, or_, select, update
+from sqlalchemy import Connection, Table, exists, or_, select, update
 
 from . import principals
-from .db import Database
 from .errors import OperatorOnly
 from .gate import Action, Context, Prepared, Result
 from .models import AccessRequest, Grant, PendingAction
@@ -56,8 +55,9 @@ def _due_requests(now: datetime) -> Any:
     return (_REQUESTS.c.status == "pending", _REQUESTS.c.expires_at <= now)
 
 
-def sweep_due(db: Database, now: datetime) -> bool:
-    """Whether anything has expired unmarked: a cheap read, so idle sweeps write nothing."""
+def sweep_due(conn: Connection, now: datetime) -> bool:
+    """Whether anything has expired unmarked: a cheap read (`Gate.peek`), so idle sweeps
+    write nothing."""
     query = select(
         or_(
             exists().where(*_due_grants(now)),
@@ -65,8 +65,7 @@ def sweep_due(db: Database, now: datetime) -> bool:
             exists().where(*_due_requests(now)),
         )
     )
-    with db.read() as session:
-        return bool(session.scalar(query))
+    return bool(conn.scalar(query))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 from rbac_core import Database, Gate, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
-from .helpers import live_grants, run
+from .helpers import audit_rows, live_grants, run
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +50,34 @@ def test_nobody_decides_on_their_own_request(gate: Gate, db: Database) -> None:
     own = gate.submit(BOB, "slack", "access.approve", {"request_id": request})
     assert own.error_code == "separation_of_duties"
     assert (BOB, "analyst", "*") not in live_grants(db, BOB)
+
+
+def test_separation_of_duties_is_part_of_the_decision_and_why_explains_it(
+    gate: Gate, db: Database
+) -> None:
+    """The rule lives in the core (relations.py): the gate's decision refuses it, the
+    audit entry says why, and `why` explains it for anyone who asks about the request."""
+    assert run(
+        gate, ADMIN, "role.create", name="approver", perms=["access:approve", "roles:view"]
+    ).ok
+    assert run(gate, ADMIN, "role.assign", user=BOB, role="approver").ok
+    request = ask(gate, who=BOB, role="analyst")
+    own = gate.submit(BOB, "slack", "access.approve", {"request_id": request})
+    assert (own.status, own.error_code) == ("refused", "separation_of_duties")
+    assert own.message.startswith("You cannot decide on this request")
+    entry = audit_rows(db)[-1]
+    assert entry.outcome == "refused" and "(separation of duties)" in entry.details
+    params = {"user": BOB, "permission": "access:approve", "request": request}
+    bob = gate.submit(ADMIN, "slack", "role.why", params)
+    assert bob.data["allowed"] is False
+    assert f"may not use access:approve on access request {request}" in bob.message
+    assert "the requester of access request" in bob.message
+    admin = gate.submit(ADMIN, "slack", "role.why", {**params, "user": ADMIN})
+    assert admin.data["allowed"] is True
+    plain = gate.submit(ADMIN, "slack", "role.why", {"user": BOB, "permission": "access:approve"})
+    assert plain.data["allowed"] is True  # the grant alone allows it; the request does not
+    missing = gate.submit(ADMIN, "slack", "role.why", {**params, "request": "nope"})
+    assert (missing.status, missing.error_code) == ("refused", "not_found")
 
 
 def test_only_holders_of_access_approve_decide(gate: Gate) -> None:

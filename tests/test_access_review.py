@@ -668,10 +668,8 @@ def test_a_grant_in_two_reports_is_acted_on_once(
     scheduler.tick()
     older = findings(db)[BOB]
     newer = gate.submit("operator", "cli", "audit.review", {"days": 30})  # an on-demand one
-    from rbac_core.access_review import build
-    from rbac_core.clock import utcnow
-
-    build(db, int(newer.data["review_id"]), now=utcnow(gate.clock))
+    built = gate.submit("operator", "cli", "review.build", {"review": newer.data["review_id"]})
+    assert built.status == "done", built.message
     with db.read() as session:
         both = list(session.scalars(select(ReviewFinding).where(ReviewFinding.user_id == BOB)))
     assert len(both) == 2 and {f.grant_id for f in both} == {older.grant_id}

@@ -76,17 +76,76 @@ def test_no_test_script_or_benchmark_reads_outside_the_repository() -> None:
 HANDLERS = REPO / "handlers"
 
 
-def test_handlers_never_touch_the_orm_models() -> None:
-    """Surfaces write only through gate actions (registering a person Slack vouches for
-    is `user.seen`); the rest of the store follows as the reshape moves reads behind the
-    gate (issue 13)."""
-    offenders = {}
+STORE = ("rbac_core.db", "rbac_core.models", "rbac_core.migrate", "rbac_core.leases")
+
+
+def test_handlers_never_touch_the_store_or_the_models() -> None:
+    """Surfaces act only through gate actions and the reads the gate hands out
+    (`Gate.peek`, `Gate.snapshot_for`): no import of the store or the ORM models, and
+    no reaching for the gate's `db` (issue 13)."""
+    offenders: dict[str, list[str]] = {}
     for path in HANDLERS.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module in ("rbac_core.models",):
-                offenders[path.name] = node.module
+            found = None
+            if isinstance(node, ast.ImportFrom) and node.module in STORE:
+                found = node.module
+            elif isinstance(node, ast.Import):
+                found = next((a.name for a in node.names if a.name in STORE), None)
+            elif isinstance(node, ast.Attribute) and node.attr == "db":
+                found = f"line {node.lineno}: .db"
+            if found:
+                offenders.setdefault(path.name, []).append(found)
     assert offenders == {}
+
+
+# The store's own bookkeeping around the gate: leases of outbox rows and scheduled
+# periods, inbound deliveries already taken in, the schema. Everything else a person,
+# the scheduler or an operator causes is written by a gate action.
+WRITERS = {
+    "rbac_core/db.py",
+    "rbac_core/gate/core.py",
+    "rbac_core/gate/auditing.py",
+    "rbac_core/group_commit.py",
+    "rbac_core/outbox/queue.py",
+    "rbac_core/job_runs.py",
+    "rbac_core/deliveries.py",
+    "rbac_core/migrate.py",
+}
+
+
+def _opens_write_transactions(path: Path) -> list[int]:
+    """Lines calling `.transaction(write=True)` or `.write()`."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        writes = any(
+            k.arg == "write" and not (isinstance(k.value, ast.Constant) and not k.value.value)
+            for k in node.keywords
+        )
+        if (node.func.attr == "transaction" and writes) or (
+            node.func.attr == "write" and not node.args and not node.keywords
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_nothing_outside_the_gate_opens_a_write_transaction() -> None:
+    found = {}
+    for package in ("rbac_core", "handlers", "bot"):
+        for path in (REPO / package).rglob("*.py"):
+            name = str(path.relative_to(REPO))
+            lines = _opens_write_transactions(path)
+            if lines and name not in WRITERS:
+                found[name] = lines
+    assert found == {}
+
+
+def test_the_write_transaction_finder_finds_them() -> None:
+    """The test above must be able to fail: it sees both spellings."""
+    sample = REPO / "tests" / "data" / "opens_writes.py.txt"
+    assert _opens_write_transactions(sample) == [2, 4]
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:

@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 import pytest
 
-from rbac_core import Database, ManualClock, Outcome, build_gate
+from rbac_core import Database, ManualClock, Outcome, build_gate, relations
 from rbac_core.clock import utcnow
 from rbac_core.db import txn_of
-from rbac_core.errors import SeparationOfDuties
-from rbac_core.grants import active_admins, ensure_separate_duties
+from rbac_core.grants import active_admins
 from rbac_core.models import Grant
 from rbac_core.policy_store import bump_policy_version
+from rbac_core.relations import Resource
 
 from .conftest import ADMIN, ALICE
 from .helpers import live_grants
@@ -80,10 +80,14 @@ def test_a_confirmation_clicked_twice_at_once_runs_once(
         g.db.dispose()
 
 
-def test_separation_of_duties_is_available_to_callers() -> None:
-    with pytest.raises(SeparationOfDuties, match="someone else must approve"):
-        ensure_separate_duties(ALICE, ALICE, "approve this template")
-    ensure_separate_duties(ADMIN, ALICE, "approve this template")
+def test_separation_of_duties_is_a_relation_rule_of_the_core() -> None:
+    """SPEC §4 rule 7, written once (relations.py): the requester cannot decide."""
+    request = Resource("access_request", "R1", {"requester": ALICE})
+    broken = relations.check(request, ALICE, "access:approve", lambda _: True)
+    assert broken is not None and broken.code == "separation_of_duties"
+    assert "someone else must approve" in broken.refusal
+    assert relations.check(request, ADMIN, "access:approve", lambda _: True) is None
+    assert relations.check(request, ALICE, "roles:view", lambda _: True) is None
 
 
 def test_a_write_inside_a_write_fails_at_once_on_sqlite_and_works_on_postgresql(

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select, text
 
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result, audit
+from rbac_core.actions import ROLE_ACTIONS
 from rbac_core.clock import utcnow
 from rbac_core.models import Grant, PendingAction
-from rbac_core.role_actions import ROLE_ACTIONS
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, run
@@ -234,6 +234,8 @@ READ_ONLY_CALLS = [
     (ALICE, "2fa.status", {}),
     (ADMIN, "review.page", {"review": 1, "page": 0}),
     (ALICE, "review.page", {"review": "x"}),
+    (ADMIN, "review.export", {"review": 1}),
+    (ALICE, "review.export", {"review": 1}),
     (ADMIN, "audit.log", {"user": ALICE, "since": "7d"}),
     (ALICE, "audit.log", {}),
     (ADMIN, "audit.verify", {}),

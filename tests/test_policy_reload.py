@@ -14,8 +14,6 @@ from sqlalchemy import delete, select
 
 from handlers.scheduled_jobs import sweep_expired
 from rbac_core import Database, Gate, ManualClock, build_gate
-from rbac_core.access_review import build
-from rbac_core.clock import utcnow
 from rbac_core.models import PolicyChange, ReviewFinding
 from rbac_core.policy import Policy, load_policy
 from rbac_core.policy_store import read_policy_version
@@ -111,7 +109,8 @@ def review_findings(gate: Gate, db: Database, clock: ManualClock) -> dict[str, R
     """Open and build an access review now; its findings by the person they are about."""
     opened = gate.submit("operator", "cli", "audit.review", {"days": 30})
     assert opened.status == "done", opened.message
-    build(db, int(opened.data["review_id"]), now=utcnow(clock))
+    built = gate.submit("operator", "cli", "review.build", {"review": opened.data["review_id"]})
+    assert built.status == "done", built.message
     with db.read() as session:
         return {f.user_id: f for f in session.scalars(select(ReviewFinding))}
 

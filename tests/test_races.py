@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import select
 
 from rbac_core import Database, Gate, ManualClock, Outcome, build_gate
-from rbac_core.clock import utcnow
 from rbac_core.models import ReviewFinding
 from rbac_core.twofa import MAX_FAILURES
 
@@ -172,14 +171,15 @@ def test_revoke_and_keep_clicked_at_once_on_one_finding_act_once(
     team: dict[str, str], gates: list[Gate], db: Database, clock: ManualClock
 ) -> None:
     """Two reports list Alice's idle grant; eight admins' clicks on either row land at once."""
-    from rbac_core.access_review import build
-
     assert run(gates[0], ADMIN, "role.assign", user=ALICE, role="agent").ok
     clock.advance(40 * 86_400)
     findings = []
     for _ in range(2):
         review = gates[0].submit("operator", "cli", "audit.review", {"days": 30})
-        build(db, int(review.data["review_id"]), now=utcnow(clock))
+        built = gates[0].submit(
+            "operator", "cli", "review.build", {"review": review.data["review_id"]}
+        )
+        assert built.status == "done", built.message
         with db.read() as session:
             findings.append(
                 session.scalars(

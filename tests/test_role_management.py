@@ -298,8 +298,8 @@ def test_a_deactivated_user_loses_every_grant_at_once(gate: Gate, db: Database) 
 
 
 def test_the_last_admin_cannot_be_deactivated(db: Database, clock: ManualClock) -> None:
+    from rbac_core.actions import ROLE_ACTIONS
     from rbac_core.permissions import PERMISSIONS
-    from rbac_core.role_actions import ROLE_ACTIONS
 
     gate = Gate(db, ROLE_ACTIONS, clock=clock, step_up=AlwaysVerified())
     assert gate.submit(ADMIN, "cli", "user.deactivate", {"user": ADMIN}).error_code == "self_grant"

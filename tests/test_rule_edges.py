@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
+from rbac_core.actions import ROLE_ACTIONS
 from rbac_core.clock import utcnow
 from rbac_core.permissions import PERMISSIONS
-from rbac_core.role_actions import ROLE_ACTIONS
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, role_names, run

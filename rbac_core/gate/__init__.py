@@ -17,7 +17,8 @@ writers queue on a lock (see db.py) instead of SQLite's sleeping busy handler.
 Read-only calls that overlap share that transaction (group_commit.py).
 
 The package: `contract` (what an action declares and returns, what a caller
-gets), `core` (the Gate and its stages), `confirmations` (pending actions),
+gets), `core` (the Gate's entry points), `stages` (the pipeline, one concern
+a method), `call` (one pass through it), `confirmations` (pending actions),
 `auditing` (the gate's audit entries, including those its transaction lost).
 """
 

@@ -75,3 +75,14 @@ class Call:
             late.outcome = stopped
             raise
         return Stopped(replace(stopped, audit_seq=seq))
+
+    def check_failed(self, target: str, decision: Decision | None = None) -> Stopped:
+        """A failure in the decision point or the rules denies (OWASP): never fall open."""
+        return self.stop(
+            "failed",
+            "The permission check failed, so the action was refused.",
+            target,
+            "error",
+            code="decision_error",
+            decision=decision,
+        )

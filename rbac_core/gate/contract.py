@@ -22,6 +22,7 @@ from ..clock import Clock
 from ..db import Txn
 from ..outbox import Notice
 from ..policy import Decision, Policy
+from ..relations import Resource
 
 Status = Literal[
     "done",
@@ -73,6 +74,9 @@ class Prepared:
     target: str
     summary: str
     sensitive: bool = False
+    resource: Resource | None = None
+    """What the action acts on, with the people related to it: the decision applies the
+    relation rules about it (relations.py), such as separation of duties."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class Action(ABC):
     """Writes nothing but its audit entry, so it runs without a savepoint."""
     secret_params: frozenset[str] = frozenset()
     """Params never written to the audit log or a pending action (codes, keys)."""
+    hands_out_snapshot: bool = False
+    """Once done, the surface may stream from one consistent snapshot of the database
+    (`Gate.snapshot_for`): verifying or exporting the whole audit log."""
 
     @abstractmethod
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:

@@ -1,40 +1,35 @@
-"""The gate itself: public entry points, and the pipeline as a chain of short stages.
-
-    prepare -> authorise -> rules -> step-up -> confirmation -> execute -> audit
-
-Each stage does one thing and either hands on or stops the call by raising
-`Stopped` with an audited Outcome; `_run` is the chain. (httpx's `send ->
-_send_handling_auth -> _send_handling_redirects -> _send_single_request` is
-the model: a long pipeline read as a list of one-concern methods.)
-"""
+"""The Gate: its entry points (submit, confirm, cancel, the reads it hands out), the
+transactions they run in, and confirmation's claim; the stages are in stages.py."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from .. import outbox, signals
+from sqlalchemy import Connection
+
+from .. import signals
 from ..clock import Clock, system_clock, utcnow
 from ..db import Database, Txn
 from ..directory import is_registered, resolve_scope
-from ..errors import InvalidInput, PermissionDenied, RbacError
 from ..group_commit import GroupCommit
 from ..policy import Decision, Policy, PolicyCache
-from ..policy_store import bump_policy_version, lock_policy
+from ..policy_store import lock_policy
 from ..principals import SURFACES, Surface
-from ..values import for_scope
 from .auditing import AuditLater, Auditor, audited_actor
-from .call import Call, Stopped
 from .confirmations import CONFIRMATION_TTL, Confirmations
-from .contract import Action, Context, NoStepUp, Outcome, Prepared, Result, Status, StepUp
+from .contract import Action, Context, NoStepUp, Outcome, StepUp
+from .stages import Stages
 
 log = logging.getLogger("rbac_core.gate")
+T = TypeVar("T")
 
 
-class Gate:
+class Gate(Stages):
     def __init__(
         self,
         db: Database,
@@ -111,6 +106,22 @@ class Gate:
     def policy(self) -> Policy:
         with self.db.transaction(write=False) as txn:
             return self.policies.refresh(txn)
+
+    def peek(self, look: Callable[[Connection], T]) -> T:
+        """A look the core defines (is anything due?) on one read-only snapshot, unaudited:
+        for scheduled work deciding whether to act at all, so idle periods write nothing."""
+        with self.db.snapshot() as conn:
+            return look(conn)
+
+    @contextmanager
+    def snapshot_for(self, allowed: Outcome) -> Iterator[Connection]:
+        """The consistent snapshot an authorised bulk read streams from (verify, export):
+        handed out only for the done outcome of an action that declares it."""
+        handler = self.actions.get(allowed.action)
+        if allowed.status != "done" or handler is None or not handler.hands_out_snapshot:
+            raise PermissionError(f"{allowed.action} ({allowed.status}) hands out no snapshot")
+        with self.db.snapshot() as conn:
+            yield conn
 
     # -- transactions ----------------------------------------------------------
 
@@ -193,177 +204,6 @@ class Gate:
             f"Cancelled: {pending.summary}",
             pending_id=pending.id,
             audit_seq=seq,
-        )
-
-    # -- the pipeline ------------------------------------------------------------
-
-    def _run(
-        self,
-        ctx: Context,
-        handler: Action,
-        params: Mapping[str, Any],
-        *,
-        confirmed: bool,
-        pending_id: str | None = None,
-    ) -> Outcome:
-        call = Call(ctx, handler, params, self._auditor, pending_id)
-        try:
-            prepared = self._prepare(call)
-            decision = self._authorise(call, prepared)
-            self._check_rules(call, prepared, decision)
-            self._check_step_up(call, prepared, decision)
-            if handler.risky and not confirmed:
-                return self._ask_to_confirm(call, prepared, decision)
-            result = self._execute(call, prepared, decision)
-        except Stopped as stopped:
-            return stopped.outcome
-        return self._audit_result(call, prepared, decision, result)
-
-    def _prepare(self, call: Call) -> Prepared:
-        try:
-            return call.handler.prepare(call.ctx, call.params)
-        except InvalidInput as exc:
-            raise call.stop("invalid", exc.message, "-", "invalid", code=exc.code) from None
-        except RbacError as exc:
-            raise call.stop("refused", exc.message, "-", "refused", code=exc.code) from None
-        except Exception:
-            # A bug or malformed value a surface let through: refuse, audit, never fall open.
-            log.exception("preparing %s failed", call.name)
-            raise call.stop(
-                "failed",
-                "That request could not be understood, so nothing was done.",
-                "-",
-                "error",
-                code="internal_error",
-            ) from None
-
-    def _authorise(self, call: Call, prepared: Prepared) -> Decision | None:
-        """The policy's decision on the permission the action named (None: it needs none)."""
-        if prepared.permission is None:
-            return None
-        try:
-            decision = call.ctx.policy.decide(call.ctx.actor, prepared.permission, prepared.scope)
-        except Exception:
-            # A failure in the decision point denies (OWASP): never fall open.
-            log.exception("decision point failed for %s", call.name)
-            raise call.stop(
-                "failed",
-                "The permission check failed, so the action was refused.",
-                prepared.target,
-                "error",
-                code="decision_error",
-            ) from None
-        if not decision.allowed:
-            raise call.stop(
-                "denied",
-                f"You are not allowed to {prepared.summary}: you need "
-                f"{prepared.permission}" + for_scope(prepared.scope) + ". " + decision.reason,
-                prepared.target,
-                "refused",
-                decision=decision,
-                code=PermissionDenied.code,
-            )
-        return decision
-
-    def _check_rules(self, call: Call, prepared: Prepared, decision: Decision | None) -> None:
-        try:
-            call.handler.check_rules(call.ctx, prepared)
-        except RbacError as exc:
-            raise call.stop(
-                "refused", exc.message, prepared.target, "refused", code=exc.code, decision=decision
-            ) from None
-        except Exception:
-            log.exception("checking the rules of %s failed", call.name)
-            raise call.stop(
-                "failed",
-                "The permission check failed, so the action was refused.",
-                prepared.target,
-                "error",
-                code="decision_error",
-                decision=decision,
-            ) from None
-
-    def _check_step_up(self, call: Call, prepared: Prepared, decision: Decision | None) -> None:
-        ctx = call.ctx
-        if prepared.sensitive and not self.step_up.satisfied(ctx.session, ctx.actor, ctx.now):
-            raise call.stop(
-                "needs_2fa",
-                f"To {prepared.summary} you must verify a 2FA code first "
-                "(sensitive actions need a code verified in the last 10 minutes).",
-                prepared.target,
-                "needs_2fa",
-                decision=decision,
-                code="needs_2fa",
-            )
-
-    def _ask_to_confirm(self, call: Call, prepared: Prepared, decision: Decision | None) -> Outcome:
-        pending = self._pending.create(call.ctx, call.handler, prepared)
-        seq = call.record("allow", prepared.target, "pending", decision, {"pending_id": pending.id})
-        return Outcome(
-            "needs_confirmation",
-            call.name,
-            f"Please confirm: {prepared.summary}",
-            data={"summary": prepared.summary, "expires_at": pending.expires_at.isoformat()},
-            decision=decision,
-            pending_id=pending.id,
-            audit_seq=seq,
-        )
-
-    def _execute(self, call: Call, prepared: Prepared, decision: Decision | None) -> Result:
-        """Run the action in a savepoint (none for a read-only one), with what must be
-        written with it: the policy version bump, and its notices in the outbox."""
-        ctx, handler = call.ctx, call.handler
-        savepoint = None if handler.read_only else ctx.session.begin_nested()
-        try:
-            result = handler.execute(ctx, prepared)
-            if handler.mutates_policy:
-                bump_policy_version(ctx.txn, result.policy_users)
-            if result.notices:
-                if handler.read_only:
-                    raise ValueError(f"{call.name} is read-only and cannot send notices")
-                outbox.enqueue(ctx.txn, result.notices, ctx.now)
-            if savepoint is not None:
-                ctx.session.flush()
-                savepoint.commit()
-            return result
-        except RbacError as exc:
-            if savepoint is not None:
-                savepoint.rollback()
-            raise call.stop(
-                "refused", exc.message, prepared.target, "failed", code=exc.code, decision=decision
-            ) from None
-        except Exception:
-            if savepoint is not None:
-                savepoint.rollback()
-            log.exception("action %s failed", call.name)
-            raise call.stop(
-                "failed",
-                f"Something went wrong while trying to {prepared.summary}; nothing was changed.",
-                prepared.target,
-                "error",
-                code="internal_error",
-                decision=decision,
-            ) from None
-
-    def _audit_result(
-        self, call: Call, prepared: Prepared, decision: Decision | None, result: Result
-    ) -> Outcome:
-        """The entry of an action that ran: done, or refused with its writes standing."""
-        status: Status = "done" if result.refusal is None else "refused"
-        if result.refusal is None:
-            seq = call.record("allow", prepared.target, "done", decision, result.details)
-        else:
-            extra = {**result.details, "error": result.refusal}
-            seq = call.record("deny", prepared.target, "refused", decision, extra)
-        return Outcome(
-            status,
-            call.name,
-            result.message,
-            data=result.data,
-            decision=decision,
-            error_code=result.refusal,
-            audit_seq=seq,
-            pending_id=call.pending_id,
         )
 
 

@@ -1,0 +1,187 @@
+"""The operator's actions on people and numbers: the first admin, registering a person
+or a WhatsApp number, deactivating a person."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from ..builtin_roles import ADMIN
+from ..directory import ensure_user, register_number, require_user
+from ..errors import (
+    AdminExists,
+    Conflict,
+    InvalidInput,
+    SelfGrant,
+)
+from ..gate import Action, Context, Prepared, Result
+from ..grants import active_admins, ensure_holds, ensure_not_last_admin
+from ..models import (
+    Grant,
+    Number,
+)
+from ..values import (
+    WILDCARD,
+    clean_text,
+    is_phone_number_id,
+    parse_e164,
+)
+from .granting import (
+    operator_only,
+    reason_param,
+    replace_expired,
+    user_param,
+)
+
+
+class BootstrapAdminAction(Action):
+    """The first admin: allowed only while no active admin exists."""
+
+    name = "system.bootstrap_admin"
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        operator_only(ctx, "make the first admin")
+        user = user_param(params)
+        return Prepared(
+            {"user": user}, None, WILDCARD, f"user:{user}", f"make {user} the first admin"
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        admins = active_admins(ctx.session, ctx.now)
+        if admins:
+            raise AdminExists(
+                f"wa-access already has an admin ({', '.join(sorted(admins))}); "
+                "ask them to assign roles with /wa-role assign"
+            )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = prepared.params["user"]
+        person = ensure_user(ctx.session, user, ctx.now)
+        person.active, person.deactivated_at = True, None
+        replace_expired(ctx, user, ADMIN, WILDCARD, "expired; replaced by bootstrap")
+        grant = Grant(
+            user_id=user,
+            role=ADMIN,
+            scope=WILDCARD,
+            granted_by="bootstrap",
+            reason="first admin, created by the operator",
+            granted_at=ctx.now,
+        )
+        ctx.session.add(grant)
+        ctx.session.flush()
+        return Result(
+            f"{user} is now an admin (grant #{grant.id}).",
+            data={"grant_id": grant.id, "user": user},
+            details={"grant_id": grant.id},
+            policy_users=frozenset({user}),
+        )
+
+
+class RegisterUserAction(Action):
+    """An operator adds a person by Slack id; this gives them no access by itself."""
+
+    name = "user.register"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        operator_only(ctx, "register users (Slack registers them automatically)")
+        user = user_param(params)
+        name = clean_text(params.get("name"), "name", 200)
+        return Prepared(
+            {"user": user, "name": name}, None, WILDCARD, f"user:{user}", f"register {user}"
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = ensure_user(
+            ctx.session, prepared.params["user"], ctx.now, prepared.params.get("name")
+        )
+        return Result(
+            f"{user.id} is known to wa-access (no roles until someone assigns one).",
+            data={"user": user.id},
+        )
+
+
+class RegisterNumberAction(Action):
+    """An operator declares a WhatsApp number and its Graph phone-number id.
+
+    Once known, grants can name the number by either form.
+    """
+
+    name = "number.register"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        operator_only(ctx, "register numbers")
+        e164 = parse_e164(str(params.get("number") or ""))
+        phone_number_id = clean_text(params.get("phone_number_id"), "phone-number id", 32)
+        if phone_number_id is not None and not is_phone_number_id(phone_number_id):
+            raise InvalidInput(f"'{phone_number_id}' is not a Graph phone-number id (digits only)")
+        label = clean_text(params.get("label"), "label", 200)
+        return Prepared(
+            {"number": e164, "phone_number_id": phone_number_id, "label": label},
+            None,
+            WILDCARD,
+            f"number:{e164}",
+            f"register {e164}",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        clash = ctx.session.scalar(
+            select(Number.e164).where(
+                Number.phone_number_id == p["phone_number_id"], Number.e164 != p["number"]
+            )
+        )
+        if p["phone_number_id"] and clash:
+            raise Conflict(f"phone-number id {p['phone_number_id']} belongs to {clash}")
+        register_number(ctx.session, p["number"], p["phone_number_id"], p["label"])
+        ident = f" (phone-number id {p['phone_number_id']})" if p["phone_number_id"] else ""
+        return Result(f"{p['number']}{ident} is registered.", data=dict(p))
+
+
+class DeactivateUserAction(Action):
+    """Someone left: their grants stop counting at once (the rows stay as history)."""
+
+    name = "user.deactivate"
+    risky = True
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        user = require_user(ctx.session, user_param(params))
+        if not user.active:
+            raise InvalidInput(f"{user.id} is already deactivated")
+        return Prepared(
+            {"user": user.id, "reason": reason_param(params)},
+            "roles:assign",
+            WILDCARD,
+            f"user:{user.id}",
+            f"deactivate {user.id} and suspend all their grants",
+        )
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        user = prepared.params["user"]
+        if user == ctx.actor:
+            raise SelfGrant("You cannot deactivate yourself: ask another admin.")
+        # Deactivating takes away every grant at once: allowed only to someone who
+        # could have revoked each of them (no escalation by the back door).
+        for grant in ctx.policy.live_grants(user):
+            ensure_holds(
+                ctx.policy,
+                ctx.actor,
+                ctx.policy.permissions_of_role(grant.role),
+                grant.scope,
+                f"deactivate {user}, who holds {grant.role}",
+            )
+        ensure_not_last_admin(ctx.session, user, ctx.now, "deactivating them")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = require_user(ctx.session, prepared.params["user"])
+        user.active = False
+        user.deactivated_at = ctx.now
+        ctx.session.flush()
+        return Result(
+            f"Deactivated {user.id}: none of their grants count any more.",
+            data={"user": user.id},
+            policy_users=frozenset({user.id}),
+        )

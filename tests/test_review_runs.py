@@ -1,0 +1,106 @@
+"""The access review's one sequence: every step a gate action, authorised and audited,
+and bad requests to each refused with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from handlers.review_runs import ReviewRefused, run_review
+from rbac_core import Database, Gate, ManualClock
+from rbac_core.access_review import Page
+
+from .conftest import ADMIN, ALICE, BOB
+from .helpers import audit_rows, run
+
+pytestmark = pytest.mark.usefixtures("team")
+
+
+@pytest.fixture
+def idle_alice(team: dict[str, str], gate: Gate, clock: ManualClock) -> None:
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    clock.advance(40 * 86_400)
+
+
+@pytest.mark.usefixtures("idle_alice")
+def test_a_posted_review_went_through_the_gate_at_every_step(gate: Gate, db: Database) -> None:
+    posted: list[Page] = []
+
+    def post(first: Page, csv_text: str | None) -> tuple[str, str]:
+        posted.append(first)
+        return "C0WAAUDIT", "1795000000.000100"
+
+    done = run_review(gate, "scheduler", "scheduler", period="2026-12-28T08:00Z", post=post)
+    assert done.posted_to == "C0WAAUDIT" and done.totals.findings >= 1
+    steps = [(e.action, e.outcome) for e in audit_rows(db) if e.actor == "scheduler"]
+    assert steps == [
+        ("audit.review", "done"),
+        ("review.build", "done"),
+        ("review.page", "done"),
+        ("review.mark", "done"),
+        ("review.mark", "done"),
+    ]
+    again = run_review(gate, "scheduler", "scheduler", period="2026-12-28T08:00Z", post=post)
+    assert again.already_posted and len(posted) == 1
+
+
+@pytest.mark.usefixtures("idle_alice")
+def test_a_person_needs_audit_run_to_build_or_mark_a_review(gate: Gate) -> None:
+    with pytest.raises(ReviewRefused) as refused:
+        run_review(gate, BOB, "slack")
+    assert refused.value.outcome.error_code == "permission_denied"
+    opened = gate.submit("operator", "cli", "audit.review", {})
+    review = opened.data["review_id"]
+    for action, params in [
+        ("review.build", {"review": review}),
+        ("review.mark", {"review": review, "status": "posting"}),
+    ]:
+        outcome = gate.submit(BOB, "slack", action, params)
+        assert outcome.status == "denied", action
+        assert "audit:run" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "reason"),
+    [
+        ("review.build", {"review": "x"}, "that names no access review"),
+        ("review.build", {"review": 2**40}, "that names no access review"),
+        ("review.build", {"review": 1, "deactivated": "U0ALICE01"}, "a list of user ids"),
+        ("review.build", {"review": 1, "deactivated": ["not a user"]}, "user"),
+        ("review.mark", {"review": 1, "status": "lost"}, "posting or posted"),
+        ("review.mark", {"review": 1, "status": "posted"}, "channel and ts"),
+        (
+            "review.mark",
+            {"review": 1, "status": "posted", "channel": "C0WAAUDIT", "ts": "<!here>"},
+            "channel and ts",
+        ),
+        ("review.export", {"review": -1}, "that names no access review"),
+    ],
+)
+def test_bad_review_requests_are_refused_with_a_reason(
+    gate: Gate, db: Database, action: str, params: dict[str, object], reason: str
+) -> None:
+    gate.submit("operator", "cli", "audit.review", {})
+    outcome = gate.submit("operator", "cli", action, params)
+    assert outcome.status == "invalid", outcome
+    assert reason in outcome.message
+    assert audit_rows(db)[-1].outcome == "invalid"
+
+
+def test_a_review_that_does_not_exist_is_named(gate: Gate) -> None:
+    outcome = gate.submit("operator", "cli", "review.build", {"review": 999})
+    assert (outcome.status, outcome.message) == (
+        "refused",
+        "There is no access review #999.",
+    )
+
+
+def test_a_snapshot_is_handed_out_only_for_an_allowed_bulk_read(gate: Gate) -> None:
+    verified = gate.submit(ADMIN, "cli", "audit.verify", {})
+    assert verified.status == "done"
+    with gate.snapshot_for(verified) as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM audit_log").scalar()
+    denied = gate.submit(BOB, "cli", "audit.verify", {})
+    shown = gate.submit(ADMIN, "cli", "role.show", {})
+    for outcome in (denied, shown):
+        with pytest.raises(PermissionError), gate.snapshot_for(outcome):
+            pass
