@@ -218,7 +218,7 @@ def cmd_audit_export(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
     """The access review now: printed here, or with --post sent to the audit channel."""
-    from handlers.review_runs import ReviewRefused, run_review
+    from handlers.review_runs import ReviewRefused, export_csv, run_review
     from handlers.scheduled_jobs import slack_deactivated
     from handlers.slack_review import slack_poster
 
@@ -248,7 +248,7 @@ def cmd_audit_run(args: argparse.Namespace, out: TextIO) -> int:
     exported = gate.submit(OPERATOR, Surface.CLI, "review.export", {"review": run.review_id})
     if exported.status != "done":
         raise CliError(exported.message, exported.exit_code)
-    csv_text = str(exported.data["csv"])
+    csv_text = export_csv(gate, exported)
     if args.csv:
         _write_atomically(Path(args.csv), csv_text)
         print(f"all findings written to {args.csv}", file=out)

@@ -16,12 +16,13 @@ that may already be out keep working; at worst it is posted a second time.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from rbac_core import Gate, Outcome
-from rbac_core.access_review import DEFAULT_DAYS, Page, Totals
+from rbac_core.access_review import DEFAULT_DAYS, Page, Totals, write_csv
 
 Checkpoint = Callable[[], None]
 """Renews a scheduled run's claim between steps; raises if the run must stop."""
@@ -86,6 +87,15 @@ def run_review(
     )
 
 
+def export_csv(gate: Gate, allowed: Outcome) -> str:
+    """Every finding as CSV, streamed from the snapshot the gate hands out for `allowed`
+    (a done `review.export`): no write lock is held while it is read."""
+    buffer = io.StringIO()
+    with gate.snapshot_for(allowed) as conn:
+        write_csv(conn, int(allowed.data["review"]), buffer)
+    return buffer.getvalue()
+
+
 def complete_review(
     gate: Gate,
     actor: str,
@@ -109,14 +119,17 @@ def complete_review(
     if status == "building":
         gone = sorted(deactivated()) if deactivated is not None else []
         checkpoint()
-        step("review.build", review=review_id, deactivated=gone)
-    first: Page = step("review.page", review=review_id, page=0).data["page"]
+        first: Page = step("review.build", review=review_id, deactivated=gone).data["page"]
+    else:  # built by a run that died later: read back, never rebuilt
+        first = step("review.page", review=review_id, page=0).data["page"]
     totals = first.review.totals
     if status == "posted":
         return ReviewRun(review_id, totals, first, already_posted=True)
     if post is None:
         return ReviewRun(review_id, totals, first)
-    csv_text = str(step("review.export", review=review_id).data["csv"]) if first.pages > 1 else None
+    csv_text = None
+    if first.pages > 1:  # one page is all in the message; more go whole in a file
+        csv_text = export_csv(gate, step("review.export", review=review_id))
     checkpoint()
     step("review.mark", review=review_id, status="posting")
     channel, ts = post(first, csv_text)

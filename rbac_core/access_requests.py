@@ -24,11 +24,12 @@ from .actions.granting import (
     sensitive_role,
 )
 from .directory import require_user, resolve_scope
-from .errors import Conflict, InvalidInput, NotFound, PendingActionError, TwoFactorRequired
+from .errors import Conflict, InvalidInput, PendingActionError, TwoFactorRequired
 from .gate import Action, Context, Prepared, Result
 from .models import AccessRequest
 from .outbox import AUDIT_CHANNEL, Notice, person
 from .relations import Resource
+from .request_lookup import find_request
 from .values import clean_text, format_duration, format_moment, parse_duration, scope_text
 
 APPROVAL_TTL = timedelta(hours=24)
@@ -122,11 +123,7 @@ def _ensure_no_open_request(ctx: Context, role: str, scope: str) -> None:
 
 def _pending_request(ctx: Context, request_id: str) -> AccessRequest:
     """The request, locked: its decision reads, then writes, its status."""
-    request = ctx.session.get(
-        AccessRequest, request_id, with_for_update=True, populate_existing=True
-    )
-    if request is None:
-        raise NotFound("That access request does not exist.")
+    request = find_request(ctx.session, request_id, lock=True)
     if request.status != "pending":
         who = f" by {request.decided_by}" if request.decided_by else ""
         raise PendingActionError(f"This request was already {request.status}{who}.")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, cast
 
-from sqlalchemy import String, Table, bindparam, delete, or_, select, text
+from sqlalchemy import Connection, String, Table, bindparam, delete, or_, select, text
 from sqlalchemy.orm import Session
 
 from .db import Txn
@@ -387,6 +387,13 @@ def iter_findings(session: Session, review_id: int) -> Iterator[Finding]:
     )
     for row in session.scalars(query):
         yield Finding.of(row)
+
+
+def write_csv(conn: Connection, review_id: int, out: IO[str]) -> int:
+    """The whole review as CSV, streamed from `conn` (the snapshot `Gate.snapshot_for`
+    hands out after `review.export`); returns the number of findings written."""
+    with Session(bind=conn) as session:
+        return write_csv_in(session, review_id, out)
 
 
 def write_csv_in(session: Session, review_id: int, out: IO[str]) -> int:

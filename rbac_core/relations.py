@@ -67,6 +67,15 @@ RULES: tuple[RelationRule, ...] = (
         "nobody gives themselves a role ({resource})",
     ),
     RelationRule(
+        "access_review",
+        "audit:run",
+        "requester",
+        "be",
+        "not_your_review",
+        "Only whoever asked for this access review (or the scheduler) can build it.",
+        "only the requester of {resource} builds it",
+    ),
+    RelationRule(
         "finding",
         "roles:assign",
         "holder",

@@ -1,43 +1,50 @@
 """Gate actions that carry an access review from opened to posted.
 
 The review's one sequence (handlers/review_runs.py) is: `audit.review` opens
-it, `review.build` computes its findings, `review.export` hands out its CSV,
+it, `review.build` computes its findings, `review.export` authorises reading
+all of them (streamed by the surface from the snapshot the gate hands out),
 and `review.mark` records that it is being posted, then where it was posted.
-Each is authorised and audited like any action; the scheduler and the
-operator run them as the system, a person needs `audit:run` (`audit:view` to
-read). Nothing about a review is written outside the gate.
+Each is authorised and audited like any action. The scheduler and the
+operator run them as the system; a person may build only a review they asked
+for (a relation rule, relations.py) and never marks one: posting is the
+system's.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Mapping
 from typing import Any, cast
 
 from sqlalchemy import Table, update
 
-from .access_review import build_in, write_csv_in
-from .errors import InvalidInput, NotFound
+from .access_review import build_in, read_page
+from .errors import Conflict, InvalidInput, NotFound
 from .gate import Action, Context, Prepared, Result
 from .models import AccessReview
-from .sweeps import is_system
-from .values import INT_MAX, WILDCARD, parse_user_id, parse_whole_number
+from .relations import Resource
+from .sweeps import is_system, system_only
+from .values import INT_MAX, WILDCARD, parse_whole_number
 
 MAX_DEACTIVATED = 1_000_000
 _CHANNEL = re.compile(r"[CGD][A-Z0-9]{2,20}")
 _TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
+_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
+_REVIEWS = cast(Table, AccessReview.__table__)
 
 
-def _review_id(params: Mapping[str, Any]) -> int:
-    return parse_whole_number(
+def _review(ctx: Context, params: Mapping[str, Any]) -> AccessReview:
+    review_id = parse_whole_number(
         params.get("review"), "that names no access review", low=1, high=INT_MAX
     )
+    review = ctx.session.get(AccessReview, review_id)
+    if review is None:
+        raise NotFound(f"There is no access review #{review_id}.")
+    return review
 
 
-def _permission(ctx: Context, permission: str) -> str | None:
-    """The system runs its own reviews; a person needs `permission`."""
-    return None if is_system(ctx) else permission
+def _as_resource(review: AccessReview) -> Resource:
+    return Resource("access_review", f"#{review.id}", {"requester": review.requested_by})
 
 
 class BuildReviewAction(Action):
@@ -47,65 +54,67 @@ class BuildReviewAction(Action):
     name = "review.build"
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        review_id = _review_id(params)
+        review = _review(ctx, params)
         given = params.get("deactivated") or []
         if not isinstance(given, list | tuple | set | frozenset) or len(given) > MAX_DEACTIVATED:
-            raise InvalidInput("deactivated must be a list of user ids")
-        gone = sorted({parse_user_id(str(user)) for user in given})
+            raise InvalidInput("deactivated must be a list of at most 1,000,000 user ids")
+        gone = sorted({str(user) for user in given})
+        if not all(_SLACK_USER.fullmatch(user) for user in gone):
+            raise InvalidInput("deactivated must be a list of Slack user ids")
         return Prepared(
-            {"review": review_id, "deactivated": gone},
-            _permission(ctx, "audit:run"),
+            {"review": review.id, "deactivated": gone},
+            None if is_system(ctx) else "audit:run",
             WILDCARD,
-            f"review:{review_id}",
-            f"build access review #{review_id}",
+            f"review:{review.id}",
+            f"build access review #{review.id}",
+            resource=_as_resource(review),
         )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params
-        try:
-            totals = build_in(
-                ctx.txn, p["review"], now=ctx.now, deactivated_in_slack=p["deactivated"]
-            )
-        except LookupError:
-            raise NotFound(f"There is no access review #{p['review']}.") from None
+        totals = build_in(ctx.txn, p["review"], now=ctx.now, deactivated_in_slack=p["deactivated"])
         return Result(
             f"Access review #{p['review']}: {totals.findings} findings for {totals.users} people.",
-            data={"totals": totals},
+            # Its first page: whoever may build a review may see what they built.
+            data={"totals": totals, "page": read_page(ctx.session, p["review"], 0)},
             details={"findings": totals.findings, "deactivated": len(p["deactivated"])},
         )
 
 
 class ExportReviewAction(Action):
-    """Every finding of a review as CSV: the file posted with its report, or saved."""
+    """Authorises reading every finding of a review, which the surface then streams from
+    the snapshot the gate hands out (the file posted with the report, or saved)."""
 
     name = "review.export"
     read_only = True
+    hands_out_snapshot = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        review_id = _review_id(params)
+        review = _review(ctx, params)
         return Prepared(
-            {"review": review_id},
-            _permission(ctx, "audit:view"),
+            {"review": review.id},
+            None if is_system(ctx) else "audit:view",
             WILDCARD,
-            f"review:{review_id}",
-            f"export access review #{review_id}",
+            f"review:{review.id}",
+            f"export access review #{review.id}",
         )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
-        out = io.StringIO()
-        count = write_csv_in(ctx.session, prepared.params["review"], out)
-        return Result(f"{count} findings.", data={"csv": out.getvalue(), "count": count})
+        review = prepared.params["review"]
+        return Result(f"Export of access review #{review}.", data={"review": review})
 
 
 class MarkReviewAction(Action):
-    """Record that a review is being posted (from then on never rebuilt), or where it was."""
+    """Record that a review is being posted (from then on never rebuilt), or where it
+    was. The system's alone: the channel and message it records are the report's."""
 
     name = "review.mark"
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        review_id = _review_id(params)
+        system_only(ctx, "mark an access review posted")
+        review = _review(ctx, params)
         status = params.get("status")
-        kept: dict[str, Any] = {"review": review_id, "status": status}
+        kept: dict[str, Any] = {"review": review.id, "status": status}
         if status == "posted":
             channel, ts = str(params.get("channel") or ""), str(params.get("ts") or "")
             if not (_CHANNEL.fullmatch(channel) and _TS.fullmatch(ts)):
@@ -115,28 +124,29 @@ class MarkReviewAction(Action):
             raise InvalidInput("a review is marked posting or posted")
         return Prepared(
             kept,
-            _permission(ctx, "audit:run"),
+            None,
             WILDCARD,
-            f"review:{review_id}",
-            f"mark access review #{review_id} {status}",
+            f"review:{review.id}",
+            f"mark access review #{review.id} {status}",
         )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params
-        reviews = cast(Table, AccessReview.__table__)
-        if p["status"] == "posting":
-            statement = (
-                update(reviews)
-                .where(reviews.c.id == p["review"], reviews.c.status == "ready")
-                .values(status="posting")
+        # Posting follows building (or a post that died half way); posted follows posting.
+        after = ("ready", "posting") if p["status"] == "posting" else ("posting",)
+        values: dict[str, Any] = {"status": p["status"]}
+        if p["status"] == "posted":
+            values.update(channel=p["channel"], message_ts=p["ts"])
+        moved = ctx.session.execute(
+            update(_REVIEWS)
+            .where(_REVIEWS.c.id == p["review"], _REVIEWS.c.status.in_(after))
+            .values(**values)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict(
+                f"Access review #{p['review']} is not {' or '.join(after)}, so it cannot "
+                f"be marked {p['status']}."
             )
-        else:
-            statement = (
-                update(reviews)
-                .where(reviews.c.id == p["review"])
-                .values(status="posted", channel=p["channel"], message_ts=p["ts"])
-            )
-        ctx.session.execute(statement)
         return Result(f"Access review #{p['review']} is {p['status']}.")
 
 

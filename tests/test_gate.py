@@ -277,3 +277,19 @@ def test_an_action_cannot_be_both_read_only_and_risky(db: Database) -> None:
 
     with pytest.raises(ValueError, match="read-only"):
         Gate(db, {"sneaky": Sneaky()})
+
+
+def test_a_surface_given_as_the_enum_is_audited_as_its_plain_value(
+    gate: Gate, db: Database
+) -> None:
+    """Surfaces may pass the enum; the log and the chain's hash hold its plain text."""
+    from rbac_core import audit
+    from rbac_core.principals import Surface
+
+    outcome = gate.submit("operator", Surface.CLI, "user.list", {})
+    assert outcome.status == "done"
+    assert audit_rows(db)[-1].surface == "cli"
+    with db.snapshot() as conn:
+        assert audit.verify(conn).ok
+    with pytest.raises(ValueError, match="unknown surface"):
+        gate.submit("operator", "carrier-pigeon", "user.list", {})

@@ -17,18 +17,17 @@ from ..builtin_roles import ADMIN
 from ..db import Sql, utc
 from ..directory import require_user, resolve_scope
 from ..errors import (
-    NotFound,
     UnknownGrant,
 )
 from ..gate import Action, Context, Prepared, Result
 from ..grants import ensure_holds, ensure_not_last_admin, live_grant
 from ..models import (
-    AccessRequest,
     Grant,
     Role,
 )
 from ..permissions import check_permission
 from ..relations import Resource
+from ..request_lookup import find_request
 from ..values import (
     WILDCARD,
     for_scope,
@@ -274,7 +273,10 @@ class WhyAction(Action):
             require_user(ctx.session, user)
         kept: dict[str, Any] = {"user": user, "permission": permission, "number": scope}
         if params.get("request"):
-            kept["request"] = str(params["request"])[:64]
+            # Asked about a request: the answer is about the number it is for.
+            request = find_request(ctx.session, str(params["request"]))
+            kept.update(request=request.id, number=request.scope)
+            scope = request.scope
         return Prepared(
             kept,
             # Unlike `show` on oneself, rule 1 does not exempt `why`: it needs roles:view,
@@ -316,7 +318,5 @@ def _resource_named(ctx: Context, request_id: str | None) -> Resource | None:
     """The access request `why` was asked about, with its requester (relations.py)."""
     if not request_id:
         return None
-    request = ctx.session.get(AccessRequest, request_id)
-    if request is None:
-        raise NotFound(f"There is no access request {request_id}.")
+    request = find_request(ctx.session, request_id)
     return Resource("access_request", request.id, {"requester": request.requester})

@@ -29,6 +29,9 @@ from .contract import Outcome
 log = logging.getLogger("rbac_core.gate")
 
 REDACTED = "[redacted]"
+AUDITED_ITEMS = 50
+"""Items of a list param kept in an audit entry; the rest are counted (a review's list
+of people deactivated in Slack can run to thousands)."""
 _ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,63}")
 
 
@@ -122,7 +125,10 @@ def _auditable(value: Any) -> Any:
     if isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, list | tuple):
-        return [_auditable(v) for v in value]
+        kept = [_auditable(v) for v in value[:AUDITED_ITEMS]]
+        if len(value) > AUDITED_ITEMS:
+            kept.append(f"... and {len(value) - AUDITED_ITEMS} more")
+        return kept
     if isinstance(value, Mapping):
         return {str(k): _auditable(v) for k, v in value.items()}
     return repr(value)[:200]

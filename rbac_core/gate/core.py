@@ -19,7 +19,7 @@ from ..directory import is_registered, resolve_scope
 from ..group_commit import GroupCommit
 from ..policy import Decision, Policy, PolicyCache
 from ..policy_store import lock_policy
-from ..principals import SURFACES, Surface
+from ..principals import Surface
 from .auditing import AuditLater, Auditor, audited_actor
 from .confirmations import CONFIRMATION_TTL, Confirmations
 from .contract import Action, Context, NoStepUp, Outcome, StepUp
@@ -207,9 +207,14 @@ class Gate(Stages):
         )
 
 
+_PLAIN = {str(surface.value): str(surface.value) for surface in Surface}
+
+
 def _surface(surface: str) -> str:
-    """The surface as stored and hashed: a plain string (a database driver may write an
-    enum member by its name), or ValueError for a caller's programming error."""
-    if surface not in SURFACES:
+    """The surface as stored and hashed: a plain string, so nothing downstream (drivers,
+    the chain's hash, JSON) ever sees an enum member; ValueError for a caller's
+    programming error. One dict probe: this runs on every request."""
+    plain = _PLAIN.get(surface)
+    if plain is None:
         raise ValueError(f"unknown surface {surface!r}")
-    return str(Surface(surface))
+    return plain
