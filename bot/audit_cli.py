@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from handlers.audit_checkpoints import CheckpointFailed, publish, take_checkpoint
 from rbac_core import audit
-from rbac_core.audit_checkpoint import (
+from rbac_core.audit.checkpoints import (
     TAG,
     Checkpoint,
     CheckpointRefused,
@@ -24,7 +24,7 @@ from rbac_core.audit_checkpoint import (
     newest_in_file,
     parse,
 )
-from rbac_core.audit_keys import MalformedPublicKey, PublicKey, Signer
+from rbac_core.audit.keys import MalformedPublicKey, PublicKey, Signer
 from rbac_core.principals import OPERATOR, Surface
 
 from .cli import CliError, _runtime, _settings

@@ -24,6 +24,7 @@ from handlers.role_command import Reply
 from rbac_core import access_review, audit, migrate
 from rbac_core.directory import users_named
 from rbac_core.principals import OPERATOR, Surface
+from rbac_core.review_reading import Page
 from rbac_core.values import parse_user_id
 
 from .config import ConfigError, Settings, load_settings
@@ -185,7 +186,7 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
 def _show_audit_extras(reply: Reply, out: TextIO) -> None:
     """What Slack shows as blocks or a file, the console prints or points to."""
     shown = reply.data.get("page")
-    if isinstance(shown, access_review.Page):
+    if isinstance(shown, Page):
         for f in shown.findings:
             print(f"  {f.position:>4}. {f.kind:<11} {f.user} {f.role} in {f.scope}", file=out)
         if shown.pages > 1:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rbac_core import Gate
-from rbac_core.audit_checkpoint import ACTION, Checkpoint, has_new_entries
+from rbac_core.audit.checkpoints import ACTION, Checkpoint, has_new_entries
 from rbac_core.principals import SCHEDULER, Surface
 
 if TYPE_CHECKING:  # only for annotations: `wa-access` need not load slack_sdk to start

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rbac_core import Gate, Outcome
-from rbac_core.access_review import DEFAULT_DAYS, Page, Totals, write_csv
+from rbac_core.access_review import DEFAULT_DAYS, Totals
+from rbac_core.review_reading import Page, write_csv
 
 Checkpoint = Callable[[], None]
 """Renews a scheduled run's claim between steps; raises if the run must stop."""

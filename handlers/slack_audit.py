@@ -18,8 +18,8 @@ from slack_sdk import WebClient
 
 from rbac_core import Gate, Outcome
 from rbac_core import audit as audit_log
-from rbac_core.access_review import Page
 from rbac_core.clock import utcnow
+from rbac_core.review_reading import Page
 
 from .audit_command import AuditCommand
 from .grammar import UsageError, parse

@@ -17,8 +17,9 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from rbac_core import Gate, Outcome
-from rbac_core.access_review import KIND_TITLES, KINDS, Finding, Page
+from rbac_core.access_review import KIND_TITLES, KINDS
 from rbac_core.clock import Clock, utcnow
+from rbac_core.review_reading import Finding, Page
 
 from .review_runs import Post
 from .slack_blocks import clicked_value, escape

@@ -6,9 +6,9 @@ to it through `Gate`.
 
 from .access_requests import ACCESS_ACTIONS
 from .actions import ROLE_ACTIONS
+from .audit.checkpoints import checkpoint_actions
+from .audit.keys import Signer, chain_key
 from .audit_actions import AUDIT_ACTIONS
-from .audit_checkpoint import checkpoint_actions
-from .audit_keys import Signer, chain_key
 from .clock import Clock, ManualClock, system_clock
 from .db import Database
 from .directory_actions import DIRECTORY_ACTIONS

@@ -28,7 +28,7 @@ from .errors import Conflict, InvalidInput, PendingActionError, TwoFactorRequire
 from .gate import Action, Context, Prepared, Result
 from .models import AccessRequest
 from .outbox import AUDIT_CHANNEL, Notice, person
-from .relations import Resource
+from .policy.relations import Resource
 from .request_lookup import find_request
 from .values import clean_text, format_duration, format_moment, parse_duration, scope_text
 

@@ -17,8 +17,8 @@ from .actions.granting import operator_only
 from .directory import ensure_user, require_user, resolve_scope
 from .errors import Conflict, Forbidden, InvalidInput, NotFound
 from .gate import Action, Context, Prepared, Result
-from .grants import ensure_not_last_admin
 from .models import Grant, Number, User
+from .policy.grant_rules import ensure_not_last_admin
 from .values import WILDCARD, format_moment, parse_user_id
 
 LIST_MAX = 10_000

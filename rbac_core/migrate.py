@@ -16,7 +16,7 @@ from .builtin_roles import BUILTIN_ROLES
 from .clock import utcnow
 from .db import Database, txn_of
 from .models import Role, RoleParent, RolePermission
-from .policy_store import bump_policy_version
+from .policy.versions import bump_policy_version
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x7761_6163  # "waac": an arbitrary, fixed advisory-lock key

@@ -18,22 +18,15 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from .access_review import (
-    DEFAULT_DAYS,
-    KEEP_FOR,
-    MAX_DAYS,
-    Review,
-    last_active,
-    page_of,
-    read_page,
-)
+from .access_review import DEFAULT_DAYS, KEEP_FOR, MAX_DAYS, last_active
 from .actions.granting import check_grantable, sensitive_role
 from .builtin_roles import ADMIN
 from .errors import Conflict, InvalidInput, NotFound
 from .gate import Action, Context, Prepared, Result
-from .grants import ensure_holds, ensure_not_last_admin
 from .models import AccessReview, Grant, ReviewFinding, ReviewKeep, SecondFactor
-from .relations import Resource
+from .policy.grant_rules import ensure_holds, ensure_not_last_admin
+from .policy.relations import Resource
+from .review_reading import Review, page_of, read_page
 from .sweeps import is_system
 from .values import (
     INT_MAX,

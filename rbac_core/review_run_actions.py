@@ -18,11 +18,12 @@ from typing import Any, cast
 
 from sqlalchemy import Table, update
 
-from .access_review import build_in, read_page
+from .access_review import build_in
 from .errors import Conflict, InvalidInput, NotFound
 from .gate import Action, Context, Prepared, Result
 from .models import AccessReview
-from .relations import Resource
+from .policy.relations import Resource
+from .review_reading import read_page
 from .sweeps import is_system, system_only
 from .values import INT_MAX, WILDCARD, parse_whole_number
 

@@ -752,7 +752,7 @@ def test_extending_a_sensitive_grant_asks_the_clicker_for_a_2fa_code_first(
     import pyotp
 
     from rbac_core.db import txn_of
-    from rbac_core.policy_store import bump_policy_version
+    from rbac_core.policy.versions import bump_policy_version
 
     from .helpers import give_2fa
     from .slack_requests import slash_command, view_submission

@@ -165,7 +165,7 @@ def test_verify_sees_one_snapshot_while_writers_carry_on(log_of_ten: Database, g
 
 
 def test_the_hashed_payload_is_the_fields_joined_by_unit_separators() -> None:
-    from rbac_core.audit import _payload
+    from rbac_core.audit.chain import _payload
 
     payload = _payload(
         7,

@@ -34,8 +34,8 @@ from handlers.audit_checkpoints import (
 )
 from rbac_core import Database, Gate, ManualClock, build_gate
 from rbac_core.audit import GENESIS_HASH, ChainKeyMissing, entry_hash, verify
-from rbac_core.audit_checkpoint import Checkpoint, check, parse, sign
-from rbac_core.audit_keys import PublicKey, Signer, chain_key, keyed_hasher
+from rbac_core.audit.checkpoints import Checkpoint, check, parse, sign
+from rbac_core.audit.keys import PublicKey, Signer, chain_key, keyed_hasher
 from rbac_core.clock import utcnow
 
 from .conftest import ADMIN, Cli

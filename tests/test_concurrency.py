@@ -7,13 +7,14 @@ from collections.abc import Callable
 
 import pytest
 
-from rbac_core import Database, ManualClock, Outcome, build_gate, relations
+from rbac_core import Database, ManualClock, Outcome, build_gate
 from rbac_core.clock import utcnow
 from rbac_core.db import txn_of
-from rbac_core.grants import active_admins
 from rbac_core.models import Grant
-from rbac_core.policy_store import bump_policy_version
-from rbac_core.relations import Resource
+from rbac_core.policy import relations
+from rbac_core.policy.grant_rules import active_admins
+from rbac_core.policy.relations import Resource
+from rbac_core.policy.versions import bump_policy_version
 
 from .conftest import ADMIN, ALICE
 from .helpers import live_grants

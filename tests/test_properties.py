@@ -40,12 +40,12 @@ from rbac_core.db import txn_of
 from rbac_core.directory import ensure_user, register_number
 from rbac_core.errors import UnknownPermission
 from rbac_core.gate import CONFIRMATION_TTL
-from rbac_core.grants import active_admins
 from rbac_core.migrate import sync_builtin_roles
 from rbac_core.models import Grant, Role, RoleParent, RolePermission
 from rbac_core.permissions import PERMISSIONS
 from rbac_core.policy import FOREVER, Decision, GrantSpec, Policy, RoleSpec
-from rbac_core.policy_store import bump_policy_version
+from rbac_core.policy.grant_rules import active_admins
+from rbac_core.policy.versions import bump_policy_version
 from rbac_core.values import WILDCARD
 
 from .conftest import ADMIN, ALICE, BOB, CAROL, START, TABLES

@@ -20,13 +20,13 @@ from ..errors import (
     UnknownGrant,
 )
 from ..gate import Action, Context, Prepared, Result
-from ..grants import ensure_holds, ensure_not_last_admin, live_grant
 from ..models import (
     Grant,
     Role,
 )
 from ..permissions import check_permission
-from ..relations import Resource
+from ..policy.grant_rules import ensure_holds, ensure_not_last_admin, live_grant
+from ..policy.relations import Resource
 from ..request_lookup import find_request
 from ..values import (
     WILDCARD,

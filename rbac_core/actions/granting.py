@@ -19,7 +19,6 @@ from ..errors import (
     UnknownRole,
 )
 from ..gate import Context, Result
-from ..grants import ensure_holds, live_grant
 from ..models import (
     Grant,
     Role,
@@ -28,6 +27,7 @@ from ..models import (
 from ..outbox import AUDIT_CHANNEL, Notice
 from ..permissions import SENSITIVE_PERMISSIONS
 from ..policy import Policy
+from ..policy.grant_rules import ensure_holds, live_grant
 from ..principals import is_operator
 from ..values import (
     clean_text,

@@ -17,11 +17,11 @@ from ..errors import (
     SelfGrant,
 )
 from ..gate import Action, Context, Prepared, Result
-from ..grants import active_admins, ensure_holds, ensure_not_last_admin
 from ..models import (
     Grant,
     Number,
 )
+from ..policy.grant_rules import active_admins, ensure_holds, ensure_not_last_admin
 from ..values import (
     WILDCARD,
     clean_text,

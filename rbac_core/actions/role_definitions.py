@@ -17,7 +17,6 @@ from ..errors import (
     SelfGrant,
 )
 from ..gate import Action, Context, Prepared, Result
-from ..grants import ensure_holds
 from ..models import (
     Grant,
     Role,
@@ -25,6 +24,7 @@ from ..models import (
     RolePermission,
 )
 from ..permissions import SENSITIVE_PERMISSIONS, check_permissions
+from ..policy.grant_rules import ensure_holds
 from ..values import (
     WILDCARD,
     clean_text,

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from ..clock import Clock, utcnow
 from ..db import Txn
 from ..models import PendingAction
-from ..policy_store import lock_policy
+from ..policy.versions import lock_policy
 from .auditing import Auditor, jsonable
 from .contract import Action, Context, Outcome, Prepared
 

@@ -22,7 +22,7 @@ from ..clock import Clock
 from ..db import Txn
 from ..outbox import Notice
 from ..policy import Decision, Policy
-from ..relations import Resource
+from ..policy.relations import Resource
 
 Status = Literal[
     "done",

@@ -18,7 +18,7 @@ from ..db import Database, Txn
 from ..directory import is_registered, resolve_scope
 from ..group_commit import GroupCommit
 from ..policy import Decision, Policy, PolicyCache
-from ..policy_store import lock_policy
+from ..policy.versions import lock_policy
 from ..principals import Surface
 from .auditing import AuditLater, Auditor, audited_actor
 from .confirmations import CONFIRMATION_TTL, Confirmations

@@ -17,7 +17,7 @@ from typing import Any
 from .. import outbox
 from ..errors import InvalidInput, PermissionDenied, RbacError
 from ..policy import Decision
-from ..policy_store import bump_policy_version
+from ..policy.versions import bump_policy_version
 from ..values import for_scope
 from .auditing import Auditor
 from .call import Call, Stopped

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .errors import RbacError
+from ..errors import RbacError
 
 CHAIN_LABEL = b"wa-access audit chain v1"
 SIGNING_LABEL = b"wa-access audit checkpoint signing v1"

@@ -33,13 +33,13 @@ from typing import Any, cast
 from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection
 
-from . import audit
-from .audit_keys import NO_SIGNING_KEY, KeyUnavailable, PublicKey, Signer
-from .db import Sql
-from .gate import Action, Context, Prepared, Result
-from .models import AuditEntry, AuditHead
-from .sweeps import system_only
-from .values import BIGINT_MAX, WILDCARD
+from .. import audit
+from ..db import Sql
+from ..gate import Action, Context, Prepared, Result
+from ..models import AuditEntry, AuditHead
+from ..sweeps import system_only
+from ..values import BIGINT_MAX, WILDCARD
+from .keys import NO_SIGNING_KEY, KeyUnavailable, PublicKey, Signer
 
 TAG = "wa-access-checkpoint"
 VERSION = "v1"

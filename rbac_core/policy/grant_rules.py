@@ -7,11 +7,11 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from .builtin_roles import ADMIN
-from .errors import LastAdmin, PrivilegeEscalation
-from .models import Grant, User
-from .policy import Policy
-from .values import WILDCARD
+from ..builtin_roles import ADMIN
+from ..errors import LastAdmin, PrivilegeEscalation
+from ..models import Grant, User
+from ..values import WILDCARD
+from .snapshot import Policy
 
 
 def live_grant(session: Session, user: str, role: str, scope: str) -> Grant | None:

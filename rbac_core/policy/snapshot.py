@@ -9,25 +9,16 @@ a write, so every memoised allow carries the instant it stops being true.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from . import relations, signals
-from .clock import Clock, system_clock
-from .db import Txn
-from .errors import UnknownPermission
-from .models import Grant, Role, RoleParent, RolePermission, User
-from .permissions import PERMISSIONS, check_permission
-from .policy_store import changed_users, read_policy_version
+from ..clock import Clock, system_clock
+from ..errors import UnknownPermission
+from ..permissions import PERMISSIONS, check_permission
+from ..values import WILDCARD, format_moment, scope_text
+from . import relations
 from .relations import Resource
-from .values import WILDCARD, format_moment, scope_text
-
-log = logging.getLogger(__name__)
 
 FOREVER = float("inf")
 _CACHE_LIMIT = 250_000
@@ -315,117 +306,3 @@ class Policy:
     def missing_permissions(self, user: str, wanted: Iterable[str], scope: str) -> set[str]:
         """Which of `wanted` the user does not hold in `scope` (for escalation checks)."""
         return {p for p in wanted if not self.decide(user, p, scope).allowed}
-
-
-def load_roles(session: Session) -> list[RoleSpec]:
-    """Every role with its permissions and parents: the part of a snapshot that is small."""
-    perms: dict[str, set[str]] = {}
-    for role_name, perm in session.execute(select(RolePermission.role, RolePermission.permission)):
-        if perm in PERMISSIONS:
-            perms.setdefault(role_name, set()).add(perm)
-        else:
-            # Only possible if the catalogue shrank under existing data: it grants nothing.
-            log.warning("role %s holds %s, which is not in the catalogue", role_name, perm)
-    parents: dict[str, list[str]] = {}
-    for role_name, parent in session.execute(select(RoleParent.role, RoleParent.parent)):
-        parents.setdefault(role_name, []).append(parent)
-    return [
-        RoleSpec(
-            name=name,
-            permissions=frozenset(perms.get(name, ())),
-            parents=tuple(sorted(parents.get(name, ()))),
-            requires_2fa=requires_2fa,
-            builtin=builtin,
-            description=description,
-        )
-        for name, requires_2fa, builtin, description in session.execute(
-            select(Role.name, Role.requires_2fa, Role.builtin, Role.description)
-        )
-    ]
-
-
-def load_policy(session: Session, *, version: int, clock: Clock = system_clock) -> Policy:
-    """Read roles and every unrevoked grant of an active user into a new snapshot.
-
-    Expired grants are loaded too: they never allow anything, but they let a
-    denial say "your grant expired" instead of "you have no grant".
-    """
-    return Policy(load_roles(session), load_grants(session), version=version, clock=clock)
-
-
-def load_grants(session: Session, users: Iterable[str] | None = None) -> list[GrantSpec]:
-    """Every unrevoked grant of an active user, or only those of `users`."""
-    query = (
-        select(
-            Grant.id,
-            Grant.user_id,
-            Grant.role,
-            Grant.scope,
-            Grant.expires_at,
-            Grant.granted_by,
-            Grant.reason,
-        )
-        .join(User, User.id == Grant.user_id)
-        .where(Grant.revoked_at.is_(None), User.active.is_(True))
-    )
-    if users is not None:
-        query = query.where(Grant.user_id.in_(sorted(users)))
-    return [
-        GrantSpec(
-            id=gid,
-            user=user,
-            role=role,
-            scope=scope,
-            expires_at=FOREVER if expires is None else expires.timestamp(),
-            granted_by=granted_by,
-            reason=reason,
-        )
-        for gid, user, role, scope, expires, granted_by, reason in session.execute(query)
-    ]
-
-
-class PolicyCache:
-    """Holds the current snapshot for a process and reloads it when the version moves.
-
-    `refresh` costs one indexed single-row read, done once per gate call; that
-    is how a grant changed by another process is visible to the next decision.
-    """
-
-    def __init__(self, clock: Clock = system_clock) -> None:
-        self._clock = clock
-        self._policy: Policy | None = None
-        self._lock = threading.Lock()
-        self.full_reloads = 0  # counted for tests and benchmarks
-        self.partial_reloads = 0
-
-    def refresh(self, txn: Txn, version: int | None = None) -> Policy:
-        """The snapshot for `version`, read from `txn` unless the caller just read it.
-
-        A snapshot a few versions behind whose changes all named their people
-        (assign, revoke, deactivate, approve) reloads only those people's
-        grants; anything else reloads the whole policy.
-        """
-        if version is None:
-            version = read_policy_version(txn)
-        policy = self._policy
-        if policy is not None and policy.version == version:
-            return policy
-        with self._lock:
-            policy = self._policy
-            if policy is not None and policy.version == version:
-                return policy
-            users = (
-                changed_users(txn, policy.version, version, PARTIAL_RELOAD_MAX)
-                if policy is not None and policy.version < version
-                else None
-            )
-            if policy is not None and users is not None:
-                self.partial_reloads += 1
-                policy = policy.with_grants_of(users, load_grants(txn.session, users), version)
-                signals.policy_reloaded.send("partial")
-            else:
-                self.full_reloads += 1
-                policy = load_policy(txn.session, version=version, clock=self._clock)
-                signals.policy_reloaded.send("full")
-            self._policy = policy
-            return policy
