@@ -7,7 +7,6 @@ only carry the outcome to the people it concerns.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from datetime import datetime
 
@@ -18,14 +17,12 @@ from rbac_core.clock import utcnow
 from rbac_core.job_runs import period_key
 from rbac_core.principals import SCHEDULER, Surface
 from rbac_core.sweeps import Expired, sweep_due
+from rbac_core.values import is_user_id
 
 from .review_runs import run_review
 from .slack_review import slack_poster
 
 log = logging.getLogger(__name__)
-
-_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
-"""What `review.build` accepts: anything else Slack lists is not a person we could know."""
 
 
 USERS_PAGE = 1000  # users.list allows up to 1,000 a page; fewer calls on a Tier 2 method
@@ -61,7 +58,8 @@ def slack_deactivated(client: WebClient, checkpoint: Checkpoint) -> set[str]:
     while True:
         answer = client.users_list(limit=USERS_PAGE, cursor=cursor or None)
         for member in answer.get("members") or ():
-            if member.get("deleted") and _SLACK_USER.fullmatch(str(member.get("id") or "")):
+            # Only ids `review.build` accepts: anything else is no person we could know.
+            if member.get("deleted") and is_user_id(str(member.get("id") or "")):
                 gone.add(member["id"])
         cursor = str((answer.get("response_metadata") or {}).get("next_cursor") or "")
         checkpoint()

@@ -130,10 +130,6 @@ class LastAdmin(Forbidden):
     code = "last_admin"
 
 
-class SeparationOfDuties(Forbidden):
-    code = "separation_of_duties"
-
-
 class PendingActionError(RbacError):
     """A confirmation that cannot be honoured: expired, used, or not yours."""
 

@@ -25,12 +25,11 @@ from .models import AccessReview
 from .policy.relations import Resource
 from .review_reading import read_page
 from .sweeps import is_system, system_only
-from .values import INT_MAX, WILDCARD, parse_whole_number
+from .values import INT_MAX, WILDCARD, is_user_id, parse_whole_number
 
 MAX_DEACTIVATED = 1_000_000
 _CHANNEL = re.compile(r"[CGD][A-Z0-9]{2,20}")
 _TS = re.compile(r"[0-9]{1,12}\.[0-9]{1,9}")
-_SLACK_USER = re.compile(r"[UW][A-Z0-9]{2,20}")
 _REVIEWS = cast(Table, AccessReview.__table__)
 
 
@@ -60,7 +59,7 @@ class BuildReviewAction(Action):
         if not isinstance(given, list | tuple | set | frozenset) or len(given) > MAX_DEACTIVATED:
             raise InvalidInput("deactivated must be a list of at most 1,000,000 user ids")
         gone = sorted({str(user) for user in given})
-        if not all(_SLACK_USER.fullmatch(user) for user in gone):
+        if not all(is_user_id(user) for user in gone):
             raise InvalidInput("deactivated must be a list of Slack user ids")
         return Prepared(
             {"review": review.id, "deactivated": gone},
