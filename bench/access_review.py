@@ -25,11 +25,11 @@ from typing import Any
 
 from sqlalchemy import insert, text
 
-from rbac_core import audit, migrate
+from rbac_core import audit
 from rbac_core.audit import NewEntry
 from rbac_core.clock import utcnow
-from rbac_core.db import Database
-from rbac_core.models import Grant, User
+from rbac_core.store import Database, migrate
+from rbac_core.store.models import Grant, User
 from tests.helpers import throwaway_schema
 
 from .report import fmt_count, fmt_kib, say, section, verdict

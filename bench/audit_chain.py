@@ -25,10 +25,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from rbac_core import audit, migrate
+from rbac_core import audit
 from rbac_core.audit import NewEntry
-from rbac_core.db import Database
-from rbac_core.models import AuditHead
+from rbac_core.store import Database, migrate
+from rbac_core.store.models import AuditHead
 
 from .report import fmt_count, fmt_kib, fmt_ns, percentile, say, section, verdict
 

@@ -33,8 +33,8 @@ from slack_bolt import Ack
 from bot.app import create_app
 from bot.config import load_settings
 from bot.runtime import build_runtime
-from bot.slack_adapter import SlackEndpoint
-from bot.slack_app import bolt_app, slack_client
+from bot.slack.adapter import SlackEndpoint
+from bot.slack.app import bolt_app, slack_client
 from tests.slack_requests import signed_headers, slash_command
 
 from .slack_roundtrip import SHOW_ACTORS

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
-from rbac_core import Database, build_gate, migrate
+from rbac_core import Database, build_gate
 from rbac_core.clock import utcnow
-from rbac_core.models import Grant, User
+from rbac_core.store import migrate
+from rbac_core.store.models import Grant, User
 
 from .report import fmt_ns, say, section
 

@@ -18,9 +18,9 @@ import time
 from typing import Any
 
 from rbac_core import build_gate
-from rbac_core.access_review import live_grants_query
 from rbac_core.clock import utcnow
-from rbac_core.db import Database
+from rbac_core.review.building import live_grants_query
+from rbac_core.store import Database
 
 from .verify_probe import reset_peak, ru_maxrss_kib, status_kib
 

@@ -45,11 +45,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from rbac_core import Database, build_gate, migrate
+from rbac_core import Database, build_gate
 from rbac_core import audit as audit_log
 from rbac_core.clock import utcnow
 from rbac_core.directory import ensure_user
-from rbac_core.models import Grant
+from rbac_core.store import migrate
+from rbac_core.store.models import Grant
 from tests.fake_slack import FakeSlack
 from tests.slack_requests import SIGNING_SECRET, block_action, signed_headers, slash_command
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rbac_core.audit import verify
-from rbac_core.db import Database
+from rbac_core.store import Database
 
 _STATUS = Path("/proc/self/status")
 

@@ -1,14 +1,14 @@
-"""The Flask application factory."""
+"""The Flask application factory: one blueprint per surface, errors as JSON app-wide."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, request
-from sqlalchemy.exc import SQLAlchemyError
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from .logs import install_request_logging
+from .ops_routes import ops_routes
 from .request_body import MAX_BODY_BYTES
 from .runtime import Runtime
 
@@ -27,26 +27,13 @@ def create_app(runtime: Runtime) -> Flask:
     from .metrics import install_metrics
 
     install_request_logging(app)
-    install_metrics(app, runtime.settings.metrics_token, runtime.outbox.counts)
-
-    @app.get("/healthz")
-    def healthz() -> tuple[Response, int]:
-        try:
-            runtime.db.ping()
-        except SQLAlchemyError:
-            log.warning("health check: database unreachable")
-            return jsonify(status="unavailable", database="unreachable"), 503
-        return jsonify(status="ok", database="ok"), 200
+    install_metrics(app)
+    app.register_blueprint(ops_routes(runtime))
 
     if runtime.settings.slack_signing_secret and runtime.settings.slack_bot_token:
-        from .slack_adapter import SlackEndpoint
-        from .slack_app import build_slack_app
+        from .slack.routes import slack_routes
 
-        slack = SlackEndpoint(build_slack_app(runtime))
-
-        @app.post("/slack/events")
-        def slack_events() -> Response:
-            return slack.handle(request)
+        app.register_blueprint(slack_routes(runtime))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

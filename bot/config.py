@@ -19,7 +19,7 @@ from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from rbac_core.db import normalize_url
+from rbac_core.store.dialects import normalize_url
 
 DEFAULT_DATABASE_URL = "sqlite:///wa_access.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"

@@ -36,7 +36,7 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy.engine import make_url
 
 from rbac_core import signals
-from rbac_core.db import normalize_url
+from rbac_core.store.dialects import normalize_url
 
 from .config import Settings
 

@@ -3,7 +3,7 @@
 The core counts nothing itself (it must not depend on a metrics library):
 it sends `rbac_core.signals`, and `connect_core_signals` turns them into
 counters here. The HTTP layer counts requests by route and status, and
-bot/slack_intake.py counts the requests it refuses, by reason.
+bot/slack/signature.py counts the requests it refuses, by reason.
 
 Labels are bounded: a route is the URL rule (`/slack/events`, or `unmatched`),
 never the path a caller sent; actions, statuses, reasons and jobs come from code.
@@ -13,10 +13,11 @@ reaches one of them, so counters live in prometheus_client's multiprocess
 files (`PROMETHEUS_MULTIPROC_DIR`, prepared by bot/server.py before any worker
 starts) and `/metrics` adds up every worker's, including workers that have
 exited. prometheus_client picks its storage when first imported, so this module
-is imported only once that choice is made (bot/app.py imports it inside
-`create_app`); an import in the wrong order is refused rather than serving
-one worker's counts as the total. Without the variable (tests, a single
-process) the counters are plain ones in `REGISTRY`.
+is imported only once that choice is made (bot/app.py and bot/ops_routes.py
+import it inside the functions that build the app); an import in the wrong
+order is refused rather than serving one worker's counts as the total.
+Without the variable (tests, a single process) the counters are plain ones in
+`REGISTRY`.
 
 `/metrics` is not behind Slack's signature, and tells anyone who reads it how
 busy the app is and how requests are refused: keep it off the public side of
@@ -203,19 +204,34 @@ class _Fixed:
         return [self.family]
 
 
-def install_metrics(
-    app: Flask, token: str | None, outbox_counts: Callable[[], dict[str, int]] | None = None
-) -> None:
-    """Count the app's requests and serve `GET /metrics` (no Slack signature on it)."""
-    from .slack_intake import request_refused  # the Slack stack is loaded with the app
+def install_metrics(app: Flask) -> None:
+    """Count the app's requests, and what the core and Slack's door report.
+
+    A WSGI wrapper around the whole app rather than part of a blueprint: a
+    request that no route matched, or that a blueprint refused, counts too.
+    `GET /metrics` itself is served by the ops blueprint (bot/ops_routes.py).
+    """
+    from .slack.signature import request_refused  # the Slack stack is loaded with the app
 
     connect_core_signals()
     request_refused.connect(refused)
 
     app.wsgi_app = CountRequests(app.wsgi_app)  # type: ignore[method-assign]
 
-    @app.get("/metrics")
-    def metrics() -> Response | tuple[Response, int, dict[str, str]]:
+
+MetricsAnswer = Response | tuple[Response, int, dict[str, str]]
+
+
+def metrics_view(
+    token: str | None, outbox_counts: Callable[[], dict[str, int]] | None = None
+) -> Callable[[], MetricsAnswer]:
+    """The view of `GET /metrics`, bound to this app's token and outbox.
+
+    No Slack signature on it: a bearer token, when one is set, is what keeps
+    strangers from reading how busy the app is (see above).
+    """
+
+    def metrics() -> MetricsAnswer:
         if not authorised(request.headers.get("Authorization"), token):
             answer = jsonify(error="unauthorized", message="a bearer token is required")
             return answer, 401, {"WWW-Authenticate": 'Bearer realm="metrics"'}
@@ -226,6 +242,8 @@ def install_metrics(
             except Exception:  # the database away: the counters are still worth reading
                 log.warning("metrics: the outbox depth could not be read")
         return Response(body, content_type=CONTENT_TYPE)
+
+    return metrics
 
 
 class CountRequests:

@@ -29,10 +29,9 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from handlers.slack_notices import UnknownKind, UnknownNotice, render
+from handlers.slack.notices import UnknownKind, UnknownNotice, render
 from rbac_core import signals
 from rbac_core.clock import utcnow
-from rbac_core.leases import default_owner
 from rbac_core.outbox import (
     ALERT_CHANNEL,
     AUDIT_CHANNEL,
@@ -44,6 +43,7 @@ from rbac_core.outbox import (
     Undeliverable,
     person,
 )
+from rbac_core.store.leases import default_owner
 
 from .config import Settings
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from handlers.audit_command import AuditCommand
-from handlers.role_command import RoleCommand
-from handlers.twofa_command import TwoFactorCommand
+from handlers.commands.audit import AuditCommand
+from handlers.commands.roles import RoleCommand
+from handlers.commands.twofa import TwoFactorCommand
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import Clock, system_clock
-from rbac_core.deliveries import Deliveries
 from rbac_core.outbox import Outbox
+from rbac_core.store.inbound import InboundEvents
 
 from .config import Settings
 
@@ -22,7 +22,7 @@ class Runtime:
     gate: Gate
     roles: RoleCommand
     twofa: TwoFactorCommand
-    deliveries: Deliveries
+    inbound: InboundEvents
     audit: AuditCommand
     outbox: Outbox
 
@@ -36,7 +36,7 @@ def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
         gate,
         RoleCommand(gate),
         TwoFactorCommand(gate),
-        Deliveries(db, clock),
+        InboundEvents(db, clock),
         AuditCommand(gate),
         Outbox(db, clock),
     )

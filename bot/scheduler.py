@@ -29,11 +29,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from slack_sdk import WebClient
 
-from handlers.audit_checkpoints import hourly_audit_checkpoint
-from handlers.scheduled_jobs import sweep_expired, weekly_review
+from handlers.scheduled.checkpoints import hourly_audit_checkpoint
+from handlers.scheduled.jobs import sweep_expired, weekly_review
 from rbac_core import signals
 from rbac_core.clock import Clock, system_clock, utcnow
-from rbac_core.job_runs import (
+from rbac_core.store.job_runs import (
     LEASE,
     MAX_ATTEMPTS,
     MAX_RUN,
@@ -41,10 +41,9 @@ from rbac_core.job_runs import (
     JobRuns,
     LostClaim,
     RunTooLong,
-    period_key,
-    period_start,
 )
-from rbac_core.leases import default_owner
+from rbac_core.store.leases import default_owner
+from rbac_core.values import period_key, period_start
 
 from .runtime import Runtime
 

@@ -4,22 +4,22 @@ Imports nothing from Slack, Flask, httpx or WhatsApp code; every surface talks
 to it through `Gate`.
 """
 
-from .access_requests import ACCESS_ACTIONS
 from .actions import ROLE_ACTIONS
+from .actions.access_requests import ACCESS_ACTIONS
+from .actions.audit_log import AUDIT_ACTIONS
+from .actions.directory import DIRECTORY_ACTIONS
+from .actions.review_runs import REVIEW_RUN_ACTIONS
+from .actions.reviews import REVIEW_ACTIONS
+from .actions.sweeps import SWEEP_ACTIONS
+from .actions.twofa import TotpStepUp, twofa_actions
 from .audit.checkpoints import checkpoint_actions
 from .audit.keys import Signer, chain_key
-from .audit_actions import AUDIT_ACTIONS
 from .clock import Clock, ManualClock, system_clock
-from .db import Database
-from .directory_actions import DIRECTORY_ACTIONS
 from .errors import RbacError
 from .gate import Action, Context, Gate, Outcome, Prepared, Result, StepUp
 from .policy import Decision, Policy, PolicyCache
-from .review_actions import REVIEW_ACTIONS
-from .review_run_actions import REVIEW_RUN_ACTIONS
 from .secret_box import SecretBox
-from .sweeps import SWEEP_ACTIONS
-from .twofa import TotpStepUp, twofa_actions
+from .store.db import Database
 
 
 def build_gate(

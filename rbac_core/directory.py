@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .errors import UnknownNumber, UnknownUser
-from .models import Number, User
+from .store.models import Number, User
 from .values import WILDCARD, is_phone_number_id, parse_e164, parse_user_id
 
 NAME_MAX = 200  # users.name

@@ -173,3 +173,20 @@ def format_moment(moment: datetime | float | None) -> str:
     if not isinstance(moment, datetime):
         moment = datetime.fromtimestamp(moment, UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# A scheduled period's name in `job_runs`.
+_PERIOD_FORMAT = "%Y-%m-%dT%H:%MZ"
+
+
+def period_key(moment: datetime) -> str:
+    """A period's name in `job_runs`: its scheduled start, in UTC, to the minute."""
+    return moment.astimezone(UTC).strftime(_PERIOD_FORMAT)
+
+
+def period_start(key: str) -> datetime | None:
+    """The moment a period key names; None for a key `period_key` did not write."""
+    try:
+        return datetime.strptime(key, _PERIOD_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None

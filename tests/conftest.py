@@ -22,7 +22,7 @@ from rbac_core import Database, Gate, ManualClock, build_gate
 from rbac_core.audit import GENESIS_HASH
 from rbac_core.clock import utcnow
 from rbac_core.directory import ensure_user, register_number
-from rbac_core.migrate import sync_builtin_roles, upgrade
+from rbac_core.store.migrate import sync_builtin_roles, upgrade
 
 from .helpers import throwaway_schema
 
@@ -47,7 +47,7 @@ TABLES = (
     "review_findings",
     "access_reviews",
     "review_keeps",
-    "deliveries",
+    "inbound_events",
     "outbox",
     "outbox_pace",
 )

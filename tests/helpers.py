@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from rbac_core import Database, Gate, Outcome
-from rbac_core.models import AuditEntry, Grant, Role
+from rbac_core.store.models import AuditEntry, Grant, Role
 
 
 def run(gate: Gate, actor: str, action: str, surface: str = "cli", **params: Any) -> Outcome:
@@ -59,7 +59,7 @@ class AlwaysVerified:
 def give_2fa(db: Database, user: str, now: datetime) -> None:
     """Mark `user` as enrolled in 2FA (what a verified first code does), for rules that
     only ask whether someone has it."""
-    from rbac_core.models import SecondFactor
+    from rbac_core.store.models import SecondFactor
 
     with db.write() as session:
         session.add(
@@ -95,7 +95,7 @@ def notices(db: Database, kind: str | None = None) -> list[tuple[str, str, dict[
     """What the outbox holds, oldest first: (kind, destination, data)."""
     import json
 
-    from rbac_core.models import OutboxMessage
+    from rbac_core.store.models import OutboxMessage
 
     with db.read() as session:
         query = select(OutboxMessage).order_by(OutboxMessage.id)

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from bot.config import DEFAULT_AUDIT_SCHEDULE, DEFAULT_GRACE_HOURS, Settings
 from bot.runtime import build_runtime
 from bot.scheduler import build_scheduler
-from bot.slack_app import slack_client
+from bot.slack.app import slack_client
 from rbac_core import ManualClock
 
 FIRST_MONDAY = datetime(2026, 12, 28, 8, 0, 30, tzinfo=UTC)  # 09:00:30 in Paris

@@ -26,10 +26,10 @@ from bot.app import create_app
 from bot.config import Settings
 from bot.runtime import Runtime, build_runtime
 from bot.scheduler import REVIEW_JOB, Scheduler, build_scheduler
-from bot.slack_app import slack_client
+from bot.slack.app import slack_client
 from rbac_core import Database, Gate, ManualClock
 from rbac_core.directory import ensure_user
-from rbac_core.models import AccessReview, Grant, JobRun, ReviewFinding
+from rbac_core.store.models import AccessReview, Grant, JobRun, ReviewFinding
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .fake_slack import FakeSlack
@@ -751,8 +751,8 @@ def test_extending_a_sensitive_grant_asks_the_clicker_for_a_2fa_code_first(
 ) -> None:
     import pyotp
 
-    from rbac_core.db import txn_of
     from rbac_core.policy.versions import bump_policy_version
+    from rbac_core.store import txn_of
 
     from .helpers import give_2fa
     from .slack_requests import slash_command, view_submission

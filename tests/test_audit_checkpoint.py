@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bot.cli import main
-from handlers.audit_checkpoints import (
+from handlers.scheduled.checkpoints import (
     CheckpointFailed,
     hourly_audit_checkpoint,
     make_checkpoint_if_new,
@@ -460,7 +460,7 @@ def test_the_scheduler_checkpoints_each_hour_that_saw_new_entries(
     from bot.config import Settings
     from bot.runtime import build_runtime
     from bot.scheduler import CHECKPOINT_JOB, build_scheduler
-    from bot.slack_app import slack_client
+    from bot.slack.app import slack_client
 
     slack = FakeSlack().start()
     evidence = tmp_path / "checkpoints.log"

@@ -28,7 +28,7 @@ def staffed(cli: Cli) -> Cli:
 
 def test_migrate_is_idempotent(cli: Cli) -> None:
     code, out, _ = cli("migrate")
-    from rbac_core.migrate import head_revision
+    from rbac_core.store.migrate import head_revision
 
     assert code == 0 and f"revision {head_revision()}" in out
     assert cli("migrate")[0] == 0

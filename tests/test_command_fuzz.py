@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handlers import role_command, twofa_command
-from handlers.grammar import UsageError, parse
+from handlers.commands import roles as role_command
+from handlers.commands import twofa as twofa_command
+from handlers.commands.grammar import UsageError, parse
 
 WORDS = st.sampled_from(
     [

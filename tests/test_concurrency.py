@@ -9,12 +9,12 @@ import pytest
 
 from rbac_core import Database, ManualClock, Outcome, build_gate
 from rbac_core.clock import utcnow
-from rbac_core.db import txn_of
-from rbac_core.models import Grant
 from rbac_core.policy import relations
 from rbac_core.policy.grant_rules import active_admins
 from rbac_core.policy.relations import Resource
 from rbac_core.policy.versions import bump_policy_version
+from rbac_core.store import txn_of
+from rbac_core.store.models import Grant
 
 from .conftest import ADMIN, ALICE
 from .helpers import live_grants
@@ -96,7 +96,7 @@ def test_a_write_inside_a_write_fails_at_once_on_sqlite_and_works_on_postgresql(
 ) -> None:
     """SQLite has one writer, so a nested write could only wait for itself: it is
     refused at once. PostgreSQL locks rows, so an unrelated nested write just runs."""
-    from rbac_core.models import User
+    from rbac_core.store.models import User
 
     if db.is_sqlite:
         with db.write(), pytest.raises(RuntimeError, match="inside another"), db.write():

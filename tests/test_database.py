@@ -16,8 +16,8 @@ from sqlalchemy.exc import DBAPIError
 
 from rbac_core import Database
 from rbac_core.clock import utcnow
-from rbac_core.db import Sql
-from rbac_core.models import User
+from rbac_core.store import Sql
+from rbac_core.store.models import User
 
 
 def _count(db: Database, user: str) -> int:

@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result, audit
 from rbac_core.actions import ROLE_ACTIONS
 from rbac_core.clock import utcnow
-from rbac_core.models import Grant, PendingAction
+from rbac_core.store.models import Grant, PendingAction
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, run
@@ -208,7 +208,7 @@ def test_values_of_the_wrong_type_are_refused_not_crashed_on(gate: Gate, db: Dat
 
 
 def _everything_but_the_audit_log(db: Database) -> dict[str, list[tuple[Any, ...]]]:
-    from rbac_core.models import Base
+    from rbac_core.store.models import Base
 
     tables = {}
     with db.read() as session:
@@ -263,11 +263,11 @@ def test_read_only_actions_change_nothing_but_the_audit_log(gate: Gate, db: Data
     assert len(audit_rows(db)) == entries
 
 
-def test_an_action_cannot_be_both_read_only_and_risky(db: Database) -> None:
+def test_an_action_cannot_be_both_read_only_and_need_confirmation(db: Database) -> None:
     class Sneaky(Action):
         name = "sneaky"
         read_only = True
-        risky = True
+        needs_confirmation = True
 
         def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
             return Prepared({}, None, "*", "-", "look")

@@ -21,9 +21,9 @@ from sqlalchemy.exc import OperationalError
 from rbac_core import Database, Gate, Outcome
 from rbac_core import audit as audit_log
 from rbac_core.clock import utcnow
-from rbac_core.db import Txn
-from rbac_core.group_commit import GroupCommit
-from rbac_core.models import AuditEntry, User
+from rbac_core.gate.batching import GroupCommit
+from rbac_core.store import Txn
+from rbac_core.store.models import AuditEntry, User
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 

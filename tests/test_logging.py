@@ -20,7 +20,7 @@ from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.logs import configure_logging
 from bot.runtime import build_runtime
-from bot.slack_app import build_slack_app
+from bot.slack.app import build_slack_app
 from rbac_core import ManualClock
 
 from .conftest import ADMIN, ALICE

@@ -8,9 +8,9 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft7Validator
 
-from handlers.audit_command import COMMAND as AUDIT_COMMAND
-from handlers.role_command import COMMAND
-from handlers.twofa_command import COMMAND as TWOFA_COMMAND
+from handlers.commands.audit import COMMAND as AUDIT_COMMAND
+from handlers.commands.roles import COMMAND
+from handlers.commands.twofa import COMMAND as TWOFA_COMMAND
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "tests" / "data" / "slack-app-manifest.schema.1.0.0.json"  # see its README

@@ -15,8 +15,8 @@ from bot.config import Settings
 from bot.outbox_worker import OutboxWorker, build_worker, slack_deliverer
 from rbac_core import Database, Gate, ManualClock, build_gate
 from rbac_core.gate import Action, Context, Prepared, Result
-from rbac_core.models import OutboxMessage
 from rbac_core.outbox import AUDIT_CHANNEL, MAX_ATTEMPTS, Notice, Outbox, enqueue, person
+from rbac_core.store.models import OutboxMessage
 from rbac_core.values import WILDCARD
 
 from .conftest import ADMIN, ALICE, BOB, Cli

@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from rbac_core import Database
 from rbac_core.clock import utcnow
-from rbac_core.models import OutboxMessage
 from rbac_core.outbox import AUDIT_CHANNEL, Notice, enqueue, person
+from rbac_core.store.models import OutboxMessage
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .fake_slack import FakeSlack

@@ -12,11 +12,11 @@ import random
 import pytest
 from sqlalchemy import delete, select
 
-from handlers.scheduled_jobs import sweep_expired
+from handlers.scheduled.jobs import sweep_expired
 from rbac_core import Database, Gate, ManualClock, build_gate
-from rbac_core.models import PolicyChange, ReviewFinding
 from rbac_core.policy import Policy, load_policy
 from rbac_core.policy.versions import read_policy_version
+from rbac_core.store.models import PolicyChange, ReviewFinding
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .helpers import run

@@ -30,22 +30,22 @@ from hypothesis import Phase, assume, event, given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from handlers.grammar import MAX_TEXT, UsageError, parse
-from handlers.role_command import COMMAND, SUBCOMMANDS
+from handlers.commands.grammar import MAX_TEXT, UsageError, parse
+from handlers.commands.roles import COMMAND, SUBCOMMANDS
 from rbac_core import Database, Gate, ManualClock, Outcome, build_gate
 from rbac_core.audit import GENESIS_HASH
-from rbac_core.builtin_roles import BUILTIN_ROLES
 from rbac_core.clock import utcnow
-from rbac_core.db import txn_of
 from rbac_core.directory import ensure_user, register_number
 from rbac_core.errors import UnknownPermission
 from rbac_core.gate import CONFIRMATION_TTL
-from rbac_core.migrate import sync_builtin_roles
-from rbac_core.models import Grant, Role, RoleParent, RolePermission
-from rbac_core.permissions import PERMISSIONS
 from rbac_core.policy import FOREVER, Decision, GrantSpec, Policy, RoleSpec
+from rbac_core.policy.builtin_roles import BUILTIN_ROLES
+from rbac_core.policy.catalogue import PERMISSIONS
 from rbac_core.policy.grant_rules import active_admins
 from rbac_core.policy.versions import bump_policy_version
+from rbac_core.store import txn_of
+from rbac_core.store.migrate import sync_builtin_roles
+from rbac_core.store.models import Grant, Role, RoleParent, RolePermission
 from rbac_core.values import WILDCARD
 
 from .conftest import ADMIN, ALICE, BOB, CAROL, START, TABLES

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import select
 
 from rbac_core import Database, Gate, ManualClock, Outcome, build_gate
-from rbac_core.models import ReviewFinding
-from rbac_core.twofa import MAX_FAILURES
+from rbac_core.actions.twofa import MAX_FAILURES
+from rbac_core.store.models import ReviewFinding
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import live_grants, run
@@ -255,3 +255,28 @@ def test_a_confirmation_expiring_as_a_replica_sweeps_does_not_deadlock(
     assert results["confirm"] in ("done", "refused"), results
     for g in (confirming, sweeping):
         g.db.dispose()
+
+
+def test_a_retried_event_reaching_eight_replicas_at_once_is_taken_by_exactly_one(
+    db_url: str, clock: ManualClock
+) -> None:
+    """Insert-or-ignore lets the database pick the winner: no replica sees "not yet
+    taken" and then fails on the key, and none is told it won when it did not."""
+    from rbac_core.store.inbound import InboundEvents
+
+    replicas = [InboundEvents(Database(db_url), clock) for _ in range(8)]
+    barrier = threading.Barrier(len(replicas))
+    won: list[bool] = []
+
+    def take(inbound: InboundEvents) -> None:
+        barrier.wait()
+        won.append(inbound.claim("whatsapp", "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI"))
+
+    threads = [threading.Thread(target=take, args=(r,)) for r in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(won) == [False] * 7 + [True]
+    for inbound in replicas:
+        inbound.db.dispose()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.review_runs import ReviewRefused, run_review
+from handlers.commands.review_runs import ReviewRefused, run_review
 from rbac_core import Database, Gate, ManualClock
-from rbac_core.review_reading import Page
+from rbac_core.review.reading import Page
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import audit_rows, run

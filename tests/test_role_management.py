@@ -299,7 +299,7 @@ def test_a_deactivated_user_loses_every_grant_at_once(gate: Gate, db: Database) 
 
 def test_the_last_admin_cannot_be_deactivated(db: Database, clock: ManualClock) -> None:
     from rbac_core.actions import ROLE_ACTIONS
-    from rbac_core.permissions import PERMISSIONS
+    from rbac_core.policy.catalogue import PERMISSIONS
 
     gate = Gate(db, ROLE_ACTIONS, clock=clock, step_up=AlwaysVerified())
     assert gate.submit(ADMIN, "cli", "user.deactivate", {"user": ADMIN}).error_code == "self_grant"
@@ -337,7 +337,7 @@ def test_help_lists_exactly_the_subcommands_the_gate_lets_each_person_use(
 
     A subcommand taking --number is checked in that number; the others everywhere.
     """
-    from handlers.role_command import SUBCOMMANDS, RoleCommand
+    from handlers.commands.roles import SUBCOMMANDS, RoleCommand
     from rbac_core import build_gate
     from rbac_core.directory import ensure_user
 

@@ -10,7 +10,7 @@ import pytest
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
 from rbac_core.actions import ROLE_ACTIONS
 from rbac_core.clock import utcnow
-from rbac_core.permissions import PERMISSIONS
+from rbac_core.policy.catalogue import PERMISSIONS
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, role_names, run
@@ -57,7 +57,7 @@ def test_bootstrapping_a_deactivated_user_brings_them_back(
     # Alice leaves while still the last admin, by the database's hand (a Slack
     # deactivation, say): the operator bootstraps a new admin.
     with db.write() as session:
-        from rbac_core.models import User
+        from rbac_core.store.models import User
 
         person = session.get(User, ALICE)
         assert person is not None

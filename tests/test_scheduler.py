@@ -15,7 +15,7 @@ import pytest
 
 from bot.scheduler import REVIEW_JOB, Checkpoint, Periodic, Scheduler, cron
 from rbac_core import Database, ManualClock, signals
-from rbac_core.job_runs import MAX_ATTEMPTS, JobRuns, LostClaim, RunTooLong, retry_delay
+from rbac_core.store.job_runs import MAX_ATTEMPTS, JobRuns, LostClaim, RunTooLong, retry_delay
 
 from .fake_slack import FakeSlack
 

@@ -20,7 +20,7 @@ import pyotp
 import pytest
 
 from rbac_core import Database, build_gate
-from rbac_core.twofa import MAX_FAILURES
+from rbac_core.actions.twofa import MAX_FAILURES
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .fake_slack import FakeSlack

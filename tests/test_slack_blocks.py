@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.role_command import Reply
-from handlers.slack_blocks import (
+from handlers.commands.roles import Reply
+from handlers.slack.blocks import (
     BLOCK_LIMIT,
     SECTION_LIMIT,
     _chunks,

@@ -25,17 +25,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_bolt import Ack
 
-from bot import slack_intake
 from bot.app import MAX_BODY_BYTES
 from bot.config import Settings
 from bot.runtime import build_runtime
-from bot.slack_app import FAILURE_TEXT, build_slack_app
-from bot.slack_intake import Refusals, parse_form
-from handlers.slack_access import APPROVE_ACTION, REQUEST_BUTTON
-from handlers.slack_audit import OLDER_ACTION
-from handlers.slack_blocks import OUT_OF_DATE
+from bot.slack import shape as slack_shape
+from bot.slack.app import FAILURE_TEXT, build_slack_app
+from bot.slack.shape import parse_form
+from bot.slack.signature import Refusals
+from handlers.slack.access import APPROVE_ACTION, REQUEST_BUTTON
+from handlers.slack.audit import OLDER_ACTION
+from handlers.slack.blocks import OUT_OF_DATE
 from rbac_core import Database, ManualClock
-from rbac_core.models import User
+from rbac_core.store.models import User
 
 from .conftest import ADMIN, ALICE
 from .fake_slack import FakeSlack
@@ -70,13 +71,13 @@ FORM = "application/x-www-form-urlencoded"
 def parses(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The bodies Bolt's parser is given, in order."""
     seen: list[str] = []
-    real = slack_intake.parse_slack_body
+    real = slack_shape.parse_slack_body
 
     def spy(body: str, content_type: str | None) -> tuple[Any, bool]:
         seen.append(body)
         return real(body, content_type)
 
-    monkeypatch.setattr(slack_intake, "parse_slack_body", spy)
+    monkeypatch.setattr(slack_shape, "parse_slack_body", spy)
     yield seen
 
 
@@ -348,7 +349,7 @@ def _alice_asks(app: FlaskClient, slack: FakeSlack, db: Database, wanted: str) -
 def _pending_requests(db: Database) -> list[str]:
     from sqlalchemy import select
 
-    from rbac_core.models import AccessRequest
+    from rbac_core.store.models import AccessRequest
 
     with db.read() as session:
         pending = select(AccessRequest.id).where(AccessRequest.status == "pending")

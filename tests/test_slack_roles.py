@@ -15,13 +15,13 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from bot.app import MAX_BODY_BYTES, create_app
 from bot.config import Settings
 from bot.runtime import build_runtime
-from bot.slack_adapter import BodyMatcher, LeanApp
-from bot.slack_app import build_slack_app
-from handlers.slack_access import APPROVE_ACTION, DENY_ACTION, REQUEST_BUTTON, REQUEST_VIEW
-from handlers.slack_audit import OLDER_ACTION
-from handlers.slack_blocks import CANCEL_ACTION, CONFIRM_ACTION
-from handlers.slack_review import KEEP_ACTION, PAGE_ACTION, REVOKE_ACTION
-from handlers.slack_stepup import CALLBACK_ID as STEPUP_VIEW
+from bot.slack.adapter import BodyMatcher, LeanApp
+from bot.slack.app import build_slack_app
+from handlers.slack.access import APPROVE_ACTION, DENY_ACTION, REQUEST_BUTTON, REQUEST_VIEW
+from handlers.slack.audit import OLDER_ACTION
+from handlers.slack.blocks import CANCEL_ACTION, CONFIRM_ACTION
+from handlers.slack.review import KEEP_ACTION, PAGE_ACTION, REVOKE_ACTION
+from handlers.slack.stepup import CALLBACK_ID as STEPUP_VIEW
 from rbac_core import Database, Gate, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB
@@ -446,7 +446,7 @@ def test_every_listener_matches_exactly_what_bolts_own_matchers_match(
 ) -> None:
     runtime = build_runtime(slack_settings)
     lean = build_slack_app(runtime)
-    monkeypatch.setattr("bot.slack_app.LeanApp", App)
+    monkeypatch.setattr("bot.slack.app.LeanApp", App)
     plain = build_slack_app(runtime)
     assert type(plain) is App
     assert len(lean._listeners) == len(plain._listeners)
@@ -746,13 +746,13 @@ def test_a_retried_event_is_handled_once(
 
 
 def test_a_claimed_delivery_is_released_when_handling_it_fails(db: Database) -> None:
-    from rbac_core.deliveries import Deliveries
+    from rbac_core.store.inbound import InboundEvents
 
-    deliveries = Deliveries(db)
-    assert deliveries.claim("slack", "Ev0FAIL0001")
-    assert not deliveries.claim("slack", "Ev0FAIL0001")
-    deliveries.release("slack", "Ev0FAIL0001")
-    assert deliveries.claim("slack", "Ev0FAIL0001")
-    assert deliveries.claim("whatsapp", "Ev0FAIL0001"), "sources do not share ids"
+    inbound = InboundEvents(db)
+    assert inbound.claim("slack", "Ev0FAIL0001")
+    assert not inbound.claim("slack", "Ev0FAIL0001")
+    inbound.release("slack", "Ev0FAIL0001")
+    assert inbound.claim("slack", "Ev0FAIL0001")
+    assert inbound.claim("whatsapp", "Ev0FAIL0001"), "sources do not share ids"
     with pytest.raises(ValueError):
-        deliveries.claim("slack", "x" * 129)
+        inbound.claim("slack", "x" * 129)

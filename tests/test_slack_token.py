@@ -13,8 +13,8 @@ from flask.testing import FlaskClient
 from bot.app import create_app
 from bot.config import Settings
 from bot.runtime import build_runtime
-from bot.slack_app import slack_client
-from bot.slack_token import check_token
+from bot.slack.app import slack_client
+from bot.slack.token import check_token
 from rbac_core import ManualClock
 
 from .conftest import ADMIN

@@ -8,9 +8,9 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from handlers.scheduled_jobs import sweep_expired
+from handlers.scheduled.jobs import sweep_expired
 from rbac_core import Database, Gate, ManualClock, build_gate
-from rbac_core.models import AccessRequest, Grant, PendingAction
+from rbac_core.store.models import AccessRequest, Grant, PendingAction
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import audit_rows, live_grants, notices, run

@@ -9,10 +9,10 @@ import pyotp
 import pytest
 
 from rbac_core import Database, Gate, ManualClock, build_gate
+from rbac_core.actions.twofa import matching_step
 from rbac_core.clock import utcnow
 from rbac_core.directory import ensure_user
-from rbac_core.models import SecondFactor
-from rbac_core.twofa import matching_step
+from rbac_core.store.models import SecondFactor
 
 from .conftest import ADMIN, ALICE, BOB
 from .helpers import audit_rows, live_grants, run

@@ -11,7 +11,7 @@ from rbac_core.errors import (
     MalformedUserId,
     UnknownPermission,
 )
-from rbac_core.permissions import PERMISSIONS, check_permission
+from rbac_core.policy.catalogue import PERMISSIONS, check_permission
 from rbac_core.values import (
     format_duration,
     parse_duration,

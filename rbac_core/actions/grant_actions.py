@@ -13,21 +13,20 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
 
-from ..builtin_roles import ADMIN
-from ..db import Sql, utc
 from ..directory import require_user, resolve_scope
 from ..errors import (
     UnknownGrant,
 )
 from ..gate import Action, Context, Prepared, Result
-from ..models import (
+from ..policy.builtin_roles import ADMIN
+from ..policy.catalogue import check_permission
+from ..policy.grant_rules import ensure_holds, ensure_not_last_admin, live_grant
+from ..policy.relations import Resource
+from ..store import Sql, utc
+from ..store.models import (
     Grant,
     Role,
 )
-from ..permissions import check_permission
-from ..policy.grant_rules import ensure_holds, ensure_not_last_admin, live_grant
-from ..policy.relations import Resource
-from ..request_lookup import find_request
 from ..values import (
     WILDCARD,
     for_scope,
@@ -47,6 +46,7 @@ from .granting import (
     sensitive_role,
     user_param,
 )
+from .request_lookup import find_request
 
 _GRANTS = cast(Table, Grant.__table__)
 
@@ -161,7 +161,7 @@ class ListAction(Action):
 
 class AssignAction(Action):
     name = "role.assign"
-    risky = True
+    needs_confirmation = True
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
@@ -185,7 +185,7 @@ class AssignAction(Action):
             scope,
             f"user:{user}",
             f"assign {role.name} to {user} in {scope_text(scope)}{span}",
-            sensitive=sensitive_role(ctx.policy, role.name),
+            needs_step_up=sensitive_role(ctx.policy, role.name),
             resource=Resource("grant", f"{role.name} for {user}", {"holder": user}),
         )
 
@@ -201,7 +201,7 @@ class AssignAction(Action):
 
 class RevokeAction(Action):
     name = "role.revoke"
-    risky = True
+    needs_confirmation = True
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:

@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..builtin_roles import ADMIN
 from ..errors import (
     DuplicateGrant,
     InvalidInput,
@@ -19,16 +18,17 @@ from ..errors import (
     UnknownRole,
 )
 from ..gate import Context, Result
-from ..models import (
+from ..outbox import AUDIT_CHANNEL, Notice
+from ..policy import Policy
+from ..policy.builtin_roles import ADMIN
+from ..policy.catalogue import SENSITIVE_PERMISSIONS
+from ..policy.grant_rules import ensure_holds, live_grant
+from ..principals import is_operator
+from ..store.models import (
     Grant,
     Role,
     SecondFactor,
 )
-from ..outbox import AUDIT_CHANNEL, Notice
-from ..permissions import SENSITIVE_PERMISSIONS
-from ..policy import Policy
-from ..policy.grant_rules import ensure_holds, live_grant
-from ..principals import is_operator
 from ..values import (
     clean_text,
     for_scope,

@@ -8,7 +8,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ..builtin_roles import ADMIN
 from ..directory import ensure_user, register_number, require_user
 from ..errors import (
     AdminExists,
@@ -17,11 +16,12 @@ from ..errors import (
     SelfGrant,
 )
 from ..gate import Action, Context, Prepared, Result
-from ..models import (
+from ..policy.builtin_roles import ADMIN
+from ..policy.grant_rules import active_admins, ensure_holds, ensure_not_last_admin
+from ..store.models import (
     Grant,
     Number,
 )
-from ..policy.grant_rules import active_admins, ensure_holds, ensure_not_last_admin
 from ..values import (
     WILDCARD,
     clean_text,
@@ -144,7 +144,7 @@ class DeactivateUserAction(Action):
     """Someone left: their grants stop counting at once (the rows stay as history)."""
 
     name = "user.deactivate"
-    risky = True
+    needs_confirmation = True
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:

@@ -17,14 +17,14 @@ from ..errors import (
     SelfGrant,
 )
 from ..gate import Action, Context, Prepared, Result
-from ..models import (
+from ..policy.catalogue import SENSITIVE_PERMISSIONS, check_permissions
+from ..policy.grant_rules import ensure_holds
+from ..store.models import (
     Grant,
     Role,
     RoleParent,
     RolePermission,
 )
-from ..permissions import SENSITIVE_PERMISSIONS, check_permissions
-from ..policy.grant_rules import ensure_holds
 from ..values import (
     WILDCARD,
     clean_text,
@@ -144,7 +144,7 @@ def _mutable_role(session: Session, name: str) -> Role:
 
 class EditAction(Action):
     name = "role.edit"
-    risky = True
+    needs_confirmation = True
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
@@ -201,7 +201,9 @@ class EditAction(Action):
             f"role:{role.name}",
             f"edit role {role.name}: {'; '.join(parts)}",
             # Holders gain sensitive power, or lose the 2FA requirement: step up first.
-            sensitive=bool(_role_closure_perms(ctx, set(add), add_parents) & SENSITIVE_PERMISSIONS)
+            needs_step_up=bool(
+                _role_closure_perms(ctx, set(add), add_parents) & SENSITIVE_PERMISSIONS
+            )
             or any(ctx.policy.requires_2fa(parent) for parent in add_parents)
             or (two_fa is False and role.requires_2fa),
         )
@@ -242,7 +244,7 @@ class EditAction(Action):
 
 class DeleteAction(Action):
     name = "role.delete"
-    risky = True
+    needs_confirmation = True
     mutates_policy = True
 
     def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:

@@ -24,9 +24,9 @@ from typing import Any, Literal, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 
 from .. import signals
-from ..db import Sql, Txn
-from ..models import AuditEntry, AuditHead
 from ..principals import SURFACES
+from ..store import Sql, Txn
+from ..store.models import AuditEntry, AuditHead
 from .keys import keyed_hasher
 
 GENESIS_HASH = "0" * 64

@@ -34,10 +34,10 @@ from sqlalchemy import Table, select
 from sqlalchemy.engine import Connection
 
 from .. import audit
-from ..db import Sql
+from ..actions.sweeps import system_only
 from ..gate import Action, Context, Prepared, Result
-from ..models import AuditEntry, AuditHead
-from ..sweeps import system_only
+from ..store import Sql
+from ..store.models import AuditEntry, AuditHead
 from ..values import BIGINT_MAX, WILDCARD
 from .keys import NO_SIGNING_KEY, KeyUnavailable, PublicKey, Signer
 

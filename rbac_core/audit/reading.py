@@ -18,7 +18,7 @@ from typing import IO, Any, Literal
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from ..models import AuditEntry
+from ..store.models import AuditEntry
 from .chain import (
     _COLUMNS,
     _FIELDS_SEPARATORS,

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .. import audit
 from ..clock import Clock
-from ..db import Database, Txn
+from ..store import Database, Txn
 from .contract import Outcome
 
 log = logging.getLogger("rbac_core.gate")

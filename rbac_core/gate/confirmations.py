@@ -1,4 +1,4 @@
-"""Pending confirmations: a risky action waits here, bound to its actor, until confirmed.
+"""Pending confirmations: an action that needs one waits here, bound to its actor.
 
 A pending row is single use and short-lived: `claim` moves it out of
 `pending` exactly once (under a row lock, then a conditional UPDATE), and
@@ -16,9 +16,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from ..clock import Clock, utcnow
-from ..db import Txn
-from ..models import PendingAction
 from ..policy.versions import lock_policy
+from ..store import Txn
+from ..store.models import PendingAction
 from .auditing import Auditor, jsonable
 from .contract import Action, Context, Outcome, Prepared
 

@@ -5,7 +5,7 @@ it a `Context` (the open transaction, the policy, who asks and from where),
 asks it to `prepare` (validate, canonicalise, name the permission and scope),
 to `check_rules` beyond the permission, and to `execute`; the caller gets an
 `Outcome`. Names say what the gate does with them: `needs_confirmation` (a
-pending action the actor must confirm), `Prepared.sensitive` (step-up 2FA).
+pending action the actor must confirm), `Prepared.needs_step_up` (a TOTP code verified lately).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any, Literal, Protocol
 from sqlalchemy.orm import Session
 
 from ..clock import Clock
-from ..db import Txn
 from ..outbox import Notice
 from ..policy import Decision, Policy
 from ..policy.relations import Resource
+from ..store import Txn
 
 Status = Literal[
     "done",
@@ -73,7 +73,7 @@ class Prepared:
     scope: str
     target: str
     summary: str
-    sensitive: bool = False
+    needs_step_up: bool = False
     resource: Resource | None = None
     """What the action acts on, with the people related to it: the decision applies the
     relation rules about it (relations.py), such as separation of duties."""
@@ -105,7 +105,7 @@ class Action(ABC):
     """One thing a person can ask for. Subclasses hold no state."""
 
     name: str
-    risky: bool = False
+    needs_confirmation: bool = False
     mutates_policy: bool = False
     read_only: bool = False
     """Writes nothing but its audit entry, so it runs without a savepoint."""

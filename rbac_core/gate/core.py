@@ -14,13 +14,13 @@ from sqlalchemy import Connection
 
 from .. import signals
 from ..clock import Clock, system_clock, utcnow
-from ..db import Database, Txn
 from ..directory import is_registered, resolve_scope
-from ..group_commit import GroupCommit
 from ..policy import Decision, Policy, PolicyCache
 from ..policy.versions import lock_policy
 from ..principals import Surface
+from ..store import Database, Txn
 from .auditing import AuditLater, Auditor, audited_actor
+from .batching import GroupCommit
 from .confirmations import CONFIRMATION_TTL, Confirmations
 from .contract import Action, Context, NoStepUp, Outcome, StepUp
 from .stages import Stages
@@ -45,8 +45,10 @@ class Gate(Stages):
         """HMAC key of the audit chain (see audit.py); None keeps it plain SHA-256."""
         self.actions = dict(actions)
         for handler in self.actions.values():
-            if handler.read_only and (handler.risky or handler.mutates_policy):
-                raise ValueError(f"{handler.name} cannot be read-only and risky or mutating")
+            if handler.read_only and (handler.needs_confirmation or handler.mutates_policy):
+                raise ValueError(
+                    f"{handler.name} cannot be read-only and need confirmation or change policy"
+                )
         self.clock = clock
         self.step_up: StepUp = step_up or NoStepUp()
         self.policies = PolicyCache(clock)
@@ -57,7 +59,7 @@ class Gate(Stages):
     # -- public entry points -------------------------------------------------
 
     def submit(self, actor: str, surface: str, action: str, params: Mapping[str, Any]) -> Outcome:
-        """Run `action` for `actor`; risky actions stop at a pending confirmation.
+        """Run `action` for `actor`; actions that need confirmation stop at a pending confirmation.
 
         Raises ValueError for a caller's programming error (unknown action or
         surface, params not a mapping); everything a person typed becomes an

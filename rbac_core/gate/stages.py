@@ -47,7 +47,7 @@ class Stages:
             decision = self._authorise(call, prepared)
             self._check_rules(call, prepared, decision)
             self._check_step_up(call, prepared, decision)
-            if handler.risky and not confirmed:
+            if handler.needs_confirmation and not confirmed:
                 return self._ask_to_confirm(call, prepared, decision)
             result = self._execute(call, prepared, decision)
         except Stopped as stopped:
@@ -121,7 +121,7 @@ class Stages:
 
     def _check_step_up(self, call: Call, prepared: Prepared, decision: Decision | None) -> None:
         ctx = call.ctx
-        if prepared.sensitive and not self.step_up.satisfied(ctx.session, ctx.actor, ctx.now):
+        if prepared.needs_step_up and not self.step_up.satisfied(ctx.session, ctx.actor, ctx.now):
             raise call.stop(
                 "needs_2fa",
                 f"To {prepared.summary} you must verify a 2FA code first "

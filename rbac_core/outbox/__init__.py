@@ -40,8 +40,8 @@ from typing import Any, cast
 from sqlalchemy import Table
 
 from .. import signals
-from ..db import Txn
-from ..models import OutboxMessage
+from ..store import Txn
+from ..store.models import OutboxMessage
 
 AUDIT_CHANNEL = "channel:audit"
 ALERT_CHANNEL = "channel:alert"

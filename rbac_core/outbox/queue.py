@@ -27,14 +27,12 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, exists, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from .. import leases
 from ..clock import Clock, system_clock, utcnow
-from ..db import Database
-from ..models import OutboxMessage, OutboxPace
+from ..store import Database, leases
+from ..store.inserts import insert_new
+from ..store.models import OutboxMessage, OutboxPace
 from . import (
     DONE,
     ERROR_MAX,
@@ -134,10 +132,7 @@ class Outbox:
 
     def _hold(self, session: Session, to: str, now: datetime) -> bool:
         """Hold `to` for this delivery until its lease ends; False if it is held already."""
-        insert = pg_insert if not self.db.is_sqlite else sqlite_insert
-        session.execute(
-            insert(_PACE).values(to=to, next_at=now).on_conflict_do_nothing(index_elements=["to"])
-        )
+        insert_new(session, _PACE, {"to": to, "next_at": now}, ("to",))
         moved = session.execute(
             update(_PACE)
             .where(_PACE.c.to == to, _PACE.c.next_at <= now)

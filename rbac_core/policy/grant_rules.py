@@ -7,10 +7,10 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from ..builtin_roles import ADMIN
 from ..errors import LastAdmin, PrivilegeEscalation
-from ..models import Grant, User
+from ..store.models import Grant, User
 from ..values import WILDCARD
+from .builtin_roles import ADMIN
 from .snapshot import Policy
 
 

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from .. import signals
 from ..clock import Clock, system_clock
-from ..db import Txn
-from ..models import Grant, Role, RoleParent, RolePermission, User
-from ..permissions import PERMISSIONS
+from ..store import Txn
+from ..store.models import Grant, Role, RoleParent, RolePermission, User
+from .catalogue import PERMISSIONS
 from .snapshot import FOREVER, PARTIAL_RELOAD_MAX, GrantSpec, Policy, RoleSpec
 from .versions import changed_users, read_policy_version
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 
 from ..clock import Clock, system_clock
 from ..errors import UnknownPermission
-from ..permissions import PERMISSIONS, check_permission
 from ..values import WILDCARD, format_moment, scope_text
 from . import relations
+from .catalogue import PERMISSIONS, check_permission
 from .relations import Resource
 
 FOREVER = float("inf")

@@ -14,8 +14,8 @@ from typing import cast
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 
-from ..db import Sql, Txn
-from ..models import PolicyChange, PolicyState
+from ..store import Sql, Txn
+from ..store.models import PolicyChange, PolicyState
 
 CHANGES_KEPT = 1000
 """Versions whose change sets are kept; a snapshot further behind reloads whole."""

@@ -1,0 +1,1 @@
+"""Scheduled jobs: the expiry sweep, the weekly access review, signed audit checkpoints."""

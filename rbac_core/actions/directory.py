@@ -1,0 +1,215 @@
+"""The operator's view of the directory: who and which numbers wa-access knows, and removals.
+
+Registering people and numbers lives with the role actions (`user.register`,
+`number.register`); this module holds what an operator needs beside them at
+the command line: listing both, and taking either out. Every one of these is
+operator-only and audited like any other gate action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+
+from ..directory import ensure_user, require_user, resolve_scope
+from ..errors import Conflict, Forbidden, InvalidInput, NotFound
+from ..gate import Action, Context, Prepared, Result
+from ..policy.grant_rules import ensure_not_last_admin
+from ..store.models import Grant, Number, User
+from ..values import WILDCARD, format_moment, parse_user_id
+from .granting import operator_only
+
+LIST_MAX = 10_000
+
+
+def _live(ctx: Context) -> Any:
+    """Grants that still count: not revoked, not expired."""
+    return (Grant.revoked_at.is_(None)) & (
+        Grant.expires_at.is_(None) | (Grant.expires_at > ctx.now)
+    )
+
+
+class SeenUserAction(Action):
+    """A surface registers a person it has verified: the sender of a signed Slack
+    request, or someone a command named whom Slack's users.info vouches for.
+
+    Registering gives no access, but it is a write, so it passes the gate and is
+    audited like any other: who was registered, by whose request, and how the
+    surface knew them (`via`).
+    """
+
+    name = "user.seen"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        if ctx.surface != "slack":
+            raise Forbidden("Only Slack, which verified the person, registers them this way.")
+        user = parse_user_id(str(params.get("user") or ""))
+        via = str(params.get("via") or "")
+        if via not in SEEN_VIA:
+            raise InvalidInput(f"'{via}' is not how a surface knows a person")
+        name = params.get("name")
+        return Prepared(
+            {"user": user, "name": name if isinstance(name, str) else None, "via": via},
+            None,
+            WILDCARD,
+            f"user:{user}",
+            f"register {user}, seen in Slack",
+        )
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        p = prepared.params
+        known = ctx.session.get(User, p["user"]) is not None
+        user = ensure_user(ctx.session, p["user"], ctx.now, p["name"])
+        return Result(
+            f"{user.id} is known to wa-access." if known else f"Registered {user.id}.",
+            data={"user": user.id, "created": not known},
+            details={"created": not known, "via": p["via"]},
+        )
+
+
+SEEN_VIA = ("request", "users.info")
+
+
+class ListUsersAction(Action):
+    name = "user.list"
+    read_only = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        operator_only(ctx, "list everyone wa-access knows")
+        return Prepared({}, None, WILDCARD, "users", "list the people wa-access knows")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        grants = (
+            select(Grant.user_id, func.count().label("n"))
+            .where(_live(ctx))
+            .group_by(Grant.user_id)
+            .subquery()
+        )
+        rows = ctx.session.execute(
+            select(User.id, User.name, User.active, User.deactivated_at, grants.c.n)
+            .outerjoin(grants, grants.c.user_id == User.id)
+            .order_by(User.id)
+            .limit(LIST_MAX)
+        ).all()
+        people = [
+            {
+                "user": uid,
+                "name": name,
+                "active": bool(active),
+                "deactivated_at": format_moment(gone) if gone else None,
+                "grants": int(n or 0),
+            }
+            for uid, name, active, gone, n in rows
+        ]
+        return Result(f"{len(people)} people are known to wa-access.", data={"users": people})
+
+
+class RemoveUserAction(Action):
+    """An operator takes someone out: deactivated, so no grant of theirs counts.
+
+    The row stays, as history the audit log and old grants refer to; the person
+    comes back only through `user add` (and new grants).
+    """
+
+    name = "user.remove"
+    mutates_policy = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        operator_only(ctx, "remove people")
+        user = require_user(ctx.session, parse_user_id(str(params.get("user") or "")))
+        if not user.active:
+            raise Conflict(f"{user.id} was already removed on {format_moment(user.deactivated_at)}")
+        return Prepared({"user": user.id}, None, WILDCARD, f"user:{user.id}", f"remove {user.id}")
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
+        ensure_not_last_admin(ctx.session, prepared.params["user"], ctx.now, "removing them")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        user = require_user(ctx.session, prepared.params["user"], lock=True)
+        user.active, user.deactivated_at = False, ctx.now
+        ctx.session.flush()
+        return Result(
+            f"Removed {user.id}: none of their grants count any more.",
+            data={"user": user.id},
+            policy_users=frozenset({user.id}),
+        )
+
+
+class ListNumbersAction(Action):
+    name = "number.list"
+    read_only = True
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        operator_only(ctx, "list the workspace's numbers")
+        return Prepared({}, None, WILDCARD, "numbers", "list the workspace's numbers")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        grants = (
+            select(Grant.scope, func.count().label("n"))
+            .where(_live(ctx))
+            .group_by(Grant.scope)
+            .subquery()
+        )
+        rows = ctx.session.execute(
+            select(Number.e164, Number.phone_number_id, Number.label, grants.c.n)
+            .outerjoin(grants, grants.c.scope == Number.e164)
+            .order_by(Number.e164)
+            .limit(LIST_MAX)
+        ).all()
+        numbers = [
+            {"number": e164, "phone_number_id": pid, "label": label, "grants": int(n or 0)}
+            for e164, pid, label, n in rows
+        ]
+        return Result(f"{len(numbers)} numbers are registered.", data={"numbers": numbers})
+
+
+class RemoveNumberAction(Action):
+    """An operator takes a number out; refused while grants on it still count."""
+
+    name = "number.remove"
+
+    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        operator_only(ctx, "remove numbers")
+        raw = str(params.get("number") or "").strip()
+        if not raw:
+            raise InvalidInput("name the number to remove, e.g. +15550001111")
+        e164 = resolve_scope(ctx.session, raw)
+        if e164 == WILDCARD or ctx.session.get(Number, e164) is None:
+            raise NotFound(f"{raw} is not a registered number (see `wa-access number list`)")
+        return Prepared({"number": e164}, None, WILDCARD, f"number:{e164}", f"remove {e164}")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        e164 = prepared.params["number"]
+        number = ctx.session.get(Number, e164, with_for_update=True)
+        if number is None:
+            raise NotFound(f"{e164} is not a registered number")
+        holders = ctx.session.execute(
+            select(Grant.id, Grant.user_id, Grant.role)
+            .where(Grant.scope == e164, _live(ctx))
+            .order_by(Grant.id)
+            .limit(11)
+        ).all()
+        if holders:
+            named = ", ".join(f"#{gid} {user} ({role})" for gid, user, role in holders[:10])
+            more = " and more" if len(holders) > 10 else ""
+            raise Conflict(
+                f"{e164} still has grants that count: {named}{more}. Revoke them first "
+                f"(`/wa-role revoke @user ROLE --number {e164}`)."
+            )
+        ctx.session.delete(number)
+        ctx.session.flush()
+        return Result(f"Removed {e164}: grants can no longer name it.", data={"number": e164})
+
+
+DIRECTORY_ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        SeenUserAction(),
+        ListUsersAction(),
+        RemoveUserAction(),
+        ListNumbersAction(),
+        RemoveNumberAction(),
+    )
+}

@@ -1,0 +1,1 @@
+"""Alembic migrations of the schema; applied by `rbac_core.store.migrate`."""

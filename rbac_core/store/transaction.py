@@ -1,0 +1,180 @@
+"""`Txn`: one transaction on one pooled connection.
+
+Every transaction is a `Txn`: one pooled connection, an ORM `Session` made only
+if something asks for it, and `Txn.rows`/`Txn.run` for the few statements on
+the hot path of every request (policy version, audit append, `/wa-role show`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
+
+from .statements import Sql
+
+log = logging.getLogger(__name__)
+
+
+class Txn:
+    """One transaction on one pooled connection.
+
+    The transaction is begun and ended on the pooled driver connection itself:
+    SQLAlchemy's `Connection` (made, with its events, on every checkout) and its
+    begin/commit machinery cost more than the statements of a `/wa-role show`.
+    `session` is made on first use: only then is the connection wrapped in a
+    SQLAlchemy `Connection` that is told the transaction is open, so fast
+    statements and ORM work share one snapshot and commit or roll back together.
+    """
+
+    def __init__(self, engine: Engine, pooled: PoolProxiedConnection) -> None:
+        self._engine = engine
+        self._pooled = pooled
+        self._conn: Connection | None = None
+        self._session: Session | None = None
+        self._sa_txn: Any = None
+        raw = pooled.driver_connection
+        if raw is None:
+            raise RuntimeError("the connection is closed")
+        self._raw = raw
+        self._dialect = engine.dialect
+        self._after_commit: list[Callable[[], None]] | None = None
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed; never if it rolls back.
+
+        For effects that must not be reported before they are durable (counters
+        now). A callback that raises is logged; the commit stands.
+        """
+        if self._after_commit is None:
+            self._after_commit = []
+        self._after_commit.append(callback)
+
+    def _run_after_commit(self) -> None:
+        callbacks, self._after_commit = self._after_commit or [], None
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("an after-commit callback failed")
+
+    @property
+    def dialect_name(self) -> str:
+        """`sqlite` or `postgresql`: for the few statements that differ between them."""
+        return str(self._dialect.name)
+
+    @classmethod
+    def joining(cls, session: Session) -> Txn:
+        """The fast-statement view of a session's transaction; never ends it."""
+        conn = session.connection()
+        txn = cls(conn.engine, conn.connection)
+        txn._conn, txn._session = conn, session
+        return txn
+
+    @property
+    def conn(self) -> Connection:
+        """This transaction as a SQLAlchemy Connection (for Core statements)."""
+        if self._conn is None:
+            self._conn = Connection(self._engine, connection=self._pooled)
+            self._sa_txn = self._conn.begin()  # the begin events see it is open
+        return self._conn
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(bind=self.conn, expire_on_commit=False)
+            self._session.info["wa_txn"] = self
+        return self._session
+
+    def _cursor(self, sql: Sql, params: Mapping[str, Any]) -> Any:
+        text_, bound = sql.bind(self._dialect, params)
+        return self._execute(text_, bound, many=False)
+
+    def _execute(self, text_: str, bound: Any, *, many: bool) -> Any:
+        if self._session is not None:
+            self._session.flush()  # fast statements must see the ORM's pending writes
+        cursor = self._raw.cursor()
+        try:
+            if many:
+                cursor.executemany(text_, bound)
+            else:
+                cursor.execute(text_, bound)
+        except Exception as exc:
+            cursor.close()
+            # Wrapped like SQLAlchemy's own errors, and like them without the values.
+            raise DBAPIError.instance(
+                text_, None, exc, self._dialect.loaded_dbapi.Error, hide_parameters=True
+            ) from exc
+        return cursor
+
+    def rows(self, sql: Sql, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        cursor = self._cursor(sql, params or {})
+        try:
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def first(self, sql: Sql, params: Mapping[str, Any] | None = None) -> tuple[Any, ...] | None:
+        cursor = self._cursor(sql, params or {})
+        try:
+            row = cursor.fetchone()
+            return None if row is None else tuple(row)
+        finally:
+            cursor.close()
+
+    def run(self, sql: Sql, params: Mapping[str, Any] | None = None) -> int:
+        """Execute a write; returns the number of rows it touched."""
+        cursor = self._cursor(sql, params or {})
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def run_many(self, sql: Sql, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        text_ = sql.bind(self._dialect, rows[0])[0]
+        bound = [sql.bind(self._dialect, row)[1] for row in rows]
+        self._execute(text_, bound, many=True).close()
+
+    def _commit(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+            self._session.close()
+            self._session = None
+        if self._sa_txn is not None:
+            self._sa_txn.commit()
+        else:
+            self._raw.commit()
+
+    def _rollback(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        if self._sa_txn is not None:
+            if self._sa_txn.is_active:
+                self._sa_txn.rollback()
+        else:
+            self._raw.rollback()
+
+    def _release(self) -> None:
+        """Back to the pool, through the Connection if one was made (it owns it then)."""
+        if self._conn is not None:
+            self._conn.close()
+        else:
+            self._pooled.close()
+
+
+def txn_of(session: Session) -> Txn:
+    """The fast-statement view of a session's current transaction (never ends it).
+
+    A session made by a `Txn` gives that Txn back, so `after_commit` callbacks
+    registered through it run when its transaction commits.
+    """
+    owner = session.info.get("wa_txn")
+    return owner if isinstance(owner, Txn) else Txn.joining(session)
