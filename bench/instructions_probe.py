@@ -11,7 +11,7 @@ from the environment, as for `wa-access serve`.
 KIND is what answers the requests:
 
 * `bare`: bench.bare_app, the Flask 200 of the throughput benchmark;
-* `bolt`: our Bolt app as configured by bot.slack_app, behind our Flask route,
+* `bolt`: our Bolt app as configured by bot.slack.app, behind our Flask route,
   with one `/wa-role` listener that acknowledges a fixed text (the cost of
   Slack's framework itself);
 * `show`: the whole app, `/wa-role show` through the gate.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,6 +11,7 @@ from sqlalchemy import select, text
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result, audit
 from rbac_core.actions import ROLE_ACTIONS
 from rbac_core.clock import utcnow
+from rbac_core.gate import NoParams
 from rbac_core.store.models import Grant, PendingAction
 
 from .conftest import ADMIN, ALICE, BOB
@@ -111,13 +111,14 @@ def test_sensitive_actions_pass_once_the_second_factor_is_satisfied(
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="developer").status == "done"
 
 
-class _Explodes(Action):
+class _Explodes(Action[NoParams]):
     """Writes a grant, then fails: the gate must leave no trace but the audit entry."""
 
     name = "test.explodes"
+    params_type = NoParams
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        return Prepared(dict(params), "roles:assign", "*", "user:U0ALICE01", "explode")
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
+        return Prepared(params.as_dict(), "roles:assign", "*", "user:U0ALICE01", "explode")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         ctx.session.add(
@@ -141,16 +142,17 @@ def test_a_failing_action_writes_nothing_but_its_audit_entry(
     assert (last.action, last.outcome) == ("test.explodes", "error")
 
 
-class _BadQuery(Action):
+class _BadQuery(Action[NoParams]):
     """A read-only action whose query the database refuses: a column's range overflowed,
     say. PostgreSQL then refuses every later statement of the transaction."""
 
+    params_type = NoParams
     read_only = True
 
     def __init__(self, name: str, where: str) -> None:
         self.name, self.where = name, where
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         if self.where == "prepare":
             ctx.session.execute(text("SELECT * FROM no_such_table"))
         return Prepared({}, "roles:view", "*", "-", "read something")
@@ -264,12 +266,13 @@ def test_read_only_actions_change_nothing_but_the_audit_log(gate: Gate, db: Data
 
 
 def test_an_action_cannot_be_both_read_only_and_need_confirmation(db: Database) -> None:
-    class Sneaky(Action):
+    class Sneaky(Action[NoParams]):
         name = "sneaky"
+        params_type = NoParams
         read_only = True
         needs_confirmation = True
 
-        def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+        def prepare(self, ctx: Context, params: NoParams) -> Prepared:
             return Prepared({}, None, "*", "-", "look")
 
         def execute(self, ctx: Context, prepared: Prepared) -> Result:
@@ -293,3 +296,19 @@ def test_a_surface_given_as_the_enum_is_audited_as_its_plain_value(
         assert audit.verify(conn).ok
     with pytest.raises(ValueError, match="unknown surface"):
         gate.submit("operator", "carrier-pigeon", "user.list", {})
+
+
+def test_an_action_must_declare_what_it_takes(db: Database) -> None:
+    """Its params are its schema: a surface never sends an action fields it did not name."""
+
+    class Untyped(Action[NoParams]):
+        name = "untyped"
+
+        def prepare(self, ctx: Context, params: NoParams) -> Prepared:
+            return Prepared({}, None, "*", "-", "look")
+
+        def execute(self, ctx: Context, prepared: Prepared) -> Result:
+            return Result("looked")
+
+    with pytest.raises(ValueError, match="declares no params_type"):
+        Gate(db, {"untyped": Untyped()})

@@ -4,7 +4,7 @@ paced per destination, retried, given up for good reasons, and never lost to a d
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,7 +14,7 @@ from sqlalchemy import select
 from bot.config import Settings
 from bot.outbox_worker import OutboxWorker, build_worker, slack_deliverer
 from rbac_core import Database, Gate, ManualClock, build_gate
-from rbac_core.gate import Action, Context, Prepared, Result
+from rbac_core.gate import Action, Context, NoParams, Prepared, Result
 from rbac_core.outbox import AUDIT_CHANNEL, MAX_ATTEMPTS, Notice, Outbox, enqueue, person
 from rbac_core.store.models import OutboxMessage
 from rbac_core.values import WILDCARD
@@ -105,12 +105,13 @@ def test_a_refused_action_writes_no_notice(gate: Gate, db: Database) -> None:
     assert notices(db) == []
 
 
-class _Unsendable(Action):
+class _Unsendable(Action[NoParams]):
     """Writes a grant-free row, then returns a notice that cannot be stored (not JSON)."""
 
     name = "test.unsendable"
+    params_type = NoParams
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         return Prepared({}, None, WILDCARD, "-", "send something odd")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:

@@ -106,7 +106,7 @@ def test_a_long_list_of_deactivated_people_is_audited_by_count(
     [
         ("review.build", {"review": "x"}, "that names no access review"),
         ("review.build", {"review": 2**40}, "that names no access review"),
-        ("review.build", {"review": 1, "deactivated": "U0ALICE01"}, "deactivated must be a list"),
+        ("review.build", {"review": 1, "deactivated": "U0ALICE01"}, "`deactivated` must be a list"),
         ("review.build", {"review": 1, "deactivated": ["not a user"]}, "Slack user ids"),
         ("review.mark", {"review": 1, "status": "lost"}, "posting or posted"),
         ("review.mark", {"review": 1, "status": "posted"}, "channel and ts"),

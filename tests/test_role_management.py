@@ -7,6 +7,7 @@ import pytest
 from rbac_core import Database, Gate, ManualClock
 from rbac_core.clock import utcnow
 from rbac_core.directory import register_number
+from rbac_core.principals import Principal
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
 from .helpers import AlwaysVerified, audit_rows, give_2fa, live_grants, role_names, run
@@ -365,14 +366,15 @@ def test_help_lists_exactly_the_subcommands_the_gate_lets_each_person_use(
     }
     assert set(samples) == {sub.name for sub in SUBCOMMANDS}
     seen = {}
-    for i, actor in enumerate((ADMIN, ALICE, CAROL, dave)):
+    for i, person in enumerate((ADMIN, ALICE, CAROL, dave)):
+        actor = Principal.person(person)
         listed = command.help(actor)
         for sub in SUBCOMMANDS:
             reply = command.handle(actor, "cli", samples[sub.name].format(i=i))
             assert reply.outcome is not None, reply.text
             allowed = reply.outcome.status != "denied"
-            seen[(actor, sub.name)] = allowed
-            assert (f"`{sub.usage}`" in listed) == allowed, (actor, sub.name, reply.text)
+            seen[(person, sub.name)] = allowed
+            assert (f"`{sub.usage}`" in listed) == allowed, (person, sub.name, reply.text)
     # Alice's roles:view on one number lets her ask about that number, not list every role.
     assert seen[(ALICE, "why")] and not seen[(ALICE, "list")]
     assert seen[(CAROL, "assign")] and not seen[(CAROL, "create")]

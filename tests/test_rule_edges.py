@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -10,6 +10,7 @@ import pytest
 from rbac_core import Action, Context, Database, Gate, ManualClock, Prepared, Result
 from rbac_core.actions import ROLE_ACTIONS
 from rbac_core.clock import utcnow
+from rbac_core.gate import Params
 from rbac_core.policy.catalogue import PERMISSIONS
 
 from .conftest import ADMIN, ALICE, BOB
@@ -186,14 +187,20 @@ def test_decisions_accept_any_spelling_of_a_number(gate: Gate, db: Database) -> 
         assert gate.decide(ALICE, "messages:send_text", spelling).allowed
 
 
-class _TakesACode(Action):
+@dataclass(frozen=True)
+class _CodeParams(Params):
+    code: str | None = None
+
+
+class _TakesACode(Action[_CodeParams]):
     """Stands in for issue 3's 2FA actions: a param that must never be audited."""
 
     name = "test.code"
+    params_type = _CodeParams
     secret_params = frozenset({"code"})
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        return Prepared(dict(params), None, "*", f"user:{ctx.actor}", "check a code")
+    def prepare(self, ctx: Context, params: _CodeParams) -> Prepared:
+        return Prepared(params.as_dict(), None, "*", f"user:{ctx.actor}", "check a code")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         return Result("checked")

@@ -263,4 +263,3 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         # at /dev/null so the interpreter's last flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-

@@ -18,7 +18,7 @@ from typing import IO, Any, Literal, TextIO
 from handlers.commands.grammar import UsageError
 from handlers.commands.roles import Reply
 from rbac_core.directory import users_named
-from rbac_core.principals import Surface
+from rbac_core.principals import Principal, Surface
 from rbac_core.review.reading import Page
 
 from ..runtime import Runtime
@@ -35,7 +35,7 @@ def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = N
     # The actor first, before the database is opened: a malformed --as is a usage
     # error (exit 2) whatever state the database is in.
     actor = _user_arg(args.as_user)
-    session = ConsoleSession(_runtime(), actor, out)
+    session = ConsoleSession(_runtime(), Principal.person(actor), out)
     source = stdin or sys.stdin
     if isinstance(source, io.TextIOWrapper):
         source.reconfigure(errors="replace")  # a stray byte must not end the session
@@ -68,7 +68,7 @@ class ConsoleSession:
     commands learns that one of them was refused, not only whether the last was.
     """
 
-    def __init__(self, runtime: Runtime, actor: str, out: TextIO) -> None:
+    def __init__(self, runtime: Runtime, actor: Principal, out: TextIO) -> None:
         self.runtime = runtime
         self.actor = actor
         self.out = out

@@ -30,6 +30,7 @@ from handlers.slack.roles import register as register_roles
 from handlers.slack.stepup import COMMAND, Rerun, rerun_command
 from handlers.slack.stepup import register as register_stepup
 from handlers.slack.twofa import register as register_twofa
+from rbac_core.principals import Principal
 
 from ..config import Settings
 from ..runtime import Runtime
@@ -112,9 +113,11 @@ def build_slack_app(runtime: Runtime) -> App:
     register_audit(app, runtime.audit, client)
     reruns: dict[str, Rerun] = {
         "/wa-role": lambda actor, text: runtime.roles.handle(
-            actor, "slack", text, directory.lookup_for(actor)
+            Principal.slack_user(actor), "slack", text, directory.lookup_for(actor)
         ),
-        "/wa-2fa": lambda actor, text: runtime.twofa.handle(actor, "slack", text),
+        "/wa-2fa": lambda actor, text: runtime.twofa.handle(
+            Principal.slack_user(actor), "slack", text
+        ),
     }
     register_stepup(
         app,

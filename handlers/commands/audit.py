@@ -15,6 +15,7 @@ from typing import Any
 from rbac_core import Gate
 from rbac_core import audit as audit_log
 from rbac_core.actions.audit_log import LogLine
+from rbac_core.principals import Principal
 from rbac_core.review.building import KIND_TITLES, KINDS
 
 from .grammar import NameLookup, Option, Subcommand
@@ -77,7 +78,7 @@ class AuditCommand(SlashCommand):
 
     def handle(
         self,
-        actor: str,
+        actor: Principal,
         surface: str,
         text: str,
         before_submit: Callable[[Mapping[str, object]], None] | None = None,
@@ -105,7 +106,7 @@ class AuditCommand(SlashCommand):
         return Reply("text", text, outcome=reply.outcome, data=dict(reply.outcome.data))
 
     def _review(
-        self, actor: str, surface: str, deactivated: Deactivated | None, reply: Reply
+        self, actor: Principal, surface: str, deactivated: Deactivated | None, reply: Reply
     ) -> Reply:
         assert reply.outcome is not None
         try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rbac_core import Gate, Outcome
+from rbac_core.principals import Principal
 from rbac_core.review.building import DEFAULT_DAYS, Totals
 from rbac_core.review.reading import Page, write_csv
 
@@ -61,7 +62,7 @@ class ReviewRun:
 
 def run_review(
     gate: Gate,
-    actor: str,
+    actor: Principal,
     surface: str,
     *,
     days: int = DEFAULT_DAYS,
@@ -99,7 +100,7 @@ def export_csv(gate: Gate, allowed: Outcome) -> str:
 
 def complete_review(
     gate: Gate,
-    actor: str,
+    actor: Principal,
     surface: str,
     opened: Outcome,
     *,

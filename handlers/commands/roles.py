@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rbac_core import Gate, Outcome
+from rbac_core.principals import Principal
 
 from .grammar import NameLookup, Option, Subcommand, UsageError, parse
 
@@ -119,7 +120,7 @@ class Reply:
     text: str
     pending_id: str | None = None
     outcome: Outcome | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -143,7 +144,7 @@ class SlashCommand:
 
     def handle(
         self,
-        actor: str,
+        actor: Principal,
         surface: str,
         text: str,
         before_submit: Callable[[Mapping[str, object]], None] | None = None,
@@ -166,7 +167,7 @@ class SlashCommand:
         outcome = self.gate.submit(actor, surface, parsed.subcommand.action, parsed.params)
         return reply_for(outcome, parsed.subcommand.usage)
 
-    def help(self, actor: str) -> str:
+    def help(self, actor: Principal) -> str:
         """Only what the caller may do (SPEC §5): a denied subcommand is not listed.
 
         A subcommand that takes `--number` is checked in that number, so it is
@@ -177,7 +178,7 @@ class SlashCommand:
         policy = self.gate.policy()
         lines = [f"*{self.command}* — {self.title}"]
         for sub in self.subcommands:
-            if may_use(policy, actor, sub):
+            if may_use(policy, actor.id, sub):
                 lines.append(f"• `{sub.usage}` — {sub.summary}")
         lines.append(f"• `{self.command} help` — this list")
         return "\n".join(lines)
@@ -209,10 +210,10 @@ def reply_for(outcome: Outcome, usage: str = "") -> Reply:
             outcome.message,
             pending_id=outcome.pending_id,
             outcome=outcome,
-            data=dict(outcome.data),
+            data=outcome.data,
         )
     if outcome.status == "done":
-        return Reply("text", outcome.message, outcome=outcome, data=dict(outcome.data))
+        return Reply("text", outcome.message, outcome=outcome, data=outcome.data)
     text = outcome.message
     if outcome.status == "invalid" and usage:
         text = f"{text}\nUsage: {usage}"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from rbac_core import Gate
 from rbac_core.audit.checkpoints import ACTION, Checkpoint, has_new_entries
-from rbac_core.principals import SCHEDULER, Surface
+from rbac_core.principals import SCHEDULER, Principal, Surface
 
 if TYPE_CHECKING:  # only for annotations: `wa-access` need not load slack_sdk to start
     from slack_sdk import WebClient
@@ -43,7 +43,7 @@ class Delivery:
 
 
 def take_checkpoint(
-    gate: Gate, *, actor: str = SCHEDULER, surface: str = Surface.SCHEDULER
+    gate: Gate, *, actor: Principal = SCHEDULER, surface: str = Surface.SCHEDULER
 ) -> Checkpoint:
     """Sign the head through the gate (authorised and audited as `audit.checkpoint`)."""
     outcome = gate.submit(actor, surface, ACTION, {})

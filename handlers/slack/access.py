@@ -14,6 +14,7 @@ from slack_bolt import Ack, App, Respond
 from slack_sdk import WebClient
 
 from rbac_core import Gate
+from rbac_core.principals import Principal
 
 from ..commands.roles import reply_for
 from .blocks import OUT_OF_DATE, clicked_json, clicked_value, escape, message, own_json
@@ -96,7 +97,9 @@ def _decide(
     """Decide and answer; True when it waits for the approver's 2FA code instead."""
     action = "access.approve" if approve else "access.deny"
     try:
-        outcome = gate.submit(actor, "slack", action, {"request_id": request_id})
+        outcome = gate.submit(
+            Principal.slack_user(actor), "slack", action, {"request_id": request_id}
+        )
     except Exception:
         log.exception("access decision failed")
         answer(
@@ -350,7 +353,7 @@ def _submit_request_form(
         "number": meta.get("scope"),
     }
     try:
-        outcome = gate.submit(actor, "slack", "access.request", params)
+        outcome = gate.submit(Principal.slack_user(actor), "slack", "access.request", params)
     except Exception:
         log.exception("access request form failed")
         ack(response_action="errors", errors={"reason": "Something went wrong; try again."})

@@ -19,6 +19,7 @@ from slack_sdk import WebClient
 from rbac_core import Gate, Outcome
 from rbac_core import audit as audit_log
 from rbac_core.clock import utcnow
+from rbac_core.principals import Principal
 from rbac_core.review.reading import Page
 
 from ..commands.audit import AuditCommand
@@ -71,7 +72,10 @@ def register(app: App, audit: AuditCommand, client: WebClient) -> None:
             ack(response_type="ephemeral", text=exc.render())
             return
         if parsed is None:
-            ack(response_type="ephemeral", text=audit.help(command.get("user_id", "")))
+            ack(
+                response_type="ephemeral",
+                text=audit.help(Principal.slack_user(str(command.get("user_id", "")))),
+            )
             return
         ack(response_type="ephemeral", text=WORKING)
 
@@ -84,7 +88,7 @@ def register(app: App, audit: AuditCommand, client: WebClient) -> None:
             return  # answered by the acknowledgement
         try:
             reply = audit.handle(
-                actor,
+                Principal.slack_user(actor),
                 "slack",
                 command.get("text") or "",
                 deactivated=lambda: slack_deactivated(client, lambda: None),
@@ -105,7 +109,7 @@ def register(app: App, audit: AuditCommand, client: WebClient) -> None:
             respond(response_type="ephemeral", replace_original=False, text=OUT_OF_DATE)
             return
         try:
-            outcome = gate.submit(actor, "slack", "audit.log", filters)
+            outcome = gate.submit(Principal.slack_user(actor), "slack", "audit.log", filters)
             if outcome.status != "done":
                 respond(response_type="ephemeral", replace_original=False, text=outcome.message)
                 return

@@ -13,6 +13,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 
 from rbac_core import Gate
+from rbac_core.principals import Principal
 
 from .access import decision_buttons
 from .blocks import escape
@@ -32,9 +33,9 @@ def _where(scope: str) -> str:
 
 
 def home_view(gate: Gate, user: str) -> dict[str, Any]:
-    shown = gate.submit(user, "slack", "role.show", {})
-    twofa = gate.submit(user, "slack", "2fa.status", {})
-    pending = gate.submit(user, "slack", "access.pending", {})
+    shown = gate.submit(Principal.slack_user(user), "slack", "role.show", {})
+    twofa = gate.submit(Principal.slack_user(user), "slack", "2fa.status", {})
+    pending = gate.submit(Principal.slack_user(user), "slack", "access.pending", {})
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "Your WhatsApp access"}}
     ]
@@ -84,7 +85,7 @@ def _latest_review(gate: Gate, user: str) -> list[dict[str, Any]]:
     """For those who may read the audit log (SPEC §5): the latest access review."""
     if not gate.decide(user, "audit:view").allowed:
         return []  # not offered, and no denial in the log for merely opening the tab
-    latest = gate.submit(user, "slack", "review.latest", {})
+    latest = gate.submit(Principal.slack_user(user), "slack", "review.latest", {})
     review = latest.data.get("review") if latest.ok else None
     if review is None:
         return [{"type": "divider"}, _section("*Latest access review*\nNone has run yet.")]

@@ -18,6 +18,7 @@ from slack_sdk import WebClient
 
 from rbac_core import Gate, Outcome
 from rbac_core.clock import Clock, utcnow
+from rbac_core.principals import Principal
 from rbac_core.review.building import KIND_TITLES, KINDS
 from rbac_core.review.reading import Finding, Page
 
@@ -200,7 +201,7 @@ def register(app: App, gate: Gate) -> Resume:
             respond(replace_original=True, **render(shown, _now(gate)))
 
     def decide(action: str, actor: str, finding: str, respond: Respond | Any) -> Outcome:
-        outcome = gate.submit(actor, "slack", action, {"finding": finding})
+        outcome = gate.submit(Principal.slack_user(actor), "slack", action, {"finding": finding})
         if outcome.status == "done":
             redraw(outcome, respond)
             respond(response_type="ephemeral", replace_original=False, text=outcome.message)
@@ -244,7 +245,12 @@ def register(app: App, gate: Gate) -> Resume:
         actor = str(body.get("user", {}).get("id", ""))
         review, _, number = clicked_value(body).partition(":")
         try:
-            outcome = gate.submit(actor, "slack", "review.page", {"review": review, "page": number})
+            outcome = gate.submit(
+                Principal.slack_user(actor),
+                "slack",
+                "review.page",
+                {"review": review, "page": number},
+            )
             shown = outcome.data.get("page")
             if isinstance(shown, Page):
                 respond(replace_original=True, **render(shown, _now(gate)))

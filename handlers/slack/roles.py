@@ -16,6 +16,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from rbac_core import Gate
+from rbac_core.principals import Principal
 
 from ..commands.grammar import mentioned_users
 from ..commands.roles import Reply, RoleCommand, reply_for
@@ -51,7 +52,7 @@ class SlackDirectory:
             return
         if not self.gate.knows(user_id):
             params = {"user": user_id, "name": name, "via": via}
-            outcome = self.gate.submit(actor, "slack", "user.seen", params)
+            outcome = self.gate.submit(Principal.slack_user(actor), "slack", "user.seen", params)
             if outcome.status != "done":
                 log.warning("could not register %s: %s", user_id, outcome.error_code)
                 return
@@ -119,7 +120,9 @@ def register(
         try:
             directory.ensure(actor, command.get("user_name"))
             text = command.get("text") or ""
-            reply = roles.handle(actor, "slack", text, directory.lookup_for(actor))
+            reply = roles.handle(
+                Principal.slack_user(actor), "slack", text, directory.lookup_for(actor)
+            )
             outcome = reply.outcome
             if outcome is not None and outcome.action == "access.request" and outcome.ok:
                 notice = approvers_told(audit_channel)
@@ -145,7 +148,9 @@ def register(
             actor = body.get("user", {}).get("id", "")
             pending_id = clicked_value(body)
             try:
-                outcome = (gate.confirm if confirm else gate.cancel)(pending_id, actor, "slack")
+                outcome = (gate.confirm if confirm else gate.cancel)(
+                    pending_id, Principal.slack_user(actor), "slack"
+                )
             except Exception:
                 log.exception("confirmation failed")
                 respond(response_type="ephemeral", replace_original=False, text=TROUBLE)

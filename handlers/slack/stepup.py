@@ -18,6 +18,7 @@ from slack_sdk import WebClient
 from slack_sdk.webhook import WebhookClient
 
 from rbac_core import Gate
+from rbac_core.principals import Principal
 
 from ..commands.roles import Reply
 from .blocks import escape, message, own_json
@@ -155,7 +156,9 @@ def register(app: App, gate: Gate, resumers: dict[str, Resume]) -> None:
         try:
             values = view.get("state", {}).get("values", {})
             code = str(values.get(BLOCK_ID, {}).get(ACTION_ID, {}).get("value") or "")
-            outcome = gate.submit(actor, "slack", "2fa.verify", {"code": code})
+            outcome = gate.submit(
+                Principal.slack_user(actor), "slack", "2fa.verify", {"code": code}
+            )
         except Exception:
             log.exception("2FA modal failed")
             ack(response_action="errors", errors={BLOCK_ID: "Something went wrong; try again."})

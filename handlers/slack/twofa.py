@@ -11,6 +11,8 @@ import segno
 from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
+from rbac_core.principals import Principal
+
 from ..commands.roles import Reply
 from ..commands.twofa import TwoFactorCommand
 from .blocks import escape, message
@@ -31,7 +33,7 @@ def register(
         actor = command.get("user_id", "")
         try:
             directory.ensure(actor, command.get("user_name"))
-            reply = twofa.handle(actor, "slack", command.get("text") or "")
+            reply = twofa.handle(Principal.slack_user(actor), "slack", command.get("text") or "")
             if "uri" in reply.data:
                 reply = _send_secret(client, actor, reply)
             if ask_for_code(client, command, reply):

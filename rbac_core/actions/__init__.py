@@ -1,5 +1,7 @@
 """The actions, grouped by what they act on; each module's actions are listed here once."""
 
+from typing import Any
+
 from ..gate import Action
 from .grant_actions import AssignAction, ListAction, RevokeAction, ShowAction, WhyAction
 from .people import (
@@ -10,7 +12,7 @@ from .people import (
 )
 from .role_definitions import CreateAction, DeleteAction, EditAction
 
-ROLE_ACTIONS: dict[str, Action] = {
+ROLE_ACTIONS: dict[str, Action[Any]] = {
     a.name: a
     for a in (
         ShowAction(),

@@ -9,7 +9,7 @@ for sensitive roles). Requests wait 24 hours at most.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from ..directory import require_user, resolve_scope
 from ..errors import Conflict, InvalidInput, PendingActionError, TwoFactorRequired
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, NoParams, Params, Prepared, Result, wire, wire_name
 from ..outbox import AUDIT_CHANNEL, Notice, person
 from ..policy.relations import Resource
 from ..store.models import AccessRequest
@@ -35,16 +35,55 @@ from .request_lookup import find_request
 APPROVAL_TTL = timedelta(hours=24)
 
 
-class RequestAccessAction(Action):
-    name = "access.request"
+@dataclass(frozen=True)
+class RequestView(Data):
+    """An open request, as its requester and the approvers see it."""
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        role = get_role(ctx.session, str(params.get("role") or ""))
-        scope = resolve_scope(ctx.session, params.get("number"), registered=True)
-        if not params.get("for"):
+    request_id: str
+    requester: str
+    role: str
+    scope: str
+    for_: str = field(metadata=wire_name("for"))
+    """How long the role would last once approved, e.g. `4h`."""
+    reason: str
+    expires_at: str
+    """When the request lapses undecided."""
+
+
+def _view(request: AccessRequest) -> RequestView:
+    return RequestView(
+        request.id,
+        request.requester,
+        request.role,
+        request.scope,
+        request.duration,
+        request.reason,
+        request.expires_at.isoformat(),
+    )
+
+
+@dataclass(frozen=True)
+class RequestParams(Params):
+    role: str | None = None
+    number: int | str | None = None
+    """The scope: a registered business number (or its Graph id, which may come as a
+    number), or `*`."""
+    for_: str | None = wire("for")
+    """How long, e.g. `4h`: requested access is always time-bound."""
+    reason: str | None = None
+
+
+class RequestAccessAction(Action[RequestParams]):
+    name = "access.request"
+    params_type = RequestParams
+
+    def prepare(self, ctx: Context, params: RequestParams) -> Prepared:
+        role = get_role(ctx.session, params.role or "")
+        scope = resolve_scope(ctx.session, params.number, registered=True)
+        if not params.for_:
             raise InvalidInput("say for how long, e.g. --for 4h: requested access is time-bound")
-        duration = format_duration(parse_duration(str(params["for"])))
-        reason = clean_text(params.get("reason"), "reason", 500)
+        duration = format_duration(parse_duration(params.for_))
+        reason = clean_text(params.reason, "reason", 500)
         if not reason:
             raise InvalidInput("say why, e.g. --reason covering the night shift")
         ensure_not_held(ctx, ctx.actor, role.name, scope)
@@ -86,22 +125,14 @@ class RequestAccessAction(Action):
         )
         ctx.session.add(request)
         ctx.session.flush()
-        data = {
-            "request_id": request.id,
-            "requester": ctx.actor,
-            "role": p["role"],
-            "scope": p["number"],
-            "for": p["for"],
-            "reason": p["reason"],
-            "expires_at": request.expires_at.isoformat(),
-        }
+        data = _view(request)
         return Result(
             f"Asked for {p['role']} in {scope_text(p['number'])} for {p['for']}; the request "
             "waits for an approver.",
             data=data,
             details={"request_id": request.id},
             # Approvers hear of it in the audit channel, with Approve and Deny buttons.
-            notices=(Notice("access.requested", AUDIT_CHANNEL, data),),
+            notices=(Notice("access.requested", AUDIT_CHANNEL, data.as_dict()),),
         )
 
 
@@ -135,18 +166,50 @@ def _pending_request(ctx: Context, request_id: str) -> AccessRequest:
     return request
 
 
-class DecideAccessAction(Action):
+@dataclass(frozen=True)
+class DecideParams(Params):
+    request_id: str | None = None
+    note: str | None = None
+    """A word for the record on why it was approved or denied."""
+
+
+@dataclass(frozen=True)
+class DecidedRequest(Data):
+    """A request once decided: `status` is `approved` or `denied`."""
+
+    request_id: str
+    requester: str
+    user: str
+    """The requester again: whose grant changed."""
+    role: str
+    scope: str
+    for_: str = field(metadata=wire_name("for"))
+    reason: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ApprovedRequest(DecidedRequest):
+    """An approved request, with the grant it made."""
+
+    grant_id: int
+    expires_at: str | None
+    """When the grant ends."""
+
+
+class DecideAccessAction(Action[DecideParams]):
     """Approve or deny; `approve=True` grants the role for the requested time."""
 
+    params_type = DecideParams
     mutates_policy = True
 
     def __init__(self, approve: bool) -> None:
         self.approve = approve
         self.name = "access.approve" if approve else "access.deny"
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        request = _pending_request(ctx, str(params.get("request_id") or ""))
-        note = clean_text(params.get("note"), "note", 500)
+    def prepare(self, ctx: Context, params: DecideParams) -> Prepared:
+        request = _pending_request(ctx, params.request_id or "")
+        note = clean_text(params.note, "note", 500)
         verb = "approve" if self.approve else "deny"
         return Prepared(
             {"request_id": request.id, "note": note},
@@ -168,22 +231,22 @@ class DecideAccessAction(Action):
         request = _pending_request(ctx, prepared.params["request_id"])
         request.decided_by, request.decided_at = ctx.actor, ctx.now
         request.decision_note = prepared.params.get("note")
-        base = {
-            "request_id": request.id,
-            "requester": request.requester,
-            "user": request.requester,
-            "role": request.role,
-            "scope": request.scope,
-            "for": request.duration,
-            "reason": request.reason,
-        }
+        base = (
+            request.id,
+            request.requester,
+            request.requester,
+            request.role,
+            request.scope,
+            request.duration,
+            request.reason,
+        )
         if not self.approve:
             request.status = "denied"
             ctx.session.flush()
             return Result(
                 f"Denied {request.requester}'s request for {request.role} in "
                 f"{scope_text(request.scope)}.",
-                data={**base, "status": "denied"},
+                data=DecidedRequest(*base, "denied"),
                 details={"request_id": request.id},
                 policy_users=frozenset(),
                 notices=(_decided(ctx, request, approved=False),),
@@ -202,7 +265,7 @@ class DecideAccessAction(Action):
         ctx.session.flush()
         return Result(
             f"Approved: {granted.message}",
-            data={**granted.data, **base, "status": "approved"},
+            data=ApprovedRequest(*base, "approved", request.grant_id, granted.data["expires_at"]),
             details={"request_id": request.id, "grant_id": request.grant_id},
             policy_users=granted.policy_users,
             notices=(_decided(ctx, request, approved=True, until=granted.data["expires_at"]),),
@@ -226,13 +289,22 @@ def _decided(
     )
 
 
-class PendingRequestsAction(Action):
+@dataclass(frozen=True)
+class PendingData(Data):
+    mine: list[RequestView]
+    """The asker's own open requests."""
+    waiting: list[RequestView]
+    """Others' open requests the asker may decide."""
+
+
+class PendingRequestsAction(Action[NoParams]):
     """What is waiting: your own open requests and, for approvers, those you may decide."""
 
     name = "access.pending"
+    params_type = NoParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         return Prepared({}, None, "*", f"user:{ctx.actor}", "see pending access requests")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
@@ -242,32 +314,20 @@ class PendingRequestsAction(Action):
             .order_by(AccessRequest.created_at)
             .limit(200)
         ).all()
-
-        def view(r: AccessRequest) -> dict[str, Any]:
-            return {
-                "request_id": r.id,
-                "requester": r.requester,
-                "role": r.role,
-                "scope": r.scope,
-                "for": r.duration,
-                "reason": r.reason,
-                "expires_at": r.expires_at.isoformat(),
-            }
-
-        mine = [view(r) for r in rows if r.requester == ctx.actor]
+        mine = [_view(r) for r in rows if r.requester == ctx.actor]
         waiting = [
-            view(r)
+            _view(r)
             for r in rows
             if r.requester != ctx.actor
             and ctx.policy.decide(ctx.actor, "access:approve", r.scope).allowed
         ]
         return Result(
             f"{len(mine)} of your requests and {len(waiting)} for you to decide are pending.",
-            data={"mine": mine, "waiting": waiting},
+            data=PendingData(mine, waiting),
         )
 
 
-ACCESS_ACTIONS: dict[str, Action] = {
+ACCESS_ACTIONS: dict[str, Action[Any]] = {
     a.name: a
     for a in (
         RequestAccessAction(),

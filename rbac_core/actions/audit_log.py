@@ -9,7 +9,6 @@ them, and the surface then runs them on `Database.snapshot()`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -17,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table, or_, select
 
 from ..errors import InvalidInput
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, NoParams, Params, Prepared, Result
 from ..store.models import AuditEntry
 from ..values import BIGINT_MAX, WILDCARD, parse_duration, parse_user_id, parse_whole_number
 
@@ -39,19 +38,43 @@ class LogLine:
     outcome: str
 
 
-class AuditLogAction(Action):
+@dataclass(frozen=True)
+class LogParams(Params):
+    user: str | None = None
+    """Entries by this person or about them."""
+    action: str | None = None
+    since: str | None = None
+    """How far back, e.g. `7d`."""
+    before: int | float | bool | str | None = None
+    """The page's position: entries before this seq. It comes back from an "Older
+    entries" button as JSON, which a forged click can make any number or a bool:
+    `prepare` refuses each as a page that does not exist, so float and bool are
+    accepted here only to reach that refusal."""
+
+
+@dataclass(frozen=True)
+class LogData(Data):
+    lines: list[LogLine]
+    older: int | None
+    """The seq to page on from (`before`), when older entries exist."""
+    filters: dict[str, Any]
+    """The canonical params of this page, for the button asking for the next one."""
+
+
+class AuditLogAction(Action[LogParams]):
     """Newest entries first, by or about one person, of one action, since a while ago."""
 
     name = "audit.log"
+    params_type = LogParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        user = parse_user_id(str(params["user"])) if params.get("user") else None
-        action = str(params.get("action") or "").strip() or None
+    def prepare(self, ctx: Context, params: LogParams) -> Prepared:
+        user = parse_user_id(params.user) if params.user else None
+        action = (params.action or "").strip() or None
         if action is not None and (len(action) > ACTION_MAX or not action.isprintable()):
             raise InvalidInput("--action takes an action name such as role.assign")
-        since = parse_duration(str(params["since"])) if params.get("since") else None
-        before = params.get("before")
+        since = parse_duration(params.since) if params.since else None
+        before = params.before
         before_seq = (
             parse_whole_number(
                 before, "that page of the log does not exist", low=1, high=BIGINT_MAX
@@ -62,7 +85,7 @@ class AuditLogAction(Action):
         clean = {
             "user": user,
             "action": action,
-            "since": str(params["since"]) if since else None,
+            "since": params.since if since else None,
             "before": before_seq,
         }
         return Prepared(clean, "audit:view", WILDCARD, "audit_log", "read the audit log")
@@ -99,18 +122,19 @@ class AuditLogAction(Action):
         older = lines[-1].seq if len(rows) > LOG_PAGE else None
         return Result(
             f"{len(lines)} audit entries" + (" (more are older)" if older else ""),
-            data={"lines": lines, "older": older, "filters": dict(p)},
+            data=LogData(lines, older, dict(p)),
         )
 
 
-class _Authorise(Action):
+class _Authorise(Action[NoParams]):
     """Authorised and audited here; the surface then does the reading on a snapshot."""
 
+    params_type = NoParams
     read_only = True
     permission = ""
     summary = ""
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         return Prepared({}, self.permission, WILDCARD, "audit_log", self.summary)
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
@@ -131,6 +155,6 @@ class ExportAuditAction(_Authorise):
     hands_out_snapshot = True
 
 
-AUDIT_ACTIONS: dict[str, Action] = {
+AUDIT_ACTIONS: dict[str, Action[Any]] = {
     a.name: a for a in (AuditLogAction(), VerifyAuditAction(), ExportAuditAction())
 }

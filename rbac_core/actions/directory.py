@@ -8,18 +8,19 @@ operator-only and audited like any other gate action.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select
 
 from ..directory import ensure_user, require_user, resolve_scope
 from ..errors import Conflict, Forbidden, InvalidInput, NotFound
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, NoParams, Params, Prepared, Result
 from ..policy.grant_rules import ensure_not_last_admin
 from ..store.models import Grant, Number, User
 from ..values import WILDCARD, format_moment, parse_user_id
 from .granting import operator_only
+from .people import UserData, UserParams
 
 LIST_MAX = 10_000
 
@@ -31,7 +32,23 @@ def _live(ctx: Context) -> Any:
     )
 
 
-class SeenUserAction(Action):
+@dataclass(frozen=True)
+class SeenParams(Params):
+    user: str | None = None
+    name: str | None = None
+    """Their name as Slack gives it, if any."""
+    via: str | None = None
+    """How the surface knows them: `request` (a signed request's sender) or `users.info`."""
+
+
+@dataclass(frozen=True)
+class SeenData(Data):
+    user: str
+    created: bool
+    """True when this registered them; false when wa-access knew them already."""
+
+
+class SeenUserAction(Action[SeenParams]):
     """A surface registers a person it has verified: the sender of a signed Slack
     request, or someone a command named whom Slack's users.info vouches for.
 
@@ -41,17 +58,17 @@ class SeenUserAction(Action):
     """
 
     name = "user.seen"
+    params_type = SeenParams
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: SeenParams) -> Prepared:
         if ctx.surface != "slack":
             raise Forbidden("Only Slack, which verified the person, registers them this way.")
-        user = parse_user_id(str(params.get("user") or ""))
-        via = str(params.get("via") or "")
+        user = parse_user_id(params.user or "")
+        via = params.via or ""
         if via not in SEEN_VIA:
             raise InvalidInput(f"'{via}' is not how a surface knows a person")
-        name = params.get("name")
         return Prepared(
-            {"user": user, "name": name if isinstance(name, str) else None, "via": via},
+            {"user": user, "name": params.name, "via": via},
             None,
             WILDCARD,
             f"user:{user}",
@@ -64,7 +81,7 @@ class SeenUserAction(Action):
         user = ensure_user(ctx.session, p["user"], ctx.now, p["name"])
         return Result(
             f"{user.id} is known to wa-access." if known else f"Registered {user.id}.",
-            data={"user": user.id, "created": not known},
+            data=SeenData(user.id, not known),
             details={"created": not known, "via": p["via"]},
         )
 
@@ -72,11 +89,28 @@ class SeenUserAction(Action):
 SEEN_VIA = ("request", "users.info")
 
 
-class ListUsersAction(Action):
+@dataclass(frozen=True)
+class PersonView(Data):
+    user: str
+    name: str | None
+    active: bool
+    deactivated_at: str | None
+    """When they were removed, as the console shows moments."""
+    grants: int
+    """How many of their grants still count."""
+
+
+@dataclass(frozen=True)
+class UsersData(Data):
+    users: list[PersonView]
+
+
+class ListUsersAction(Action[NoParams]):
     name = "user.list"
+    params_type = NoParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         operator_only(ctx, "list everyone wa-access knows")
         return Prepared({}, None, WILDCARD, "users", "list the people wa-access knows")
 
@@ -94,19 +128,13 @@ class ListUsersAction(Action):
             .limit(LIST_MAX)
         ).all()
         people = [
-            {
-                "user": uid,
-                "name": name,
-                "active": bool(active),
-                "deactivated_at": format_moment(gone) if gone else None,
-                "grants": int(n or 0),
-            }
+            PersonView(uid, name, bool(active), format_moment(gone) if gone else None, int(n or 0))
             for uid, name, active, gone, n in rows
         ]
-        return Result(f"{len(people)} people are known to wa-access.", data={"users": people})
+        return Result(f"{len(people)} people are known to wa-access.", data=UsersData(people))
 
 
-class RemoveUserAction(Action):
+class RemoveUserAction(Action[UserParams]):
     """An operator takes someone out: deactivated, so no grant of theirs counts.
 
     The row stays, as history the audit log and old grants refer to; the person
@@ -114,11 +142,12 @@ class RemoveUserAction(Action):
     """
 
     name = "user.remove"
+    params_type = UserParams
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: UserParams) -> Prepared:
         operator_only(ctx, "remove people")
-        user = require_user(ctx.session, parse_user_id(str(params.get("user") or "")))
+        user = require_user(ctx.session, parse_user_id(params.user or ""))
         if not user.active:
             raise Conflict(f"{user.id} was already removed on {format_moment(user.deactivated_at)}")
         return Prepared({"user": user.id}, None, WILDCARD, f"user:{user.id}", f"remove {user.id}")
@@ -132,16 +161,31 @@ class RemoveUserAction(Action):
         ctx.session.flush()
         return Result(
             f"Removed {user.id}: none of their grants count any more.",
-            data={"user": user.id},
+            data=UserData(user.id),
             policy_users=frozenset({user.id}),
         )
 
 
-class ListNumbersAction(Action):
+@dataclass(frozen=True)
+class NumberView(Data):
+    number: str
+    phone_number_id: str | None
+    label: str | None
+    grants: int
+    """How many grants on it still count."""
+
+
+@dataclass(frozen=True)
+class NumbersData(Data):
+    numbers: list[NumberView]
+
+
+class ListNumbersAction(Action[NoParams]):
     name = "number.list"
+    params_type = NoParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         operator_only(ctx, "list the workspace's numbers")
         return Prepared({}, None, WILDCARD, "numbers", "list the workspace's numbers")
 
@@ -158,21 +202,31 @@ class ListNumbersAction(Action):
             .order_by(Number.e164)
             .limit(LIST_MAX)
         ).all()
-        numbers = [
-            {"number": e164, "phone_number_id": pid, "label": label, "grants": int(n or 0)}
-            for e164, pid, label, n in rows
-        ]
-        return Result(f"{len(numbers)} numbers are registered.", data={"numbers": numbers})
+        numbers = [NumberView(e164, pid, label, int(n or 0)) for e164, pid, label, n in rows]
+        return Result(f"{len(numbers)} numbers are registered.", data=NumbersData(numbers))
 
 
-class RemoveNumberAction(Action):
+@dataclass(frozen=True)
+class RemoveNumberParams(Params):
+    number: int | str | None = None
+    """E.164 in any common spelling, or its Graph phone-number id (which may come as a
+    number)."""
+
+
+@dataclass(frozen=True)
+class RemovedNumberData(Data):
+    number: str
+
+
+class RemoveNumberAction(Action[RemoveNumberParams]):
     """An operator takes a number out; refused while grants on it still count."""
 
     name = "number.remove"
+    params_type = RemoveNumberParams
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: RemoveNumberParams) -> Prepared:
         operator_only(ctx, "remove numbers")
-        raw = str(params.get("number") or "").strip()
+        raw = str(params.number or "").strip()
         if not raw:
             raise InvalidInput("name the number to remove, e.g. +15550001111")
         e164 = resolve_scope(ctx.session, raw)
@@ -200,10 +254,12 @@ class RemoveNumberAction(Action):
             )
         ctx.session.delete(number)
         ctx.session.flush()
-        return Result(f"Removed {e164}: grants can no longer name it.", data={"number": e164})
+        return Result(
+            f"Removed {e164}: grants can no longer name it.", data=RemovedNumberData(e164)
+        )
 
 
-DIRECTORY_ACTIONS: dict[str, Action] = {
+DIRECTORY_ACTIONS: dict[str, Action[Any]] = {
     a.name: a
     for a in (
         SeenUserAction(),

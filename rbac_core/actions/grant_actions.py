@@ -7,8 +7,7 @@ can refuse before it asks anyone to confirm.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
@@ -17,7 +16,7 @@ from ..directory import require_user, resolve_scope
 from ..errors import (
     UnknownGrant,
 )
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, NoParams, Params, Prepared, Result, wire
 from ..policy.builtin_roles import ADMIN
 from ..policy.catalogue import check_permission
 from ..policy.grant_rules import ensure_holds, ensure_not_last_admin, live_grant
@@ -37,6 +36,7 @@ from ..values import (
     scope_text,
 )
 from .granting import (
+    GrantChange,
     check_grantable,
     create_grant,
     ensure_not_held,
@@ -66,14 +66,40 @@ _LIVE_GRANTS_OF = Sql(
 )
 
 
-class ShowAction(Action):
+@dataclass(frozen=True)
+class ShowParams(Params):
+    user: str | None = None
+    """Whose grants; the asker's own when left out."""
+
+
+@dataclass(frozen=True)
+class GrantView(Data):
+    id: int
+    role: str
+    scope: str
+    expired: bool
+    expires_at: str | None
+    granted_by: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class ShowData(Data):
+    user: str
+    grants: list[GrantView]
+    effective: dict[str, list[str]]
+    """Scope (`*` or a number) to the permissions held there."""
+
+
+class ShowAction(Action[ShowParams]):
     """Anyone's most frequent command, so it reads its grants with one fast statement."""
 
     name = "role.show"
+    params_type = ShowParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        user = parse_user_id(str(params.get("user") or ctx.actor))
+    def prepare(self, ctx: Context, params: ShowParams) -> Prepared:
+        user = parse_user_id(params.user or ctx.actor)
         if user != ctx.actor:
             require_user(ctx.session, user)
         # Rule 1: anyone may look at their own grants.
@@ -99,15 +125,15 @@ class ShowAction(Action):
                 f"on {format_moment(utc(granted_at))}{until}{why})"
             )
             rows.append(
-                {
-                    "id": gid,
-                    "role": role,
-                    "scope": scope,
-                    "expired": expired,
-                    "expires_at": expires_at.isoformat() if expires_at else None,
-                    "granted_by": granted_by,
-                    "reason": reason,
-                }
+                GrantView(
+                    gid,
+                    role,
+                    scope,
+                    expired,
+                    expires_at.isoformat() if expires_at else None,
+                    granted_by,
+                    reason,
+                )
             )
         if not grants:
             lines.append("  none: access is denied by default")
@@ -119,19 +145,33 @@ class ShowAction(Action):
             lines.append(f"  {scope_text(scope)}: {', '.join(sorted(effective[scope]))}")
         return Result(
             "\n".join(lines),
-            data={
-                "user": user,
-                "grants": rows,
-                "effective": {s: sorted(p) for s, p in effective.items()},
-            },
+            data=ShowData(user, rows, {s: sorted(p) for s, p in effective.items()}),
         )
 
 
-class ListAction(Action):
+@dataclass(frozen=True)
+class RoleView(Data):
+    name: str
+    builtin: bool
+    requires_2fa: bool
+    permissions: list[str]
+    """Its own permissions."""
+    parents: list[str]
+    effective: list[str]
+    """Its own and those it inherits."""
+
+
+@dataclass(frozen=True)
+class ListData(Data):
+    roles: list[RoleView]
+
+
+class ListAction(Action[NoParams]):
     name = "role.list"
+    params_type = NoParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         return Prepared({}, "roles:view", WILDCARD, "roles", "list roles")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
@@ -147,29 +187,41 @@ class ListAction(Action):
             lines.append(f"• {role.name}{flag_text}: {role.description}{inherits}")
             lines.append(f"    {', '.join(own) if own else 'no permissions of its own'}")
             data.append(
-                {
-                    "name": role.name,
-                    "builtin": role.builtin,
-                    "requires_2fa": role.requires_2fa,
-                    "permissions": own,
-                    "parents": parents,
-                    "effective": sorted(ctx.policy.permissions_of_role(role.name)),
-                }
+                RoleView(
+                    role.name,
+                    role.builtin,
+                    role.requires_2fa,
+                    own,
+                    parents,
+                    sorted(ctx.policy.permissions_of_role(role.name)),
+                )
             )
-        return Result("\n".join(lines), data={"roles": data})
+        return Result("\n".join(lines), data=ListData(data))
 
 
-class AssignAction(Action):
+@dataclass(frozen=True)
+class AssignParams(Params):
+    user: str | None = None
+    role: str | None = None
+    number: int | str | None = None
+    """The scope: a business number (any common spelling, or its Graph id), or `*`."""
+    for_: str | None = wire("for")
+    """How long, e.g. `4h`, `30d`; for good when left out."""
+    reason: str | None = None
+
+
+class AssignAction(Action[AssignParams]):
     name = "role.assign"
+    params_type = AssignParams
     needs_confirmation = True
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        user = user_param(params)
-        role = get_role(ctx.session, str(params.get("role") or ""))
-        scope = resolve_scope(ctx.session, params.get("number"), registered=True)
-        duration = parse_duration(str(params["for"])) if params.get("for") else None
-        reason = reason_param(params)
+    def prepare(self, ctx: Context, params: AssignParams) -> Prepared:
+        user = user_param(params.user)
+        role = get_role(ctx.session, params.role or "")
+        scope = resolve_scope(ctx.session, params.number, registered=True)
+        duration = parse_duration(params.for_) if params.for_ else None
+        reason = reason_param(params.reason)
         require_user(ctx.session, user)
         ensure_not_held(ctx, user, role.name, scope)
         span = f" for {format_duration(duration)}" if duration else ""
@@ -199,16 +251,25 @@ class AssignAction(Action):
         return replace(result, notices=(role_changed(ctx, "assigned", result.data),))
 
 
-class RevokeAction(Action):
+@dataclass(frozen=True)
+class RevokeParams(Params):
+    user: str | None = None
+    role: str | None = None
+    number: int | str | None = None
+    reason: str | None = None
+
+
+class RevokeAction(Action[RevokeParams]):
     name = "role.revoke"
+    params_type = RevokeParams
     needs_confirmation = True
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        user = user_param(params)
-        role = get_role(ctx.session, str(params.get("role") or ""))
-        scope = resolve_scope(ctx.session, params.get("number"))
-        reason = reason_param(params)
+    def prepare(self, ctx: Context, params: RevokeParams) -> Prepared:
+        user = user_param(params.user)
+        role = get_role(ctx.session, params.role or "")
+        scope = resolve_scope(ctx.session, params.number)
+        reason = reason_param(params.reason)
         require_user(ctx.session, user)
         grant = live_grant(ctx.session, user, role.name, scope)
         if grant is None:
@@ -248,33 +309,49 @@ class RevokeAction(Action):
         return Result(
             f"Revoked {p['role']} from {p['user']} in {scope_text(p['number'])} "
             f"(grant #{grant.id}).",
-            data={
-                "grant_id": grant.id,
-                "user": p["user"],
-                "role": p["role"],
-                "scope": p["number"],
-                "reason": p.get("reason"),
-            },
+            data=GrantChange(grant.id, p["user"], p["role"], p["number"], None, p.get("reason")),
             details={"grant_id": grant.id},
             policy_users=frozenset({p["user"]}),
             notices=(role_changed(ctx, "revoked", {**p, "scope": p["number"]}),),
         )
 
 
-class WhyAction(Action):
+@dataclass(frozen=True)
+class WhyParams(Params):
+    user: str | None = None
+    permission: str | None = None
+    number: int | str | None = None
+    request: str | None = None
+    """An access request: explain the decision on it, in its scope (its relations too)."""
+
+
+@dataclass(frozen=True)
+class WhyData(Data):
+    allowed: bool
+    reason: str
+    grant_id: int | None
+    role: str | None
+    via: list[str]
+    user: str
+    permission: str
+    scope: str
+
+
+class WhyAction(Action[WhyParams]):
     name = "role.why"
+    params_type = WhyParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        user = user_param(params)
-        permission = check_permission(str(params.get("permission") or ""))
-        scope = resolve_scope(ctx.session, params.get("number"))
+    def prepare(self, ctx: Context, params: WhyParams) -> Prepared:
+        user = user_param(params.user)
+        permission = check_permission(params.permission or "")
+        scope = resolve_scope(ctx.session, params.number)
         if user != ctx.actor:
             require_user(ctx.session, user)
         kept: dict[str, Any] = {"user": user, "permission": permission, "number": scope}
-        if params.get("request"):
+        if params.request:
             # Asked about a request: the answer is about the number it is for.
-            request = find_request(ctx.session, str(params["request"]))
+            request = find_request(ctx.session, params.request)
             kept.update(request=request.id, number=request.scope)
             scope = request.scope
         return Prepared(
@@ -300,16 +377,16 @@ class WhyAction(Action):
         return Result(
             f"{p['user']} {verdict} use {p['permission']}{on} in {scope_text(p['number'])}: "
             f"{decision.reason}",
-            data={
-                "allowed": decision.allowed,
-                "reason": decision.reason,
-                "grant_id": decision.grant_id,
-                "role": decision.role,
-                "via": list(decision.via),
-                "user": p["user"],
-                "permission": p["permission"],
-                "scope": p["number"],
-            },
+            data=WhyData(
+                decision.allowed,
+                decision.reason,
+                decision.grant_id,
+                decision.role,
+                list(decision.via),
+                p["user"],
+                p["permission"],
+                p["number"],
+            ),
             details={"allowed": decision.allowed},
         )
 

@@ -5,6 +5,7 @@ audit channel's notice of a role change."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -17,13 +18,12 @@ from ..errors import (
     TwoFactorRequired,
     UnknownRole,
 )
-from ..gate import Context, Result
+from ..gate import Context, Data, Result
 from ..outbox import AUDIT_CHANNEL, Notice
 from ..policy import Policy
 from ..policy.builtin_roles import ADMIN
 from ..policy.catalogue import SENSITIVE_PERMISSIONS
 from ..policy.grant_rules import ensure_holds, live_grant
-from ..principals import is_operator
 from ..store.models import (
     Grant,
     Role,
@@ -52,8 +52,8 @@ def as_list(value: Any, field: str) -> list[str]:
     raise InvalidInput(f"{field} must be a list of names")
 
 
-def reason_param(params: Mapping[str, Any]) -> str | None:
-    return clean_text(params.get("reason"), "reason", REASON_MAX)
+def reason_param(value: str | None) -> str | None:
+    return clean_text(value, "reason", REASON_MAX)
 
 
 def sensitive_role(policy: Policy, role: str) -> bool:
@@ -72,7 +72,7 @@ def has_active_2fa(session: Session, user: str) -> bool:
 
 
 def operator_only(ctx: Context, what: str) -> None:
-    if not is_operator(ctx.actor, ctx.surface):
+    if not ctx.is_operator:
         raise OperatorOnly(f"Only an operator at the server's command line can {what}.")
 
 
@@ -98,8 +98,7 @@ def get_role(session: Session, name: str) -> Role:
     return role
 
 
-def user_param(params: Mapping[str, Any], key: str = "user") -> str:
-    value = params.get(key)
+def user_param(value: str | None) -> str:
     if not value:
         raise InvalidInput("say which user, e.g. @alice")
     return parse_user_id(str(value))
@@ -135,6 +134,18 @@ def check_grantable(ctx: Context, user: str, role: str, scope: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class GrantChange(Data):
+    """A grant given or taken away."""
+
+    grant_id: int
+    user: str
+    role: str
+    scope: str
+    expires_at: str | None
+    reason: str | None
+
+
 def create_grant(
     ctx: Context, user: str, role: str, scope: str, duration: str | None, reason: str | None
 ) -> Result:
@@ -154,14 +165,9 @@ def create_grant(
     until = f" until {format_moment(expires)}" if expires else ""
     return Result(
         f"Assigned {role} to {user} in {scope_text(scope)}{until} (grant #{grant.id}).",
-        data={
-            "grant_id": grant.id,
-            "user": user,
-            "role": role,
-            "scope": scope,
-            "expires_at": expires.isoformat() if expires else None,
-            "reason": reason,
-        },
+        data=GrantChange(
+            grant.id, user, role, scope, expires.isoformat() if expires else None, reason
+        ),
         details={"grant_id": grant.id},
         policy_users=frozenset({user}),
     )

@@ -3,8 +3,7 @@ or a WhatsApp number, deactivating a person."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
@@ -15,7 +14,7 @@ from ..errors import (
     InvalidInput,
     SelfGrant,
 )
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, Params, Prepared, Result
 from ..policy.builtin_roles import ADMIN
 from ..policy.grant_rules import active_admins, ensure_holds, ensure_not_last_admin
 from ..store.models import (
@@ -36,15 +35,34 @@ from .granting import (
 )
 
 
-class BootstrapAdminAction(Action):
+@dataclass(frozen=True)
+class UserParams(Params):
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class UserData(Data):
+    """The person an action was about."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class FirstAdmin(Data):
+    grant_id: int
+    user: str
+
+
+class BootstrapAdminAction(Action[UserParams]):
     """The first admin: allowed only while no active admin exists."""
 
     name = "system.bootstrap_admin"
+    params_type = UserParams
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: UserParams) -> Prepared:
         operator_only(ctx, "make the first admin")
-        user = user_param(params)
+        user = user_param(params.user)
         return Prepared(
             {"user": user}, None, WILDCARD, f"user:{user}", f"make {user} the first admin"
         )
@@ -74,21 +92,28 @@ class BootstrapAdminAction(Action):
         ctx.session.flush()
         return Result(
             f"{user} is now an admin (grant #{grant.id}).",
-            data={"grant_id": grant.id, "user": user},
+            data=FirstAdmin(grant.id, user),
             details={"grant_id": grant.id},
             policy_users=frozenset({user}),
         )
 
 
-class RegisterUserAction(Action):
+@dataclass(frozen=True)
+class RegisterUserParams(Params):
+    user: str | None = None
+    name: str | None = None
+
+
+class RegisterUserAction(Action[RegisterUserParams]):
     """An operator adds a person by Slack id; this gives them no access by itself."""
 
     name = "user.register"
+    params_type = RegisterUserParams
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: RegisterUserParams) -> Prepared:
         operator_only(ctx, "register users (Slack registers them automatically)")
-        user = user_param(params)
-        name = clean_text(params.get("name"), "name", 200)
+        user = user_param(params.user)
+        name = clean_text(params.name, "name", 200)
         return Prepared(
             {"user": user, "name": name}, None, WILDCARD, f"user:{user}", f"register {user}"
         )
@@ -99,25 +124,42 @@ class RegisterUserAction(Action):
         )
         return Result(
             f"{user.id} is known to wa-access (no roles until someone assigns one).",
-            data={"user": user.id},
+            data=UserData(user.id),
         )
 
 
-class RegisterNumberAction(Action):
+@dataclass(frozen=True)
+class NumberParams(Params):
+    number: str | None = None
+    """E.164, in any common spelling."""
+    phone_number_id: str | None = None
+    """Its id in the Graph API (digits)."""
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class NumberData(Data):
+    number: str
+    phone_number_id: str | None
+    label: str | None
+
+
+class RegisterNumberAction(Action[NumberParams]):
     """An operator declares a WhatsApp number and its Graph phone-number id.
 
     Once known, grants can name the number by either form.
     """
 
     name = "number.register"
+    params_type = NumberParams
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NumberParams) -> Prepared:
         operator_only(ctx, "register numbers")
-        e164 = parse_e164(str(params.get("number") or ""))
-        phone_number_id = clean_text(params.get("phone_number_id"), "phone-number id", 32)
+        e164 = parse_e164(params.number or "")
+        phone_number_id = clean_text(params.phone_number_id, "phone-number id", 32)
         if phone_number_id is not None and not is_phone_number_id(phone_number_id):
             raise InvalidInput(f"'{phone_number_id}' is not a Graph phone-number id (digits only)")
-        label = clean_text(params.get("label"), "label", 200)
+        label = clean_text(params.label, "label", 200)
         return Prepared(
             {"number": e164, "phone_number_id": phone_number_id, "label": label},
             None,
@@ -137,22 +179,30 @@ class RegisterNumberAction(Action):
             raise Conflict(f"phone-number id {p['phone_number_id']} belongs to {clash}")
         register_number(ctx.session, p["number"], p["phone_number_id"], p["label"])
         ident = f" (phone-number id {p['phone_number_id']})" if p["phone_number_id"] else ""
-        return Result(f"{p['number']}{ident} is registered.", data=dict(p))
+        data = NumberData(p["number"], p["phone_number_id"], p["label"])
+        return Result(f"{p['number']}{ident} is registered.", data=data)
 
 
-class DeactivateUserAction(Action):
+@dataclass(frozen=True)
+class DeactivateParams(Params):
+    user: str | None = None
+    reason: str | None = None
+
+
+class DeactivateUserAction(Action[DeactivateParams]):
     """Someone left: their grants stop counting at once (the rows stay as history)."""
 
     name = "user.deactivate"
+    params_type = DeactivateParams
     needs_confirmation = True
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        user = require_user(ctx.session, user_param(params))
+    def prepare(self, ctx: Context, params: DeactivateParams) -> Prepared:
+        user = require_user(ctx.session, user_param(params.user))
         if not user.active:
             raise InvalidInput(f"{user.id} is already deactivated")
         return Prepared(
-            {"user": user.id, "reason": reason_param(params)},
+            {"user": user.id, "reason": reason_param(params.reason)},
             "roles:assign",
             WILDCARD,
             f"user:{user.id}",
@@ -182,6 +232,6 @@ class DeactivateUserAction(Action):
         ctx.session.flush()
         return Result(
             f"Deactivated {user.id}: none of their grants count any more.",
-            data={"user": user.id},
+            data=UserData(user.id),
             policy_users=frozenset({user.id}),
         )

@@ -1,4 +1,6 @@
-"""Gate actions of the access review: start one, and act on its findings.
+"""Gate actions of the access review: act on its findings, and read it a page at a time.
+
+Starting one (`audit.review`) is the first step of its run (review_runs.py).
 
 *Revoke* and *Keep 30 days* are decided afresh at the click, like any
 confirmation (SPEC §4 rule 3): the clicker needs `roles:assign` where the
@@ -12,19 +14,19 @@ of reviews for 30 days.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 
-from ..errors import Conflict, InvalidInput, NotFound
-from ..gate import Action, Context, Prepared, Result
+from ..errors import Conflict, NotFound
+from ..gate import Action, Context, Data, NoParams, Params, Prepared, Result
 from ..policy.builtin_roles import ADMIN
 from ..policy.grant_rules import ensure_holds, ensure_not_last_admin
 from ..policy.relations import Resource
-from ..review.building import DEFAULT_DAYS, KEEP_FOR, MAX_DAYS, last_active
-from ..review.reading import Review, page_of, read_page
+from ..review.building import KEEP_FOR, last_active
+from ..review.reading import Page, Review, page_of, read_page
 from ..store.models import AccessReview, Grant, ReviewFinding, ReviewKeep, SecondFactor
 from ..values import (
     INT_MAX,
@@ -36,66 +38,6 @@ from ..values import (
     scope_text,
 )
 from .granting import check_grantable, sensitive_role
-from .sweeps import is_system
-
-PERIOD_MAX = 32
-
-
-def _days(value: object) -> int:
-    if value is None or value == "":
-        return DEFAULT_DAYS
-    return parse_whole_number(
-        value, f"--days takes a whole number of days from 1 to {MAX_DAYS}", low=1, high=MAX_DAYS
-    )
-
-
-class StartReviewAction(Action):
-    """Open an access review; the scheduler's has a period and is made once per period."""
-
-    name = "audit.review"
-
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        days = _days(params.get("days"))
-        period = params.get("period")
-        system = is_system(ctx)
-        if period is not None:
-            if not system:
-                raise InvalidInput("only the scheduler opens a review for a period")
-            period = str(period)[:PERIOD_MAX]
-        return Prepared(
-            {"days": days, "period": period},
-            None if system else "audit:run",
-            WILDCARD,
-            f"review:{period or 'now'}",
-            f"run the access review (inactive for {days} days)",
-        )
-
-    def execute(self, ctx: Context, prepared: Prepared) -> Result:
-        p = prepared.params
-        session = ctx.session
-        existing = None
-        if p["period"] is not None:
-            existing = session.scalar(
-                select(AccessReview).where(AccessReview.period == p["period"])
-            )
-        review = existing or AccessReview(
-            period=p["period"],
-            requested_by=ctx.actor,
-            created_at=ctx.now,
-            days=p["days"],
-            status="building",
-        )
-        if existing is None:
-            session.add(review)
-            session.flush()
-        elif review.status == "building":
-            review.created_at = ctx.now  # rebuilt by a run that took the period over
-        return Result(
-            f"Access review #{review.id} opened.",
-            data={"review_id": review.id, "status": review.status, "resumed": bool(existing)},
-            details={"review_id": review.id, "days": review.days},
-        )
-
 
 ID_MAX = INT_MAX  # the largest id either database's integer column holds
 
@@ -104,8 +46,14 @@ def _id(value: object, problem: str) -> int:
     return parse_whole_number(value, problem, low=1, high=ID_MAX)
 
 
-def _finding(ctx: Context, params: Mapping[str, Any]) -> ReviewFinding:
-    finding_id = _id(params.get("finding"), "that button names no finding")
+@dataclass(frozen=True)
+class FindingParams(Params):
+    finding: int | str | None = None
+    """A finding's id, as its button sends it."""
+
+
+def _finding(ctx: Context, finding_param: object) -> ReviewFinding:
+    finding_id = _id(finding_param, "that button names no finding")
     finding = ctx.session.scalar(
         select(ReviewFinding).where(ReviewFinding.id == finding_id).with_for_update()
     )
@@ -174,16 +122,17 @@ def _prepared(
     )
 
 
-class RevokeFindingAction(Action):
+class RevokeFindingAction(Action[FindingParams]):
     name = "review.revoke"
+    params_type = FindingParams
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        return _prepared(_finding(ctx, params), "revoke")
+    def prepare(self, ctx: Context, params: FindingParams) -> Prepared:
+        return _prepared(_finding(ctx, params.finding), "revoke")
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         # After the permission check, so only those allowed learn how the row stands.
-        finding = _finding(ctx, prepared.params)
+        finding = _finding(ctx, prepared.params["finding"])
         _ensure_open(ctx, finding)
         _ensure_still_true(ctx, finding)
         if finding.user_id != ctx.actor:
@@ -198,7 +147,7 @@ class RevokeFindingAction(Action):
             ensure_not_last_admin(ctx.session, finding.user_id, ctx.now, "revoking admin")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
-        finding = _finding(ctx, prepared.params)
+        finding = _finding(ctx, prepared.params["finding"])
         grant = _ensure_open(ctx, finding)
         grant.revoked_at = ctx.now
         grant.revoked_by = ctx.actor
@@ -213,18 +162,19 @@ class RevokeFindingAction(Action):
         )
 
 
-class KeepFindingAction(Action):
+class KeepFindingAction(Action[FindingParams]):
     name = "review.keep"
+    params_type = FindingParams
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        finding = _finding(ctx, params)
+    def prepare(self, ctx: Context, params: FindingParams) -> Prepared:
+        finding = _finding(ctx, params.finding)
         extends = finding.kind == "expiring"
         sensitive = extends and sensitive_role(ctx.policy, finding.role)
         return _prepared(finding, "extend" if extends else "keep", sensitive, vouches=True)
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
-        finding = _finding(ctx, prepared.params)
+        finding = _finding(ctx, prepared.params["finding"])
         _ensure_open(ctx, finding)
         _ensure_still_true(ctx, finding)
         if finding.kind == "expiring":
@@ -240,7 +190,7 @@ class KeepFindingAction(Action):
         )
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
-        finding = _finding(ctx, prepared.params)
+        finding = _finding(ctx, prepared.params["finding"])
         grant = _ensure_open(ctx, finding)
         details: dict[str, Any] = {"finding": finding.id, "grant_id": grant.id}
         if finding.kind == "expiring":
@@ -305,34 +255,60 @@ def _handled(ctx: Context, finding: ReviewFinding, status: str, *, same_kind: bo
     ctx.session.flush()
 
 
-def _data(ctx: Context, finding: ReviewFinding) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DecidedData(Data):
     """What a surface shows after a decision: the finding, and its page drawn afresh
     (handed out here, so the clicker needs no permission to read the review)."""
-    return {
-        "page": read_page(ctx.session, finding.review_id, page_of(finding.position)),
-        "finding": finding.id,
-        "review_id": finding.review_id,
-        "position": finding.position,
-        "user": finding.user_id,
-        "role": finding.role,
-        "scope": finding.scope,
-    }
+
+    page: Page | None
+    finding: int
+    review_id: int
+    position: int
+    user: str
+    role: str
+    scope: str
 
 
-class ViewReviewPageAction(Action):
+def _data(ctx: Context, finding: ReviewFinding) -> DecidedData:
+    return DecidedData(
+        read_page(ctx.session, finding.review_id, page_of(finding.position)),
+        finding.id,
+        finding.review_id,
+        finding.position,
+        finding.user_id,
+        finding.role,
+        finding.scope,
+    )
+
+
+@dataclass(frozen=True)
+class PageParams(Params):
+    review: int | str | None = None
+    """The review's id."""
+    page: int | str | None = None
+    """Which page, from 0; the first when left out."""
+
+
+@dataclass(frozen=True)
+class PageData(Data):
+    page: Page
+
+
+class ViewReviewPageAction(Action[PageParams]):
     """One page of a review, for the report's Previous / Next buttons."""
 
     name = "review.page"
+    params_type = PageParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        review_id = _id(params.get("review"), "that button names no review page")
+    def prepare(self, ctx: Context, params: PageParams) -> Prepared:
+        review_id = _id(params.review, "that button names no review page")
         number = parse_whole_number(
-            params.get("page") or 0, "that button names no review page", low=0, high=ID_MAX - 1
+            params.page or 0, "that button names no review page", low=0, high=ID_MAX - 1
         )
         return Prepared(
             {"review": review_id, "page": number},
-            None if is_system(ctx) else "audit:view",
+            None if ctx.is_system else "audit:view",
             WILDCARD,
             f"review:{review_id}",
             f"read page {number + 1} of access review #{review_id}",
@@ -344,17 +320,26 @@ class ViewReviewPageAction(Action):
             raise NotFound(f"There is no access review #{prepared.params['review']}.")
         return Result(
             f"Page {shown.number + 1} of {shown.pages} of access review #{shown.review.id}.",
-            data={"page": shown},
+            data=PageData(shown),
         )
 
 
-class LatestReviewAction(Action):
+@dataclass(frozen=True)
+class LatestData(Data):
+    review: Review | None
+    """The last finished review; None before any."""
+    open: int
+    """How many of its findings are still open."""
+
+
+class LatestReviewAction(Action[NoParams]):
     """The last finished review and how much of it is still open: for admins' App Home."""
 
     name = "review.latest"
+    params_type = NoParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         return Prepared({}, "audit:view", WILDCARD, "review:latest", "see the latest access review")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
@@ -365,7 +350,7 @@ class LatestReviewAction(Action):
             .limit(1)
         )
         if row is None:
-            return Result("No access review has run yet.", data={"review": None, "open": 0})
+            return Result("No access review has run yet.", data=LatestData(None, 0))
         still_open = ctx.session.scalar(
             select(func.count())
             .select_from(ReviewFinding)
@@ -375,14 +360,13 @@ class LatestReviewAction(Action):
         return Result(
             f"Access review #{review.id}: {review.totals.findings} findings, "
             f"{still_open} still open.",
-            data={"review": review, "open": int(still_open or 0)},
+            data=LatestData(review, int(still_open or 0)),
         )
 
 
-REVIEW_ACTIONS: dict[str, Action] = {
+REVIEW_ACTIONS: dict[str, Action[Any]] = {
     a.name: a
     for a in (
-        StartReviewAction(),
         RevokeFindingAction(),
         KeepFindingAction(),
         ViewReviewPageAction(),

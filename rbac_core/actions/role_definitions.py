@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from ..errors import (
     RoleInUse,
     SelfGrant,
 )
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, Params, Prepared, Result, wire
 from ..policy.catalogue import SENSITIVE_PERMISSIONS, check_permissions
 from ..policy.grant_rules import ensure_holds
 from ..store.models import (
@@ -66,25 +66,50 @@ def _role_closure_perms(ctx: Context, own: set[str], parents: list[str]) -> set[
     return result
 
 
-class CreateAction(Action):
+@dataclass(frozen=True)
+class CreateParams(Params):
+    name: str | None = None
+    perms: list[str] | str | None = None
+    """Permission names, as a list or comma-separated."""
+    inherits: list[str] | str | None = None
+    """Parent roles, as a list or comma-separated."""
+    two_fa: bool | str | None = wire("2fa")
+    """Whether holders need 2FA: a bool, or on/off, yes/no, true/false."""
+    from_: str | None = wire("from")
+    """A role to copy: its permissions, parents and 2FA requirement."""
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class RoleData(Data):
+    """A role as it stands after a change."""
+
+    role: str
+    permissions: list[str]
+    """Its own permissions."""
+    inherits: list[str]
+
+
+class CreateAction(Action[CreateParams]):
     name = "role.create"
+    params_type = CreateParams
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        name = parse_role_name(str(params.get("name") or ""))
+    def prepare(self, ctx: Context, params: CreateParams) -> Prepared:
+        name = parse_role_name(params.name or "")
         if ctx.session.get(Role, name) is not None:
             raise DuplicateRole(f"a role named '{name}' already exists")
-        perms = set(check_permissions(as_list(params.get("perms"), "perms")))
-        parents = as_list(params.get("inherits"), "inherits")
-        requires_2fa = bool(parse_flag(params.get("2fa"), "--2fa"))
-        source = params.get("from")
+        perms = set(check_permissions(as_list(params.perms, "perms")))
+        parents = as_list(params.inherits, "inherits")
+        requires_2fa = bool(parse_flag(params.two_fa, "--2fa"))
+        source = params.from_
         if source:
-            base = get_role(ctx.session, str(source))
+            base = get_role(ctx.session, source)
             perms |= {p.permission for p in base.permissions}
             parents += [p.parent for p in base.parents]
             requires_2fa = requires_2fa or base.requires_2fa
         parents = sorted(set(_check_parents(ctx.session, name, parents)))
-        description = clean_text(params.get("description"), "description", 500) or ""
+        description = clean_text(params.description, "description", 500) or ""
         if not perms and not parents:
             raise InvalidInput(
                 "a role needs permissions: give --perms p1,p2, --from ROLE or --inherits ROLE"
@@ -128,7 +153,7 @@ class CreateAction(Action):
             f"Created role {p['name']} with {len(p['perms'])} permissions{inherits}"
             + (" (requires 2FA)" if p["2fa"] else "")
             + ".",
-            data={"role": p["name"], "permissions": p["perms"], "inherits": p["inherits"]},
+            data=RoleData(p["name"], list(p["perms"]), list(p["inherits"])),
         )
 
 
@@ -142,34 +167,45 @@ def _mutable_role(session: Session, name: str) -> Role:
     return role
 
 
-class EditAction(Action):
+@dataclass(frozen=True)
+class EditParams(Params):
+    name: str | None = None
+    add: list[str] | str | None = None
+    """Permissions to add, as a list or comma-separated."""
+    remove: list[str] | str | None = None
+    """Permissions to take away, as a list or comma-separated."""
+    add_parents: list[str] | str | None = None
+    """Roles to inherit from (`--inherits`), as a list or comma-separated."""
+    remove_parents: list[str] | str | None = None
+    """Roles to stop inheriting from (`--uninherit`), as a list or comma-separated."""
+    two_fa: bool | str | None = wire("2fa")
+    """Require 2FA of holders, or stop requiring it; unchanged when left out."""
+
+
+class EditAction(Action[EditParams]):
     name = "role.edit"
+    params_type = EditParams
     needs_confirmation = True
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        role = _mutable_role(ctx.session, str(params.get("name") or ""))
-        add = sorted(check_permissions(as_list(params.get("add"), "add")))
-        remove = sorted(check_permissions(as_list(params.get("remove"), "remove")))
+    def prepare(self, ctx: Context, params: EditParams) -> Prepared:
+        role = _mutable_role(ctx.session, params.name or "")
+        add = sorted(check_permissions(as_list(params.add, "add")))
+        remove = sorted(check_permissions(as_list(params.remove, "remove")))
         both = set(add) & set(remove)
         if both:
             raise InvalidInput(f"cannot both add and remove {', '.join(sorted(both))}")
         add_parents = sorted(
-            set(
-                _check_parents(
-                    ctx.session, role.name, as_list(params.get("add_parents"), "inherits")
-                )
-            )
+            set(_check_parents(ctx.session, role.name, as_list(params.add_parents, "inherits")))
         )
         remove_parents = sorted(
-            get_role(ctx.session, r).name
-            for r in as_list(params.get("remove_parents"), "uninherit")
+            get_role(ctx.session, r).name for r in as_list(params.remove_parents, "uninherit")
         )
         current_parents = {p.parent for p in role.parents}
         not_parents = sorted(set(remove_parents) - current_parents)
         if not_parents:
             raise InvalidInput(f"{role.name} does not inherit {', '.join(not_parents)}")
-        two_fa = parse_flag(params.get("2fa"), "--2fa")
+        two_fa = parse_flag(params.two_fa, "--2fa")
         if not (add or remove or add_parents or remove_parents or two_fa is not None):
             raise InvalidInput("nothing to change: give --add, --remove, --inherits or --2fa")
         own = {p.permission for p in role.permissions}
@@ -238,17 +274,28 @@ class EditAction(Action):
             f"Edited role {role.name}: now {len(perms)} permissions of its own"
             + (f", inheriting {', '.join(sorted(parents))}" if parents else "")
             + ".",
-            data={"role": role.name, "permissions": sorted(perms), "inherits": sorted(parents)},
+            data=RoleData(role.name, sorted(perms), sorted(parents)),
         )
 
 
-class DeleteAction(Action):
+@dataclass(frozen=True)
+class DeleteParams(Params):
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class DeletedRoleData(Data):
+    role: str
+
+
+class DeleteAction(Action[DeleteParams]):
     name = "role.delete"
+    params_type = DeleteParams
     needs_confirmation = True
     mutates_policy = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        role = _mutable_role(ctx.session, str(params.get("name") or ""))
+    def prepare(self, ctx: Context, params: DeleteParams) -> Prepared:
+        role = _mutable_role(ctx.session, params.name or "")
         self._ensure_unused(ctx.session, role.name)
         return Prepared(
             {"name": role.name},
@@ -286,4 +333,4 @@ class DeleteAction(Action):
         self._ensure_unused(ctx.session, role.name)
         ctx.session.delete(role)
         ctx.session.flush()
-        return Result(f"Deleted role {role.name}.", data={"role": role.name})
+        return Result(f"Deleted role {role.name}.", data=DeletedRoleData(role.name))

@@ -10,25 +10,17 @@ gate as a system action, audited with what it marked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, exists, or_, select, update
 
-from .. import principals
 from ..errors import OperatorOnly
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, NoParams, Prepared, Result
 from ..outbox import Notice, person
 from ..store.models import AccessRequest, Grant, PendingAction
 from ..values import format_moment, scope_text
-
-
-def is_system(ctx: Context) -> bool:
-    """The scheduler, or the operator at the server's command line (principals.py)."""
-    return principals.is_system(ctx.actor, ctx.surface)
-
 
 AUDITED_IDS = 50  # ids listed per kind in the audit entry; the counts are always whole
 
@@ -39,7 +31,7 @@ _REQUESTS = cast(Table, AccessRequest.__table__)
 
 def system_only(ctx: Context, what: str) -> None:
     """Housekeeping runs for the scheduler or an operator, never from a chat surface."""
-    if not is_system(ctx):
+    if not ctx.is_system:
         raise OperatorOnly(f"Only the scheduler or an operator can {what}.")
 
 
@@ -78,11 +70,19 @@ class Expired:
     text: str
 
 
-class SweepAction(Action):
+@dataclass(frozen=True)
+class SweepData(Data):
+    expired: list[Expired]
+    counts: dict[str, int]
+    """How many of each kind were marked, every kind named (0 included)."""
+
+
+class SweepAction(Action[NoParams]):
     name = "system.sweep"
+    params_type = NoParams
     mutates_policy = True  # expired grants leave the snapshot
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         system_only(ctx, "sweep expired access")
         return Prepared(
             {}, None, "*", "expiry", "mark expired grants, confirmations and access requests"
@@ -154,7 +154,7 @@ class SweepAction(Action):
         return Result(
             f"Marked {total} expired: {counts['grant']} grants, "
             f"{counts['confirmation']} confirmations, {counts['access_request']} access requests.",
-            data={"expired": expired, "counts": counts},
+            data=SweepData(expired, counts),
             details=details,
             policy_users=frozenset(e.owner for e in expired if e.kind == "grant"),
             # Each owner is told what of theirs expired.
@@ -167,4 +167,4 @@ class SweepAction(Action):
 
 _KINDS = ("grant", "confirmation", "access_request")
 
-SWEEP_ACTIONS: dict[str, Action] = {SweepAction.name: SweepAction()}
+SWEEP_ACTIONS: dict[str, Action[Any]] = {SweepAction.name: SweepAction()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session
 from .. import audit
 from ..directory import require_user
 from ..errors import Conflict, InvalidInput, NotFound, SelfGrant
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, NoParams, Params, Prepared, Result
 from ..outbox import ALERT_CHANNEL, Notice
 from ..secret_box import SecretBox
 from ..store.models import SecondFactor, User
 from ..values import WILDCARD, format_moment, parse_user_id
+from .people import UserData, UserParams
 
 ISSUER = "wa-access"
 STEP_SECONDS = 30
@@ -93,15 +94,24 @@ def _self(ctx: Context, what: str) -> Prepared:
     return Prepared({}, None, WILDCARD, f"user:{ctx.actor}", what)
 
 
-class EnrollAction(Action):
+@dataclass(frozen=True)
+class EnrolmentData(Data):
+    secret: str
+    """The TOTP seed (base32), shown this once."""
+    uri: str
+    """The same seed as an otpauth:// URI, for a QR code."""
+
+
+class EnrollAction(Action[NoParams]):
     """Anyone may enrol (SPEC §4 rule 1); the seed goes back in `data` only, never audited."""
 
     name = "2fa.enroll"
+    params_type = NoParams
 
     def __init__(self, box: SecretBox) -> None:
         self.box = box
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         return _self(ctx, "enrol in two-factor authentication")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
@@ -126,19 +136,40 @@ class EnrollAction(Action):
         return Result(
             "Scan the code with your authenticator app, then confirm with "
             "`/wa-2fa verify CODE`. The secret is shown this once.",
-            data={"secret": secret, "uri": uri},
+            data=EnrolmentData(secret, uri),
         )
 
 
-class VerifyAction(Action):
+@dataclass(frozen=True)
+class CodeParams(Params):
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class LockedOutData(Data):
+    """Too many wrong codes: the person's 2FA is locked and security was alerted."""
+
+    alert: bool
+    user: str
+
+
+@dataclass(frozen=True)
+class ActivatedData(Data):
+    """The first code was right: 2FA is now on."""
+
+    activated: bool
+
+
+class VerifyAction(Action[CodeParams]):
     name = "2fa.verify"
+    params_type = CodeParams
     secret_params = frozenset({"code"})
 
     def __init__(self, box: SecretBox) -> None:
         self.box = box
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        code = str(params.get("code") or "").replace(" ", "")
+    def prepare(self, ctx: Context, params: CodeParams) -> Prepared:
+        code = (params.code or "").replace(" ", "")
         if not _CODE.fullmatch(code):
             raise InvalidInput("a 2FA code is the 6 digits your authenticator app shows")
         return Prepared({"code": code}, None, WILDCARD, f"user:{ctx.actor}", "verify a 2FA code")
@@ -176,7 +207,7 @@ class VerifyAction(Action):
                 return Result(
                     f"Too many wrong codes: 2FA is locked until "
                     f"{format_moment(row.locked_until)}, and security has been alerted.",
-                    data={"alert": True, "user": ctx.actor},
+                    data=LockedOutData(True, ctx.actor),
                     details={"locked_until": row.locked_until.isoformat()},
                     refusal="2fa_locked_now",
                     notices=(
@@ -198,45 +229,53 @@ class VerifyAction(Action):
             row.active, row.activated_at = True, ctx.now
             return Result(
                 "2FA is now on for your account. Sensitive actions will ask for a code.",
-                data={"activated": True},
+                data=ActivatedData(True),
             )
         return Result("Code accepted: sensitive actions are open to you for 10 minutes.")
 
 
-class StatusAction(Action):
+@dataclass(frozen=True)
+class StatusData(Data):
+    state: str
+    """off, pending (enrolled, no code verified yet) or on."""
+
+
+class StatusAction(Action[NoParams]):
     name = "2fa.status"
+    params_type = NoParams
     read_only = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         return _self(ctx, "see your 2FA status")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         row = ctx.session.get(SecondFactor, ctx.actor)
         if row is None:
-            return Result("2FA: off. Turn it on with `/wa-2fa enroll`.", data={"state": "off"})
+            return Result("2FA: off. Turn it on with `/wa-2fa enroll`.", data=StatusData("off"))
         if not row.active:
             return Result(
                 "2FA: waiting for your first code (`/wa-2fa verify CODE`).",
-                data={"state": "pending"},
+                data=StatusData("pending"),
             )
         lines = [f"2FA: on since {format_moment(row.activated_at)}."]
         if row.locked_until is not None and row.locked_until > ctx.now:
             lines.append(f"Locked until {format_moment(row.locked_until)}.")
         if window_open(row, ctx.now):
             lines.append("A code was verified in the last 10 minutes.")
-        return Result(" ".join(lines), data={"state": "on"})
+        return Result(" ".join(lines), data=StatusData("on"))
 
 
-class ResetAction(Action):
+class ResetAction(Action[UserParams]):
     """An admin clears someone's 2FA (a lost phone); itself a sensitive action."""
 
     name = "2fa.reset"
+    params_type = UserParams
     needs_confirmation = True
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: UserParams) -> Prepared:
         # Whether they exist or have 2FA is checked in check_rules, after the
         # permission: someone who may not reset 2FA learns nothing about anyone's.
-        user = parse_user_id(str(params.get("user") or ""))
+        user = parse_user_id(params.user or "")
         return Prepared(
             {"user": user},
             "security:reset_2fa",
@@ -262,10 +301,15 @@ class ResetAction(Action):
         ctx.session.flush()
         return Result(
             f"Reset the 2FA of {prepared.params['user']}: they can enrol again.",
-            data={"user": prepared.params["user"]},
+            data=UserData(prepared.params["user"]),
         )
 
 
-def twofa_actions(box: SecretBox) -> dict[str, Action]:
-    actions: list[Action] = [EnrollAction(box), VerifyAction(box), StatusAction(), ResetAction()]
+def twofa_actions(box: SecretBox) -> dict[str, Action[Any]]:
+    actions: list[Action[Any]] = [
+        EnrollAction(box),
+        VerifyAction(box),
+        StatusAction(),
+        ResetAction(),
+    ]
     return {a.name: a for a in actions}

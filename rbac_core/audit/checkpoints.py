@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from .. import audit
 from ..actions.sweeps import system_only
-from ..gate import Action, Context, Prepared, Result
+from ..gate import Action, Context, Data, NoParams, Prepared, Result
 from ..store import Sql
 from ..store.models import AuditEntry, AuditHead
 from ..values import BIGINT_MAX, WILDCARD
@@ -232,7 +231,12 @@ def has_new_entries(conn: Connection) -> bool:
     return newest is not None and tuple(newest) != (ACTION, "done")
 
 
-class CheckpointAction(Action):
+@dataclass(frozen=True)
+class CheckpointData(Data):
+    checkpoint: Checkpoint
+
+
+class CheckpointAction(Action[NoParams]):
     """Sign the head as the gate's transaction sees it; the entry it audits records the line.
 
     Only the scheduler and an operator at the command line: a checkpoint is
@@ -242,12 +246,13 @@ class CheckpointAction(Action):
     """
 
     name = ACTION
+    params_type = NoParams
     read_only = True
 
     def __init__(self, signer: Signer | None) -> None:
         self._signer = signer
 
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
         system_only(ctx, "sign an audit checkpoint")
         if self._signer is None:
             raise KeyUnavailable(NO_SIGNING_KEY)
@@ -261,10 +266,10 @@ class CheckpointAction(Action):
         checkpoint = sign(self._signer, int(head[0]), str(head[1]), ctx.now)
         return Result(
             f"Signed the {checkpoint.name}.",
-            data={"checkpoint": checkpoint},
+            data=CheckpointData(checkpoint),
             details={"seq": checkpoint.seq, "hash": checkpoint.hash, "line": checkpoint.line},
         )
 
 
-def checkpoint_actions(signer: Signer | None) -> dict[str, Action]:
+def checkpoint_actions(signer: Signer | None) -> dict[str, Action[Any]]:
     return {ACTION: CheckpointAction(signer)}

@@ -19,24 +19,44 @@ Read-only calls that overlap share that transaction (group_commit.py).
 The package: `contract` (what an action declares and returns, what a caller
 gets), `core` (the Gate's entry points), `stages` (the pipeline, one concern
 a method), `call` (one pass through it), `confirmations` (pending actions),
-`auditing` (the gate's audit entries, including those its transaction lost).
+`auditing` (the gate's audit entries, including those its transaction lost),
+`params` (typed params and results: each action's schema), `batching`.
 """
 
 from .auditing import REDACTED
 from .confirmations import CONFIRMATION_TTL
-from .contract import Action, Context, NoStepUp, Outcome, Prepared, Result, Status, StepUp
+from .contract import (
+    Action,
+    Context,
+    NoStepUp,
+    Outcome,
+    Pending,
+    Prepared,
+    Result,
+    Status,
+    StepUp,
+)
 from .core import Gate
+from .params import NO_DATA, Data, NoData, NoParams, Params, wire, wire_name
 
 __all__ = [
     "CONFIRMATION_TTL",
+    "NO_DATA",
     "REDACTED",
     "Action",
     "Context",
+    "Data",
     "Gate",
+    "NoData",
+    "NoParams",
     "NoStepUp",
     "Outcome",
+    "Params",
+    "Pending",
     "Prepared",
     "Result",
     "Status",
     "StepUp",
+    "wire",
+    "wire_name",
 ]

@@ -112,26 +112,54 @@ def jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+AUDITED_DEPTH = 3
+"""Containers nested deeper than this are audited as a short text."""
+AUDITED_CHARS = 1000
+"""Longest text kept of one value (the longest field any action accepts is 500)."""
+
+
 def redacted(params: Mapping[str, Any], secret: frozenset[str]) -> dict[str, Any]:
-    """Params as the audit log may keep them: secrets masked, odd values made text."""
-    return {
-        str(k): REDACTED if k in secret else _auditable(v)
-        for k, v in params.items()
-        if v is not None
-    }
+    """Params as the audit log may keep them: secrets masked, odd values made text, and
+    bounded however the surface shaped them (items, depth, length), so no request can
+    make an entry huge or its writer recurse without end."""
+    kept: dict[str, Any] = {}
+    for key, value in list(params.items())[:AUDITED_ITEMS]:
+        if value is not None:
+            kept[str(key)[:100]] = REDACTED if key in secret else _auditable(value, 1)
+    if len(params) > AUDITED_ITEMS:
+        kept["..."] = f"and {len(params) - AUDITED_ITEMS} more"
+    return kept
 
 
-def _auditable(value: Any) -> Any:
-    if isinstance(value, str | int | float | bool):
+def field_names(params: Mapping[str, Any]) -> dict[str, Any]:
+    """What is audited of params the action's schema refused: their names, never their
+    values (a code sent under a misspelt name is still a code)."""
+    names = [str(key)[:100] for key in list(params)[:AUDITED_ITEMS]]
+    return {"fields": names, "count": len(params)}
+
+
+def _auditable(value: Any, depth: int) -> Any:
+    if isinstance(value, bool | int | float):
         return value
+    if isinstance(value, str):
+        return value if len(value) <= AUDITED_CHARS else value[:AUDITED_CHARS] + "..."
+    if depth >= AUDITED_DEPTH and isinstance(value, list | tuple | Mapping):
+        return f"<{type(value).__name__} of {len(value)}>"
     if isinstance(value, list | tuple):
-        kept = [_auditable(v) for v in value[:AUDITED_ITEMS]]
+        kept = [_auditable(v, depth + 1) for v in value[:AUDITED_ITEMS]]
         if len(value) > AUDITED_ITEMS:
             kept.append(f"... and {len(value) - AUDITED_ITEMS} more")
         return kept
     if isinstance(value, Mapping):
-        return {str(k): _auditable(v) for k, v in value.items()}
+        return redacted_mapping(value, depth)
     return repr(value)[:200]
+
+
+def redacted_mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+    kept = {str(k)[:100]: _auditable(v, depth + 1) for k, v in list(value.items())[:AUDITED_ITEMS]}
+    if len(value) > AUDITED_ITEMS:
+        kept["..."] = f"and {len(value) - AUDITED_ITEMS} more"
+    return kept
 
 
 def audited_actor(actor: object) -> str:

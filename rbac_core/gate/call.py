@@ -26,7 +26,7 @@ class Call:
     """One pass through the pipeline: what every stage needs to audit or stop it."""
 
     ctx: Context
-    handler: Action
+    handler: Action[Any]
     params: Mapping[str, Any]
     auditor: Auditor
     pending_id: str | None = None

@@ -9,9 +9,11 @@ gate again, so a permission lost in between refuses the confirmation.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
 
@@ -25,16 +27,20 @@ from .contract import Action, Context, Outcome, Prepared
 CONFIRMATION_TTL = timedelta(minutes=5)
 
 
+_PENDING_ID = re.compile(r"[A-Za-z0-9_-]{32}")
+"""What `secrets.token_urlsafe(24)` makes: the only pending ids worth a query."""
+
+
 class Confirmations:
     def __init__(
-        self, actions: Mapping[str, Action], auditor: Auditor, clock: Clock, ttl: timedelta
+        self, actions: Mapping[str, Action[Any]], auditor: Auditor, clock: Clock, ttl: timedelta
     ) -> None:
         self.actions = actions
         self.auditor = auditor
         self.clock = clock
         self.ttl = ttl
 
-    def create(self, ctx: Context, handler: Action, prepared: Prepared) -> PendingAction:
+    def create(self, ctx: Context, handler: Action[Any], prepared: Prepared) -> PendingAction:
         if handler.secret_params & set(prepared.params):
             raise ValueError(f"{handler.name} cannot both hold secrets and wait for confirmation")
         pending = PendingAction(
@@ -57,7 +63,10 @@ class Confirmations:
     ) -> PendingAction | Outcome:
         """Move a pending action out of 'pending' exactly once, or explain why not."""
         now = utcnow(self.clock)
-        pending = self._locked(txn, pending_id)
+        well_formed = isinstance(pending_id, str) and _PENDING_ID.fullmatch(pending_id)
+        if not well_formed:  # never a key the gate made: no query sees it
+            pending_id = "?"
+        pending = self._locked(txn, pending_id) if well_formed else None
         verb = "pending.confirm" if new_status == "confirmed" else "pending.cancel"
         why = self._refusal(pending, actor, now)
         if why is not None:

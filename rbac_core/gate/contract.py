@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -22,7 +22,9 @@ from ..clock import Clock
 from ..outbox import Notice
 from ..policy import Decision, Policy
 from ..policy.relations import Resource
+from ..principals import Principal
 from ..store import Txn
+from .params import NO_DATA, Data, Params
 
 Status = Literal[
     "done",
@@ -46,11 +48,26 @@ class Context:
 
     txn: Txn
     load_policy: Callable[[], Policy]
-    actor: str
+    principal: Principal
     surface: str
     now: datetime
     clock: Clock
     _policy: Policy | None = None
+
+    @property
+    def actor(self) -> str:
+        """The principal's id: whom decisions are for, and who the audit log names."""
+        return self.principal.id
+
+    @property
+    def is_system(self) -> bool:
+        """The scheduler, or the operator at the server's command line; never a person."""
+        return self.principal.is_system_on(self.surface)
+
+    @property
+    def is_operator(self) -> bool:
+        """The operator at the server's command line, and only there."""
+        return self.principal.is_operator_on(self.surface)
 
     @property
     def policy(self) -> Policy:
@@ -92,7 +109,7 @@ class Result:
     """
 
     message: str
-    data: Mapping[str, Any] = field(default_factory=dict)
+    data: Data = NO_DATA
     details: Mapping[str, Any] = field(default_factory=dict)
     refusal: str | None = None
     policy_users: frozenset[str] | None = None
@@ -101,10 +118,18 @@ class Result:
     transaction, delivered by a worker after the commit (outbox.py)."""
 
 
-class Action(ABC):
-    """One thing a person can ask for. Subclasses hold no state."""
+P = TypeVar("P", bound=Params)
+
+
+class Action(ABC, Generic[P]):
+    """One thing a person can ask for. Subclasses hold no state.
+
+    `params_type` is the dataclass of what a surface may send; the gate parses a
+    surface's mapping into it before `prepare` (params.py).
+    """
 
     name: str
+    params_type: type[P]
     needs_confirmation: bool = False
     mutates_policy: bool = False
     read_only: bool = False
@@ -116,10 +141,15 @@ class Action(ABC):
     (`Gate.snapshot_for`): verifying or exporting the whole audit log."""
 
     @abstractmethod
-    def prepare(self, ctx: Context, params: Mapping[str, Any]) -> Prepared:
-        """Validate and canonicalise params; raise InvalidInput/NotFound/Conflict."""
+    def prepare(self, ctx: Context, params: P) -> Prepared:
+        """Validate and canonicalise params; raise InvalidInput/NotFound/Conflict.
 
-    def check_rules(self, ctx: Context, prepared: Prepared) -> None:  # noqa: B027
+        `Prepared.params` are the canonical params, as a mapping of wire names: they
+        are audited and kept with a pending confirmation, which parses and prepares
+        them again when confirmed, so they must parse as `params_type` too.
+        """
+
+    def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         """Rules beyond the permission (escalation, self-grant, last admin); raise Forbidden."""
 
     @abstractmethod
@@ -141,11 +171,19 @@ class NoStepUp:
 
 
 @dataclass(frozen=True)
+class Pending(Data):
+    """What waits for confirmation, and until when."""
+
+    summary: str
+    expires_at: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     status: Status
     action: str
     message: str
-    data: Mapping[str, Any] = field(default_factory=dict)
+    data: Data = NO_DATA
     decision: Decision | None = None
     pending_id: str | None = None
     error_code: str | None = None

@@ -17,12 +17,13 @@ from ..clock import Clock, system_clock, utcnow
 from ..directory import is_registered, resolve_scope
 from ..policy import Decision, Policy, PolicyCache
 from ..policy.versions import lock_policy
-from ..principals import Surface
+from ..principals import Principal, Surface, trusted
 from ..store import Database, Txn
 from .auditing import AuditLater, Auditor, audited_actor
 from .batching import GroupCommit
 from .confirmations import CONFIRMATION_TTL, Confirmations
 from .contract import Action, Context, NoStepUp, Outcome, StepUp
+from .params import Params
 from .stages import Stages
 
 log = logging.getLogger("rbac_core.gate")
@@ -33,7 +34,7 @@ class Gate(Stages):
     def __init__(
         self,
         db: Database,
-        actions: Mapping[str, Action],
+        actions: Mapping[str, Action[Any]],
         *,
         clock: Clock = system_clock,
         step_up: StepUp | None = None,
@@ -45,6 +46,8 @@ class Gate(Stages):
         """HMAC key of the audit chain (see audit.py); None keeps it plain SHA-256."""
         self.actions = dict(actions)
         for handler in self.actions.values():
+            if not issubclass(getattr(handler, "params_type", object), Params):
+                raise ValueError(f"{handler.name} declares no params_type (a Params dataclass)")
             if handler.read_only and (handler.needs_confirmation or handler.mutates_policy):
                 raise ValueError(
                     f"{handler.name} cannot be read-only and need confirmation or change policy"
@@ -58,9 +61,13 @@ class Gate(Stages):
 
     # -- public entry points -------------------------------------------------
 
-    def submit(self, actor: str, surface: str, action: str, params: Mapping[str, Any]) -> Outcome:
-        """Run `action` for `actor`; actions that need confirmation stop at a pending confirmation.
+    def submit(
+        self, actor: Principal, surface: str, action: str, params: Mapping[str, Any]
+    ) -> Outcome:
+        """Run `action` for `actor`; actions that need confirmation stop at a pending one.
 
+        `actor` is who asks; a plain id passed by a script or a test is read as the
+        principal it names (`principal_for`).
         Raises ValueError for a caller's programming error (unknown action or
         surface, params not a mapping); everything a person typed becomes an
         audited Outcome instead.
@@ -70,24 +77,28 @@ class Gate(Stages):
         if not isinstance(params, Mapping):
             raise ValueError("params must be a mapping")
 
+        principal, well_formed = _audited(actor)
+
         def run(txn: Txn) -> Outcome:
-            ctx = self._context(txn, audited_actor(actor), surface, handler)
-            if ctx.actor != actor:
+            ctx = self._context(txn, principal, surface, handler)
+            if not well_formed:
                 return self._invalid_actor(ctx, action)
             return self._run(ctx, handler, params, confirmed=False)
 
         return self._settled(self._read_only.run if handler.read_only else self._write, run)
 
-    def confirm(self, pending_id: str, actor: str, surface: str) -> Outcome:
+    def confirm(self, pending_id: str, actor: Principal, surface: str) -> Outcome:
         """Confirm a pending action: only its actor, once, before it expires."""
-        actor, surface = audited_actor(actor), _surface(surface)
+        principal, surface = _audited(actor)[0], _surface(surface)
         return self._settled(
-            self._write, lambda txn: self._confirm(txn, pending_id, actor, surface)
+            self._write, lambda txn: self._confirm(txn, pending_id, principal, surface)
         )
 
-    def cancel(self, pending_id: str, actor: str, surface: str) -> Outcome:
-        actor, surface = audited_actor(actor), _surface(surface)
-        return self._settled(self._write, lambda txn: self._cancel(txn, pending_id, actor, surface))
+    def cancel(self, pending_id: str, actor: Principal, surface: str) -> Outcome:
+        principal, surface = _audited(actor)[0], _surface(surface)
+        return self._settled(
+            self._write, lambda txn: self._cancel(txn, pending_id, principal, surface)
+        )
 
     def decide(self, user: str, permission: str, scope: str = "*") -> Decision:
         """A read-only decision on fresh policy, for surfaces deciding what to show.
@@ -146,20 +157,22 @@ class Gate(Stages):
             signals.gate_outcome.send(outcome.action, outcome.status)
         return outcome
 
-    def _handler(self, action: str) -> Action:
+    def _handler(self, action: str) -> Action[Any]:
         handler = self.actions.get(action)
         if handler is None:
             raise ValueError(f"no action named {action!r}")
         return handler
 
-    def _context(self, txn: Txn, actor: str, surface: str, handler: Action) -> Context:
+    def _context(
+        self, txn: Txn, principal: Principal, surface: str, handler: Action[Any]
+    ) -> Context:
         # A policy writer locks the version row before reading policy: on PostgreSQL
         # this waits for any other policy writer to commit, so its rules see current data.
         version = lock_policy(txn) if handler.mutates_policy else None
         return Context(
             txn,
             lambda: self.policies.refresh(txn, version),
-            actor,
+            principal,
             surface,
             utcnow(self.clock),
             self.clock,
@@ -180,24 +193,24 @@ class Gate(Stages):
 
     # -- confirmations -----------------------------------------------------------
 
-    def _confirm(self, txn: Txn, pending_id: str, actor: str, surface: str) -> Outcome:
-        pending = self._pending.claim(txn, pending_id, actor, surface, "confirmed")
+    def _confirm(self, txn: Txn, pending_id: str, principal: Principal, surface: str) -> Outcome:
+        pending = self._pending.claim(txn, pending_id, principal.id, surface, "confirmed")
         if isinstance(pending, Outcome):
             return pending
         handler = self.actions[pending.action]  # claim made sure it exists
-        ctx = self._context(txn, actor, surface, handler)
+        ctx = self._context(txn, principal, surface, handler)
         params = json.loads(pending.params)
         outcome = self._run(ctx, handler, params, confirmed=True, pending_id=pending.id)
         if outcome.status != "done":
             pending.status = "refused"
         return outcome
 
-    def _cancel(self, txn: Txn, pending_id: str, actor: str, surface: str) -> Outcome:
-        pending = self._pending.claim(txn, pending_id, actor, surface, "cancelled")
+    def _cancel(self, txn: Txn, pending_id: str, principal: Principal, surface: str) -> Outcome:
+        pending = self._pending.claim(txn, pending_id, principal.id, surface, "cancelled")
         if isinstance(pending, Outcome):
             return pending
         seq = self._auditor.append(
-            txn, actor, surface, pending.action, pending.summary, "deny", "cancelled",
+            txn, principal.id, surface, pending.action, pending.summary, "deny", "cancelled",
             {"pending_id": pending.id},
         )  # fmt: skip
         return Outcome(
@@ -210,6 +223,18 @@ class Gate(Stages):
 
 
 _PLAIN = {str(surface.value): str(surface.value) for surface in Surface}
+
+
+def _audited(actor: object) -> tuple[Principal, bool]:
+    """The principal as audited, and whether its id was well-formed: a malformed one
+    becomes a bounded placeholder, so the refusal's entry never carries it."""
+    principal = trusted(actor)
+    if principal is None:
+        return Principal.person(audited_actor(None)), False
+    audited = audited_actor(principal.id)
+    if audited == principal.id:
+        return principal, True
+    return Principal.person(audited), False
 
 
 def _surface(surface: str) -> str:

@@ -19,10 +19,11 @@ from ..errors import InvalidInput, PermissionDenied, RbacError
 from ..policy import Decision
 from ..policy.versions import bump_policy_version
 from ..values import for_scope
-from .auditing import Auditor
+from .auditing import Auditor, field_names
 from .call import Call, Stopped
 from .confirmations import Confirmations
-from .contract import Action, Context, Outcome, Prepared, Result, Status, StepUp
+from .contract import Action, Context, Outcome, Pending, Prepared, Result, Status, StepUp
+from .params import UnexpectedParam, WrongParamType
 
 log = logging.getLogger("rbac_core.gate")
 
@@ -35,7 +36,7 @@ class Stages:
     def _run(
         self,
         ctx: Context,
-        handler: Action,
+        handler: Action[Any],
         params: Mapping[str, Any],
         *,
         confirmed: bool,
@@ -56,7 +57,11 @@ class Stages:
 
     def _prepare(self, call: Call) -> Prepared:
         try:
-            return call.handler.prepare(call.ctx, call.params)
+            params = call.handler.params_type.parse(call.params)
+            return call.handler.prepare(call.ctx, params)
+        except (UnexpectedParam, WrongParamType) as exc:
+            call.params = field_names(call.params)
+            raise call.stop("invalid", exc.message, "-", "invalid", code=exc.code) from None
         except InvalidInput as exc:
             raise call.stop("invalid", exc.message, "-", "invalid", code=exc.code) from None
         except RbacError as exc:
@@ -139,7 +144,7 @@ class Stages:
             "needs_confirmation",
             call.name,
             f"Please confirm: {prepared.summary}",
-            data={"summary": prepared.summary, "expires_at": pending.expires_at.isoformat()},
+            data=Pending(prepared.summary, pending.expires_at.isoformat()),
             decision=decision,
             pending_id=pending.id,
             audit_seq=seq,

@@ -36,8 +36,12 @@ class InboundEvents:
 
     def claim(self, source: str, delivery_id: str) -> bool:
         """True the first time (source, id) is seen: go ahead; False for a duplicate."""
-        if not delivery_id or len(delivery_id) > ID_MAX:
-            raise ValueError("a delivery id is 1 to 128 characters")
+        if not delivery_id or len(delivery_id) > ID_MAX or not delivery_id.isprintable():
+            raise ValueError("a delivery id is 1 to 128 printable characters")
+        try:
+            delivery_id.encode("utf-8")  # a lone surrogate reaches no database
+        except UnicodeEncodeError:
+            raise ValueError("a delivery id is text") from None
         now = utcnow(self.clock)
         row = {"source": source, "delivery_id": delivery_id, "received_at": now}
         with self.db.write() as session:
