@@ -36,9 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bot.config import Settings
 
     # serve() builds each worker's app as create_app(build_runtime(settings)):
-    # swap both, and everything else (the gunicorn options) stays bot.server's.
+    # swap both, and everything else (the gunicorn options) stays bot.server's. A bare
+    # 200 has no outbox to deliver, so no worker thread runs beside it.
     vars(server).update(build_runtime=lambda settings: None, create_app=lambda runtime: app)
-    server.serve(Settings(), host=args.host, port=args.port, workers=args.workers)
+    server.serve(
+        Settings(), host=args.host, port=args.port, workers=args.workers, outbox_worker=False
+    )
     return 0
 
 
