@@ -1,4 +1,4 @@
-"""The outbox worker: delivers what actions wrote to the outbox (rbac_core/outbox.py).
+"""The outbox worker: delivers what actions wrote to the outbox (rbac_core/outbox/).
 
 It runs as a thread in every `serve` worker process (unless `--no-worker`)
 and as `wa-access worker`; any number of them share one database safely,

@@ -76,7 +76,7 @@ def request_message(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def approvers_told(channel: str | None) -> str:
     """What a requester is told about approvers: the request's notice is in the outbox,
-    posted to the approvers' channel by the worker (rbac_core/outbox.py)."""
+    posted to the approvers' channel by the worker (rbac_core/outbox/)."""
     if channel is None:
         return "No approvers' channel is configured (WA_AUDIT_CHANNEL): ask an admin directly."
     return "Approvers are being told in the approvers' channel."

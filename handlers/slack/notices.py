@@ -1,6 +1,6 @@
 """Notices from the outbox, as Slack messages: what each kind of notice says.
 
-The core writes what happened (rbac_core/outbox.py: a kind, a symbolic
+The core writes what happened (rbac_core/outbox/: a kind, a symbolic
 destination, JSON data); this module alone knows how Slack shows it. The
 worker (bot/outbox_worker.py) resolves the destination and posts the message.
 An unknown kind, or data missing a field, is a notice that can never be shown:

@@ -13,8 +13,8 @@ audit entry, so they skip the savepoint. They still run in one write
 transaction with their audit append: measured through gunicorn on SQLite, a
 read transaction followed by a separate audit transaction cost 15% more CPU
 per `/wa-role show` and a worse p99 than one short transaction, because
-writers queue on a lock (see db.py) instead of SQLite's sleeping busy handler.
-Read-only calls that overlap share that transaction (group_commit.py).
+writers queue on a lock (store/dialects.py) instead of SQLite's sleeping busy handler.
+Read-only calls that overlap share that transaction (batching.py).
 
 The package: `contract` (what an action declares and returns, what a caller
 gets), `core` (the Gate's entry points), `stages` (the pipeline, one concern

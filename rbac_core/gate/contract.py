@@ -115,7 +115,7 @@ class Result:
     policy_users: frozenset[str] | None = None
     notices: tuple[Notice, ...] = ()
     """What to tell people outside the database: written to the outbox in this
-    transaction, delivered by a worker after the commit (outbox.py)."""
+    transaction, delivered by a worker after the commit (rbac_core/outbox/)."""
 
 
 P = TypeVar("P", bound=Params)

@@ -8,7 +8,7 @@ its action happened, and the HTTP answer never waits for Slack. Workers
 (bot/outbox_worker.py, inside `serve` and as `wa-access worker`) deliver them
 at least once:
 
-- a worker claims due rows under a lease (leases.py, shared with scheduled
+- a worker claims due rows under a lease (store/leases.py, shared with scheduled
   periods); on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so several workers
   never wait on each other's rows; a worker killed mid-delivery leaves its
   rows to be taken over once the lease lapses (which may deliver twice: a
@@ -22,7 +22,7 @@ at least once:
   permanent failure ends the row `given_up` with the reason.
 
 Notices are surface-neutral (what happened, to whom); the worker's
-deliverer renders them for Slack (handlers/slack_notices.py). Destinations
+deliverer renders them for Slack (handlers/slack/notices.py). Destinations
 are symbolic (`channel:audit`, `person:U…`), resolved by the deliverer.
 This module holds what actions and deliverers share; `queue.py` claims and
 settles rows.

@@ -12,7 +12,7 @@ something due, so idle workers never hold SQLite's writer lock):
    the destination *held* — its pace row moved to the end of the lease with a
    conditional UPDATE one worker wins — so no second post to it starts while
    this one is in flight;
-3. the row leased to this worker (leases.py).
+3. the row leased to this worker (store/leases.py).
 
 Settling (done, retry, give up) first updates the row, fenced on the holder's
 attempt, then releases the destination for `pace` (one post a second per

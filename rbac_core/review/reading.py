@@ -1,6 +1,6 @@
 """Reading an access review back: its findings, a page of them, all of them as CSV.
 
-Building a review (access_review.py) writes its findings once; everything a
+Building a review (building.py) writes its findings once; everything a
 surface shows afterwards (a page of the report, the CSV in its thread, the
 operator's listing) is read here.
 """
