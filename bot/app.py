@@ -35,6 +35,14 @@ def create_app(runtime: Runtime) -> Flask:
 
         app.register_blueprint(slack_routes(runtime))
 
+    settings = runtime.settings
+    if settings.whatsapp_app_secret and settings.whatsapp_verify_token:
+        from .whatsapp.routes import whatsapp_routes
+
+        app.register_blueprint(
+            whatsapp_routes(runtime, settings.whatsapp_app_secret, settings.whatsapp_verify_token)
+        )
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         # HTTP callers get JSON, never an HTML error page.

@@ -23,7 +23,7 @@ from rbac_core.store.dialects import normalize_url
 
 DEFAULT_DATABASE_URL = "sqlite:///wa_access.db"
 DEFAULT_SLACK_API_URL = "https://slack.com/api/"
-DEFAULT_WHATSAPP_API_URL = "https://graph.facebook.com/v21.0"
+DEFAULT_WHATSAPP_API_URL = "https://graph.facebook.com/v25.0"
 
 DEFAULT_AUDIT_SCHEDULE = "0 9 * * mon"  # crontab: Monday 09:00 in WA_TIMEZONE
 DEFAULT_INACTIVE_DAYS = 30
@@ -161,6 +161,11 @@ def load_settings(
         if ident is not None and not (ident.isascii() and ident.isdigit()):
             problems.append(f"{ENV_NAMES[attr]} is malformed: expected digits, got '{ident}'")
     _check_schedule(values, problems)
+    webhook = (values.get("whatsapp_app_secret"), values.get("whatsapp_verify_token"))
+    if any(webhook) and not all(webhook):
+        problems.append(
+            "WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN go together: set both, or neither"
+        )
     if values.get("log_format", "text") not in ("text", "json"):
         problems.append(
             f"WA_LOG_FORMAT is malformed: expected text or json, got '{values['log_format']}'"

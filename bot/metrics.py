@@ -95,6 +95,12 @@ OUTBOX_DELIVERIES = Counter(
     ("kind", "result"),
     registry=REGISTRY,
 )
+WEBHOOKS_RECEIVED = Counter(
+    "wa_access_webhooks_received",
+    "Verified webhook bodies, by source and result (stored, or a retry of one stored).",
+    ("source", "result"),
+    registry=REGISTRY,
+)
 SCHEDULED_RUNS = Counter(
     "wa_access_scheduled_runs",
     "Scheduled job runs that ended, by job and result (done, failed, given_up).",
@@ -125,6 +131,7 @@ _gate = _children(GATE_OUTCOMES)
 _reloads = _children(POLICY_RELOADS)
 _runs = _children(SCHEDULED_RUNS)
 _deliveries = _children(OUTBOX_DELIVERIES)
+_webhooks = _children(WEBHOOKS_RECEIVED)
 
 
 def refused(surface: str, reason: str) -> None:
@@ -151,6 +158,10 @@ def _outbox_delivered(kind: str, result: str) -> None:
     _deliveries(kind, result).inc()
 
 
+def _webhook_received(source: str, stored: bool) -> None:
+    _webhooks(source, "stored" if stored else "retry").inc()
+
+
 def connect_core_signals() -> None:
     """Count what the core reports. Idempotent: each listener is connected once."""
     signals.outbox_delivered.connect(_outbox_delivered)
@@ -158,6 +169,7 @@ def connect_core_signals() -> None:
     signals.audit_appended.connect(_audit_appended)
     signals.policy_reloaded.connect(_policy_reloaded)
     signals.job_finished.connect(_job_finished)
+    signals.webhook_received.connect(_webhook_received)
 
 
 def exposition(*, all_processes: bool = True) -> bytes:
@@ -211,7 +223,7 @@ def install_metrics(app: Flask) -> None:
     request that no route matched, or that a blueprint refused, counts too.
     `GET /metrics` itself is served by the ops blueprint (bot/ops_routes.py).
     """
-    from .slack.signature import request_refused  # the Slack stack is loaded with the app
+    from .refusals import request_refused
 
     connect_core_signals()
     request_refused.connect(refused)

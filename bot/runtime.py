@@ -10,7 +10,7 @@ from handlers.commands.twofa import TwoFactorCommand
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import Clock, system_clock
 from rbac_core.outbox import Outbox
-from rbac_core.store.inbound import InboundEvents
+from rbac_core.store.inbound import InboundEvents, WebhookInbox
 
 from .config import Settings
 
@@ -25,6 +25,7 @@ class Runtime:
     inbound: InboundEvents
     audit: AuditCommand
     outbox: Outbox
+    webhooks: WebhookInbox
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
@@ -39,4 +40,5 @@ def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
         InboundEvents(db, clock),
         AuditCommand(gate),
         Outbox(db, clock),
+        WebhookInbox(db, clock),
     )

@@ -58,4 +58,17 @@ outbox_delivered = Signal(
     "(kind: str, result: 'done' | 'retry' | 'given_up' | 'lost') one delivery attempt ended",
 )
 
-ALL = (gate_outcome, audit_appended, policy_reloaded, job_finished, outbox_queued, outbox_delivered)
+webhook_received = Signal(
+    "webhook_received",
+    "(source: str, stored: bool) a verified webhook body was kept, or was a retry of one kept",
+)
+
+ALL = (
+    gate_outcome,
+    audit_appended,
+    policy_reloaded,
+    job_finished,
+    outbox_queued,
+    outbox_delivered,
+    webhook_received,
+)

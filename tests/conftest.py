@@ -48,6 +48,7 @@ TABLES = (
     "access_reviews",
     "review_keeps",
     "inbound_events",
+    "inbound_webhooks",
     "outbox",
     "outbox_pace",
 )

@@ -13,7 +13,8 @@ def test_defaults_need_nothing_but_give_sqlite() -> None:
     settings = load_settings({}, dotenv=None)
     assert settings.database_url == "sqlite:///wa_access.db"
     assert settings.slack_api_url == "https://slack.com/api/"
-    assert settings.whatsapp_api_url == "https://graph.facebook.com/v21.0"
+    # SPEC §9: the Graph version is pinned in the URL; v21 is retired in January 2027.
+    assert settings.whatsapp_api_url == "https://graph.facebook.com/v25.0"
     assert settings.timezone == "UTC"
 
 
@@ -62,3 +63,11 @@ def test_secrets_never_appear_in_the_settings_repr() -> None:
     )
     text = repr(settings)
     assert "8f742231" not in text and "xoxb-1-secret" not in text and "kkkk" not in text
+
+
+@pytest.mark.parametrize("given", ["WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"])
+def test_the_webhook_needs_both_its_secret_and_its_verify_token(given: str) -> None:
+    """With one alone the route would be silently missing: say so at start-up."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings({given: "something-long-enough"}, dotenv=None)
+    assert "WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN go together" in str(refused.value)

@@ -27,11 +27,11 @@ from slack_bolt import Ack
 
 from bot.app import MAX_BODY_BYTES
 from bot.config import Settings
+from bot.refusals import Refusals
 from bot.runtime import build_runtime
 from bot.slack import shape as slack_shape
 from bot.slack.app import FAILURE_TEXT, build_slack_app
 from bot.slack.shape import parse_form
-from bot.slack.signature import Refusals
 from handlers.slack.access import APPROVE_ACTION, REQUEST_BUTTON
 from handlers.slack.audit import OLDER_ACTION
 from handlers.slack.blocks import OUT_OF_DATE

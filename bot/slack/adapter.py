@@ -61,9 +61,10 @@ from slack_bolt.logger.messages import warning_client_prioritized_and_token_skip
 from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization, SslCheck
 
 from ..logs import note
+from ..refusals import Refusals
 from ..request_body import read_body
 from .shape import ParseSignedBody, ephemeral
-from .signature import Refusals, SignatureCheck
+from .signature import SignatureCheck
 
 log = logging.getLogger("wa_access.slack")
 

@@ -13,9 +13,7 @@ for a slash command, an ephemeral answer that Slack shows its sender.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus, urlsplit
@@ -26,6 +24,8 @@ from slack_bolt.request.internals import build_context
 
 from handlers.slack.stepup import answer_by_dm
 from rbac_core.values import is_user_id
+
+from ..json_body import Unreadable, load_json
 
 # The same logger as the signature's refusals: both are requests turned away at the door.
 log = logging.getLogger("wa_access.refusals")
@@ -195,57 +195,6 @@ def parse_form(raw: str) -> dict[str, str]:
             value = unquote_plus(value)
         fields[name] = value
     return fields
-
-
-class Unreadable(ValueError):
-    """A body that parses but holds what no Slack payload holds."""
-
-
-# Deeper than any Slack payload (a modal's blocks reach about ten), and far
-# below what makes Bolt's deep copy for lazy listeners run out of stack.
-MAX_DEPTH = 40
-# Escapes that decode to a lone surrogate (no UTF-8 for the database) or NUL
-# (PostgreSQL refuses it in text). A pair of surrogates, an emoji, is fine.
-_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
-
-
-def _strings_and_depth(value: Any) -> tuple[list[str], int]:
-    strings: list[str] = []
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            strings.append(item)
-        elif isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth > MAX_DEPTH:
-                break
-            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return strings, deepest
-
-
-def load_json(text: str) -> Any:
-    """`json.loads`, refusing nesting deeper than MAX_DEPTH, lone surrogates and NUL."""
-    value = json.loads(text)
-    suspect = _SUSPECT_ESCAPE.search(text) is not None
-    if suspect or text.count("{") + text.count("[") > MAX_DEPTH:
-        strings, depth = _strings_and_depth(value)
-        if depth > MAX_DEPTH:
-            raise Unreadable(f"it is nested deeper than {MAX_DEPTH} levels")
-        for string in strings if suspect else ():
-            if "\x00" in string or (not string.isascii() and _bad_utf8(string)):
-                raise Unreadable("it holds text that is not Unicode (NUL or a lone surrogate)")
-    return value
-
-
-def _bad_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def parse_slack_body(raw: str, content_type: str | None) -> tuple[Any, bool]:

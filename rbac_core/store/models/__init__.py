@@ -6,7 +6,7 @@ production path calls `create_all`.
 
 from .audit import AuditEntry, AuditHead
 from .base import Base, UTCDateTime
-from .bookkeeping import InboundEvent, JobRun, OutboxMessage, OutboxPace
+from .bookkeeping import InboundEvent, InboundWebhook, JobRun, OutboxMessage, OutboxPace
 from .people import ActivityRollup, Number, SecondFactor, User, UserActivity
 from .policy import Grant, PolicyChange, PolicyState, Role, RoleParent, RolePermission
 from .work import AccessRequest, AccessReview, PendingAction, ReviewFinding, ReviewKeep
@@ -20,6 +20,7 @@ __all__ = [
     "Base",
     "Grant",
     "InboundEvent",
+    "InboundWebhook",
     "JobRun",
     "Number",
     "OutboxMessage",

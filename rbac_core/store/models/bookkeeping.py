@@ -1,4 +1,5 @@
-"""Bookkeeping around the gate: inbound events taken once, scheduled periods, the outbox."""
+"""Bookkeeping around the gate: inbound events taken once, webhook bodies waiting to be
+processed, scheduled periods, the outbox."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -28,6 +30,35 @@ class InboundEvent(Base):
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
     delivery_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class InboundWebhook(Base):
+    """A webhook body whose signature held, stored before it is answered.
+
+    Meta wants a fast 200 and retries for days otherwise, so the request only
+    stores the verified bytes; a worker processes them later, under a lease,
+    fanning out every event. The (source, digest) key keeps a retried body once.
+    """
+
+    __tablename__ = "inbound_webhooks"
+    __table_args__ = (
+        UniqueConstraint("source", "digest", name="uq_inbound_webhooks_source_digest"),
+        Index("ix_inbound_webhooks_status_next_try_at", "status", "next_try_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the body, hex."""
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # queued, running, done, given_up
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(1000))
 
 
 class JobRun(Base):
