@@ -24,6 +24,8 @@ from . import (
     policy_reload,
     slack_instructions,
     slack_roundtrip,
+    whatsapp_ingest,
+    whatsapp_send,
 )
 from .report import say
 
@@ -64,14 +66,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=("decisions", "audit", "slack", "slack-instructions", "review", "reload"),
-        help="run one benchmark instead of all six",
+        choices=(
+            "decisions",
+            "audit",
+            "slack",
+            "slack-instructions",
+            "review",
+            "reload",
+            "whatsapp-ingest",
+            "whatsapp-send",
+        ),
+        help="run one benchmark instead of all",
     )
     parser.add_argument(
         "--pg",
         metavar="URL",
-        help="also run the access review benchmark on this PostgreSQL database "
-        "(in a schema of its own, dropped afterwards)",
+        help="also run the access review and WhatsApp benchmarks on this PostgreSQL "
+        "database (in a schema of its own, dropped afterwards)",
     )
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help="random seed of the decision workload"
@@ -94,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_review.run(quick=args.quick, pg_url=args.pg)
     if args.only in (None, "reload"):
         policy_reload.run(quick=args.quick)
+    if args.only in (None, "whatsapp-ingest"):
+        whatsapp_ingest.run(quick=args.quick, pg_url=args.pg)
+    if args.only in (None, "whatsapp-send"):
+        whatsapp_send.run(quick=args.quick, pg_url=args.pg)
     return 0
 
 

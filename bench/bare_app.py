@@ -1,4 +1,4 @@
-"""The baseline of the Slack benchmark: a Flask app whose one route answers 200 at once.
+"""The baseline of the HTTP benchmarks: a Flask app whose routes answer 200 at once.
 
 It is served by `python -m bench.bare_app --port P --workers 2`, which goes through
 `bot.server.serve` itself with only the app swapped, so the gunicorn settings
@@ -19,8 +19,9 @@ app = Flask("wa_access_bare")
 
 
 @app.post("/slack/events")
-def slack_events() -> tuple[str, int]:
-    # Read the body as the real endpoint does, so both pay for receiving it.
+@app.post("/whatsapp/webhook")
+def read_and_answer() -> tuple[str, int]:
+    # Read the body as the real endpoints do, so both pay for receiving it.
     request.get_data()
     return "", 200
 
@@ -39,9 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # swap both, and everything else (the gunicorn options) stays bot.server's. A bare
     # 200 has no outbox to deliver, so no worker thread runs beside it.
     vars(server).update(build_runtime=lambda settings: None, create_app=lambda runtime: app)
-    server.serve(
-        Settings(), host=args.host, port=args.port, workers=args.workers, outbox_worker=False
-    )
+    server.serve(Settings(), host=args.host, port=args.port, workers=args.workers, background=False)
     return 0
 
 

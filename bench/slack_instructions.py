@@ -24,7 +24,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.fake_slack import FakeSlack
+from bot.demo.fake_slack import FakeSlack
 from tests.slack_requests import SIGNING_SECRET
 
 from .report import say, section

@@ -29,6 +29,8 @@ DEFAULT_AUDIT_SCHEDULE = "0 9 * * mon"  # crontab: Monday 09:00 in WA_TIMEZONE
 DEFAULT_INACTIVE_DAYS = 30
 DEFAULT_GRACE_HOURS = 24  # a scheduler down at 09:00 still runs the review if back within this
 
+DEFAULT_SEND_RATE = 80  # messages a second per number: Meta's default throughput
+
 SERVE_REQUIRES = ("SLACK_SIGNING_SECRET", "SLACK_BOT_TOKEN")
 
 _CHANNEL = re.compile(r"[CGD][A-Z0-9]{2,20}")
@@ -62,6 +64,8 @@ class Settings:
     log_format: str = "text"
     metrics_token: str | None = field(default=None, repr=False)
     audit_checkpoint_file: str | None = None
+    inbox_channel: str | None = None
+    send_rate: int = DEFAULT_SEND_RATE
 
 
 ENV_NAMES = {
@@ -85,6 +89,8 @@ ENV_NAMES = {
     "log_format": "WA_LOG_FORMAT",
     "metrics_token": "WA_METRICS_TOKEN",
     "audit_checkpoint_file": "WA_AUDIT_CHECKPOINT_FILE",
+    "inbox_channel": "WA_INBOX_CHANNEL",
+    "send_rate": "WA_SEND_RATE",
 }
 
 
@@ -140,7 +146,7 @@ def load_settings(
     token = values.get("slack_bot_token")
     if token is not None and not token.startswith("xoxb-"):
         problems.append("SLACK_BOT_TOKEN is malformed: a bot token starts with xoxb-")
-    for attr in ("audit_channel", "alert_channel"):
+    for attr in ("audit_channel", "alert_channel", "inbox_channel"):
         channel = values.get(attr)
         if channel is not None and not _CHANNEL.fullmatch(channel):
             problems.append(
@@ -178,7 +184,11 @@ def load_settings(
             f"WA_AUDIT_CHECKPOINT_FILE is malformed: '{checkpoints}' is a directory, not a file"
         )
     typed: dict[str, object] = dict(values)
-    for attr, low, high in (("audit_inactive_days", 1, 3650), ("audit_grace_hours", 1, 24 * 7)):
+    for attr, low, high in (
+        ("audit_inactive_days", 1, 3650),
+        ("audit_grace_hours", 1, 24 * 7),
+        ("send_rate", 1, 1000),
+    ):
         if attr in values:
             raw = values[attr]
             if not (raw.isascii() and raw.isdigit() and len(raw) < 12 and low <= int(raw) <= high):

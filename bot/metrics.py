@@ -30,7 +30,7 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -101,6 +101,20 @@ WEBHOOKS_RECEIVED = Counter(
     ("source", "result"),
     registry=REGISTRY,
 )
+WEBHOOKS_PROCESSED = Counter(
+    "wa_access_webhooks_processed",
+    "Stored webhook bodies a worker finished with, by result "
+    "(done, retry, given_up, lost: taken over by another worker).",
+    ("result",),
+    registry=REGISTRY,
+)
+WEBHOOK_EVENTS = Counter(
+    "wa_access_webhook_events",
+    "Events of processed webhook bodies, by what became of them (messages, statuses, "
+    "templates, notices, duplicates, unknown_number, malformed, ignored, errors, …).",
+    ("result",),
+    registry=REGISTRY,
+)
 SCHEDULED_RUNS = Counter(
     "wa_access_scheduled_runs",
     "Scheduled job runs that ended, by job and result (done, failed, given_up).",
@@ -132,6 +146,8 @@ _reloads = _children(POLICY_RELOADS)
 _runs = _children(SCHEDULED_RUNS)
 _deliveries = _children(OUTBOX_DELIVERIES)
 _webhooks = _children(WEBHOOKS_RECEIVED)
+_processed = _children(WEBHOOKS_PROCESSED)
+_events = _children(WEBHOOK_EVENTS)
 
 
 def refused(surface: str, reason: str) -> None:
@@ -162,6 +178,29 @@ def _webhook_received(source: str, stored: bool) -> None:
     _webhooks(source, "stored" if stored else "retry").inc()
 
 
+def _webhook_processed(result: str, counts: Mapping[str, int]) -> None:
+    _processed(result).inc()
+    for what, n in counts.items():
+        if what in EVENT_RESULTS:  # the label stays bounded whatever a count is called
+            _events(what).inc(n)
+
+
+EVENT_RESULTS = frozenset(
+    {
+        "messages",
+        "statuses",
+        "templates",
+        "notices",
+        "duplicates",
+        "unknown_number",
+        "malformed",
+        "ignored",
+        "errors",
+        "identity_changes",
+    }
+)
+
+
 def connect_core_signals() -> None:
     """Count what the core reports. Idempotent: each listener is connected once."""
     signals.outbox_delivered.connect(_outbox_delivered)
@@ -170,6 +209,7 @@ def connect_core_signals() -> None:
     signals.policy_reloaded.connect(_policy_reloaded)
     signals.job_finished.connect(_job_finished)
     signals.webhook_received.connect(_webhook_received)
+    signals.webhook_processed.connect(_webhook_processed)
 
 
 def exposition(*, all_processes: bool = True) -> bytes:

@@ -1,11 +1,11 @@
 """The outbox worker: delivers what actions wrote to the outbox (rbac_core/outbox/).
 
 It runs as a thread in every `serve` worker process (unless `--no-worker`)
-and as `wa-access worker`; any number of them share one database safely,
-since every row is claimed under a lease. A worker sleeps until a gate call
-in its own process commits a notice (`signals.outbox_queued`), or for at
-most `poll` seconds, which is how it sees notices written by other processes
-(the CLI, other replicas) and retries falling due.
+and in `wa-access worker`; any number of them share one database safely,
+since every row is claimed under a lease. It is a `Poller` (polling.py): it
+sleeps until a gate call in its own process commits a notice
+(`signals.outbox_queued`), or for at most `poll` seconds, which is how it
+sees notices written by other processes and retries falling due.
 
 Deliveries to Slack are posted by a Web API client of their own, with none
 of slack_sdk's retry handlers: its 429 handler would sleep inside the worker,
@@ -19,8 +19,6 @@ worker is never taken over mid-post.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -46,12 +44,12 @@ from rbac_core.outbox import (
 from rbac_core.store.leases import default_owner
 
 from .config import Settings
+from .polling import Poller
 
 log = logging.getLogger(__name__)
 
 SLACK_TIMEOUT_SECONDS = 5
 POLL_SECONDS = 1.0
-IDLE_AFTER_ERROR_SECONDS = 5.0
 RENEW_BELOW = timedelta(seconds=4 * SLACK_TIMEOUT_SECONDS)
 """A row whose lease has less than this left is renewed before it is posted: a post
 may take the client's timeout for each of connecting, sending and reading."""
@@ -139,7 +137,9 @@ def _retry_after(headers: Any) -> timedelta:
     return timedelta(seconds=min(max(seconds, 1), 900))
 
 
-class OutboxWorker:
+class OutboxWorker(Poller):
+    thread_name = "outbox-worker"
+
     def __init__(
         self,
         outbox: Outbox,
@@ -149,13 +149,11 @@ class OutboxWorker:
         batch: int = 5,
         poll: float = POLL_SECONDS,
     ) -> None:
+        super().__init__(poll, (signals.outbox_queued,))
         self.outbox = outbox
         self.deliver = deliver
         self.owner = owner or default_owner()
         self.batch = batch
-        self.poll = poll
-        self._wake = threading.Event()
-        self._stop = threading.Event()
 
     def run_once(self) -> int:
         """Claim and deliver one batch; how many rows it held."""
@@ -226,37 +224,6 @@ class OutboxWorker:
         if signals.outbox_delivered.listeners:
             signals.outbox_delivered.send(delivery.kind, result)
 
-    def wake(self, *_: object) -> None:
-        self._wake.set()
-
-    def run_forever(self) -> None:
-        """Deliver until `stop()`; never raises (a database away is waited out)."""
-        signals.outbox_queued.connect(self.wake)
-        try:
-            while not self._stop.is_set():
-                try:
-                    handled = self.run_once()
-                except Exception:
-                    log.exception("the outbox worker could not claim work; trying again soon")
-                    self._stop.wait(IDLE_AFTER_ERROR_SECONDS)
-                    continue
-                if handled == 0:
-                    self._wake.wait(self.poll)
-                    self._wake.clear()
-        finally:
-            signals.outbox_queued.disconnect(self.wake)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def start(self) -> threading.Thread:
-        """Run in a daemon thread (inside `serve`): it dies with its process, and a row
-        it held is taken over by another worker once the lease lapses."""
-        thread = threading.Thread(target=self.run_forever, name="outbox-worker", daemon=True)
-        thread.start()
-        return thread
-
 
 def _about(delivery: Delivery) -> str:
     """The kind, and who it concerns when the data says: enough to act on from the log."""
@@ -281,16 +248,3 @@ the approvers never saw is told so, as they were before the outbox."""
 
 def build_worker(settings: Settings, outbox: Outbox, *, owner: str | None = None) -> OutboxWorker:
     return OutboxWorker(outbox, slack_deliverer(settings), owner=owner)
-
-
-def serve_worker(worker: OutboxWorker) -> None:
-    """`wa-access worker`: deliver until SIGTERM or SIGINT."""
-
-    def stop(signum: int, frame: object) -> None:
-        log.info("outbox worker stopping (signal %d)", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("outbox worker %s started", worker.owner)
-    worker.run_forever()

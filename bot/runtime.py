@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from handlers.commands.audit import AuditCommand
 from handlers.commands.roles import RoleCommand
+from handlers.commands.send import SendCommand
 from handlers.commands.twofa import TwoFactorCommand
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import Clock, system_clock
 from rbac_core.outbox import Outbox
-from rbac_core.store.inbound import InboundEvents, WebhookInbox
+from rbac_core.store.inbound import InboundEvents
+from rbac_core.store.webhook_inbox import WebhookInbox
 
 from .config import Settings
 
@@ -26,6 +28,7 @@ class Runtime:
     audit: AuditCommand
     outbox: Outbox
     webhooks: WebhookInbox
+    send: SendCommand
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
@@ -41,4 +44,5 @@ def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
         AuditCommand(gate),
         Outbox(db, clock),
         WebhookInbox(db, clock),
+        SendCommand(gate),
     )

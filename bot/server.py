@@ -35,10 +35,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as bot/metrics.py, which must not 
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any], *, outbox_worker: bool) -> None:
+    def __init__(self, settings: Settings, options: dict[str, Any], *, background: bool) -> None:
         self._settings = settings
         self._options = options
-        self._outbox_worker = outbox_worker
+        self._background = background
         super().__init__()
 
     def load_config(self) -> None:
@@ -49,12 +49,12 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         # Built in each worker after fork: no connection is shared across processes.
         configure_logging(self._settings)
         runtime = build_runtime(self._settings)
-        if self._outbox_worker:
-            from .outbox_worker import build_worker
+        if self._background:
+            from .background import background_workers
 
-            # One per worker process: woken by its own process's commits at once.
-            worker = build_worker(self._settings, runtime.outbox)
-            _RUNNING.append((worker, worker.start()))
+            # One of each per worker process: woken by its own process's commits at once.
+            for worker in background_workers(runtime):
+                _RUNNING.append((worker, worker.start()))
         return create_app(runtime)
 
 
@@ -96,14 +96,16 @@ def prepare_metrics_dir(environ: MutableMapping[str, str] | None = None) -> tupl
 
 
 _RUNNING: list[tuple[Any, threading.Thread]] = []
-"""This process's outbox worker and its thread (one per gunicorn worker)."""
+"""This process's background workers and their threads (in each gunicorn worker)."""
 
 
 def _worker_exiting(server: Any, worker: Any) -> None:
-    """gunicorn's worker_exit hook, in the worker: let the outbox worker finish its post,
-    so a restart does not leave a row held for a lease (and perhaps posted twice)."""
-    for outbox_worker, thread in _RUNNING:
-        outbox_worker.stop()
+    """gunicorn's worker_exit hook, in the worker: let the background workers finish the
+    item in hand, so a restart does not leave a row held for a lease (and perhaps a
+    notice posted twice)."""
+    for background_worker, _ in _RUNNING:
+        background_worker.stop()
+    for _, thread in _RUNNING:
         thread.join(timeout=10)
 
 
@@ -118,7 +120,7 @@ def _worker_exited(server: Any, worker: Any) -> None:
 
 
 def serve(
-    settings: Settings, *, host: str, port: int, workers: int, outbox_worker: bool = True
+    settings: Settings, *, host: str, port: int, workers: int, background: bool = True
 ) -> None:
     """Run gunicorn until it stops; the caller has configured logging (bot/logs.py)."""
     metrics_dir, made_here = prepare_metrics_dir()
@@ -135,7 +137,7 @@ def serve(
     }
     master = os.getpid()
     try:
-        _Gunicorn(settings, options, outbox_worker=outbox_worker).run()
+        _Gunicorn(settings, options, background=background).run()
     finally:
         # Workers leave through here too (gunicorn forks them from within run()).
         if made_here and os.getpid() == master:

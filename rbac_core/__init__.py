@@ -10,8 +10,10 @@ from .actions.audit_log import AUDIT_ACTIONS
 from .actions.directory import DIRECTORY_ACTIONS
 from .actions.review_runs import REVIEW_RUN_ACTIONS
 from .actions.reviews import REVIEW_ACTIONS
+from .actions.sending import SEND_ACTIONS
 from .actions.sweeps import SWEEP_ACTIONS
 from .actions.twofa import TotpStepUp, twofa_actions
+from .actions.webhooks import WEBHOOK_ACTIONS
 from .audit.checkpoints import checkpoint_actions
 from .audit.keys import Signer, chain_key
 from .clock import Clock, ManualClock, system_clock
@@ -42,6 +44,8 @@ def build_gate(
         **REVIEW_ACTIONS,
         **REVIEW_RUN_ACTIONS,
         **AUDIT_ACTIONS,
+        **WEBHOOK_ACTIONS,
+        **SEND_ACTIONS,
         **twofa_actions(SecretBox(secret_key)),
         **checkpoint_actions(Signer.optional(secret_key)),
     }

@@ -103,15 +103,30 @@ def resolve_scope(session: Session, value: object, *, registered: bool = False) 
 
 
 def register_number(
-    session: Session, e164: str, phone_number_id: str | None = None, label: str | None = None
+    session: Session,
+    e164: str,
+    phone_number_id: str | None = None,
+    label: str | None = None,
+    *,
+    inbox_channel: str | None = None,
+    send_rate: int | None = None,
 ) -> Number:
+    """Register a number, or update what is given of one registered (None keeps a value)."""
     e164 = parse_e164(e164)
     number = session.get(Number, e164)
     if number is None:
-        number = Number(e164=e164, phone_number_id=phone_number_id, label=label)
+        number = Number(
+            e164=e164,
+            phone_number_id=phone_number_id,
+            label=label,
+            inbox_channel=inbox_channel,
+            send_rate=send_rate,
+        )
         session.add(number)
     else:
         number.phone_number_id = phone_number_id or number.phone_number_id
         number.label = label or number.label
+        number.inbox_channel = inbox_channel or number.inbox_channel
+        number.send_rate = send_rate or number.send_rate
     session.flush()
     return number

@@ -6,7 +6,8 @@ every action sees (`Context.principal`):
 - a person: their id in `users` (today their Slack user id), reached through a
   linked `Identity` on the surface they used — a Slack user id now, a WhatsApp
   user id next — so a person is one set of grants however they reach us;
-- the system: the `operator` at the server's command line, or the `scheduler`;
+- the system: the `operator` at the server's command line, the `scheduler`, or
+  `whatsapp-webhook` (what Meta's signed webhooks tell, processed by a worker);
 - an API key (with the HTTP API).
 
 A system principal counts as the system only on a system surface: `wa-access
@@ -75,8 +76,13 @@ class Principal:
         return _slack_user(slack_user_id)
 
     def is_system_on(self, surface: str) -> bool:
-        """The scheduler, or the operator at the server's command line; never a person."""
-        return self.kind is Kind.SYSTEM and surface in SYSTEM_SURFACES
+        """The scheduler, or the operator at the server's command line; never a person.
+        Meta's webhooks count as the system only on the WhatsApp surface."""
+        if self.kind is not Kind.SYSTEM:
+            return False
+        if self.id == WEBHOOK_ID:
+            return surface == Surface.WHATSAPP
+        return surface in SYSTEM_SURFACES
 
     def is_operator_on(self, surface: str) -> bool:
         """The operator at the server's command line, and only there."""
@@ -103,7 +109,11 @@ OPERATOR = Principal(Kind.SYSTEM, OPERATOR_ID)
 """Who acts in the operator's commands at the server's command line (`wa-access …`)."""
 SCHEDULER = Principal(Kind.SYSTEM, "scheduler")
 """Who acts in scheduled work (the access review, sweeps, checkpoints)."""
-_SYSTEM = {p.id: p for p in (OPERATOR, SCHEDULER)}
+WEBHOOK_ID = "whatsapp-webhook"
+WEBHOOK = Principal(Kind.SYSTEM, WEBHOOK_ID)
+"""Who acts when a worker processes what Meta's signed webhooks said (customers writing,
+statuses, template reviews): the system, on the WhatsApp surface only."""
+_SYSTEM = {p.id: p for p in (OPERATOR, SCHEDULER, WEBHOOK)}
 
 
 def principal_for(actor: Principal | str) -> Principal:
@@ -120,7 +130,7 @@ def trusted(actor: object) -> Principal | None:
 
     Only a `Principal` itself (no subclass that could answer `is_system_on` its own
     way), with a plain `str` id and a real `Kind`, and of kind system only if it is
-    `OPERATOR` or `SCHEDULER`; or a plain `str`, read by `principal_for`.
+    `OPERATOR`, `SCHEDULER` or `WEBHOOK`; or a plain `str`, read by `principal_for`.
     """
     if type(actor) is str:
         return principal_for(actor)

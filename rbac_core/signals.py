@@ -63,6 +63,12 @@ webhook_received = Signal(
     "(source: str, stored: bool) a verified webhook body was kept, or was a retry of one kept",
 )
 
+webhook_processed = Signal(
+    "webhook_processed",
+    "(result: 'done' | 'retry' | 'given_up' | 'lost', counts: Mapping[str, int]) a worker "
+    "finished with one stored webhook body; `counts` are its events by what became of them",
+)
+
 ALL = (
     gate_outcome,
     audit_appended,
@@ -71,4 +77,5 @@ ALL = (
     outbox_queued,
     outbox_delivered,
     webhook_received,
+    webhook_processed,
 )

@@ -39,6 +39,18 @@ def parse_e164(text: str) -> str:
     )
 
 
+def masked_phone(e164: str) -> str:
+    """A customer's number as people without `customers:view_pii` see it: country and
+    area, then the last four digits (`+1 650•••1234`)."""
+    digits = e164.lstrip("+")
+    if len(digits) < 8:
+        return "+" + "•" * len(digits)
+    head, tail = digits[: len(digits) - 7], digits[-4:]
+    if len(digits) == 11 and digits.startswith("1"):  # the North American plan: +1 AAA
+        head = f"1 {head[1:]}"
+    return f"+{head}•••{tail}"
+
+
 def is_phone_number_id(text: str) -> bool:
     """True for what looks like a Graph phone-number id (digits only, no `+`)."""
     return _PHONE_NUMBER_ID.fullmatch(text) is not None

@@ -23,35 +23,15 @@ from rbac_core.audit import GENESIS_HASH
 from rbac_core.clock import utcnow
 from rbac_core.directory import ensure_user, register_number
 from rbac_core.store.migrate import sync_builtin_roles, upgrade
+from rbac_core.store.models import Base
 
 from .helpers import throwaway_schema
 
 PG_URL = os.environ.get("WA_TEST_DATABASE_URL", "").strip()
 START = 1_795_000_000.0  # 2026-11-18, a fixed instant: tests move the clock, never sleep
 
-TABLES = (
-    "role_parents",
-    "role_permissions",
-    "grants",
-    "pending_actions",
-    "audit_log",
-    "audit_head",
-    "policy_state",
-    "policy_changes",
-    "numbers",
-    "users",
-    "roles",
-    "job_runs",
-    "user_activity",
-    "activity_rollup",
-    "review_findings",
-    "access_reviews",
-    "review_keeps",
-    "inbound_events",
-    "inbound_webhooks",
-    "outbox",
-    "outbox_pace",
-)
+TABLES = tuple(table.name for table in Base.metadata.sorted_tables)
+"""Every table of the schema: emptied between PostgreSQL tests, new ones included."""
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from bot.app import create_app
 from bot.config import Settings
+from bot.demo.fake_slack import FakeSlack
 from bot.runtime import Runtime, build_runtime
 from bot.scheduler import REVIEW_JOB, Scheduler, build_scheduler
 from bot.slack.app import slack_client
@@ -32,7 +33,6 @@ from rbac_core.directory import ensure_user
 from rbac_core.store.models import AccessReview, Grant, JobRun, ReviewFinding
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
-from .fake_slack import FakeSlack
 from .helpers import audit_rows, deliver_notices, live_grants, notices, run
 from .slack_requests import SIGNING_SECRET, block_action, signed_headers
 

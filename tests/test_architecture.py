@@ -107,7 +107,8 @@ def test_handlers_never_touch_the_store_or_the_models() -> None:
 
 
 # The store's own bookkeeping around the gate: leases of outbox rows and scheduled
-# periods, inbound events already taken in, the schema. Everything else a person,
+# periods, inbound events already taken in, verified webhook bodies, numbers' send
+# slots, the schema. Everything else a person,
 # the scheduler or an operator causes is written by a gate action.
 WRITERS = {
     "rbac_core/store/db.py",
@@ -115,8 +116,10 @@ WRITERS = {
     "rbac_core/gate/auditing.py",
     "rbac_core/gate/batching.py",
     "rbac_core/outbox/queue.py",
+    "rbac_core/outbox/slots.py",
     "rbac_core/store/job_runs.py",
     "rbac_core/store/inbound.py",
+    "rbac_core/store/webhook_inbox.py",
     "rbac_core/store/migrate.py",
 }
 

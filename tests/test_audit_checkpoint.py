@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from bot.cli import main
+from bot.demo.fake_slack import FakeSlack
 from handlers.scheduled.checkpoints import (
     CheckpointFailed,
     hourly_audit_checkpoint,
@@ -39,7 +40,6 @@ from rbac_core.audit.keys import PublicKey, Signer, chain_key, keyed_hasher
 from rbac_core.clock import utcnow
 
 from .conftest import ADMIN, Cli
-from .fake_slack import FakeSlack
 from .helpers import audit_count, audit_rows
 from .test_gate import _everything_but_the_audit_log
 

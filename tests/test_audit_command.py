@@ -15,11 +15,11 @@ from sqlalchemy import text
 
 from bot.app import create_app
 from bot.config import Settings
+from bot.demo.fake_slack import FakeSlack
 from bot.runtime import build_runtime
 from rbac_core import Database, Gate, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB
-from .fake_slack import FakeSlack
 from .helpers import audit_count, run
 from .slack_requests import SIGNING_SECRET, block_action, signed_headers, slash_command
 

@@ -90,7 +90,11 @@ def test_console_help_hides_what_the_caller_may_not_do(staffed: Cli) -> None:
         ("/wa-role assign <@U0NOBODY9> agent", "unknown user U0NOBODY9", 1),
         ("/wa-role why <@U0ALICE01> messages:teleport", "unknown permission", 1),
         ("/wa-role delete admin", "built-in role", 1),
-        ("/wa-send +15550001111 hi", "unknown command '/wa-send'", 2),
+        ("/wa-stats --since 7d", "unknown command '/wa-stats'", 2),
+        ("/wa-send +16505551234", "say what to send", 2),
+        ("/wa-send --template welcome", "whom to send to", 2),
+        ("/wa-send 12 --template welcome", "not a phone number", 2),
+        ("/wa-send +16505551234 hello", "within 24 hours", 1),
         ("confirm", "nothing waiting", 2),
     ],
 )
@@ -209,6 +213,33 @@ def test_numbers_are_registered_by_the_operator_and_usable_by_id(
     script = f"/wa-role assign <@{ALICE}> agent --number 106540352242922\nconfirm\n"
     assert staffed("console", "--as", ADMIN, stdin=script)[0] == 0
     assert (ALICE, "agent", "+15550001111") in live_grants(db)
+
+
+def test_a_number_gets_its_inbox_channel_and_send_rate_and_bad_ones_are_refused(
+    staffed: Cli,
+) -> None:
+    code, _, err = staffed(
+        "number",
+        "add",
+        "+15550002222",
+        "--id",
+        "200100300400500",
+        "--channel",
+        "C0INBOX2",
+        "--rate",
+        "20",
+    )
+    assert code == 0, err
+    row = [line.split() for line in staffed("number", "list")[1].splitlines()[1:]]
+    assert ["+15550002222", "200100300400500", "-", "0", "C0INBOX2", "20", "on"] in row
+    for flag, value, problem in (
+        ("--channel", "#general", "not a Slack channel id"),
+        ("--rate", "0", "send rate"),
+        ("--rate", "1001", "send rate"),
+        ("--rate", "fast", "send rate"),
+    ):
+        code, _, err = staffed("number", "add", "+15550002222", flag, value)
+        assert code == 2 and problem in err, (flag, value, err)
 
 
 def test_audit_run_prints_the_review_and_writes_every_finding_as_csv(
@@ -332,6 +363,9 @@ def test_numbers_are_listed_and_removed_only_once_no_grant_counts_on_them(staffe
         "106540352242922",
         "-",
         "1",
+        "default",
+        "default",
+        "on",
     ]
     code, _, err = staffed("number", "remove", "106540352242922")
     assert code == 1 and "still has grants" in err and "agent" in err

@@ -24,12 +24,12 @@ from flask.testing import FlaskClient
 
 from bot.app import MAX_BODY_BYTES, create_app
 from bot.config import Settings
+from bot.demo.fake_slack import FakeSlack
 from bot.request_body import READ_TIMEOUT_S, read_body
 from bot.runtime import build_runtime
 from rbac_core import Database
 
 from .conftest import ADMIN
-from .fake_slack import FakeSlack
 from .helpers import audit_rows
 from .slack_requests import SIGNING_SECRET, slash_command
 from .test_slack_intake import _sign_bytes, command_of_exactly

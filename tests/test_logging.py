@@ -18,13 +18,13 @@ from flask.testing import FlaskClient
 
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
+from bot.demo.fake_slack import FakeSlack
 from bot.logs import configure_logging
 from bot.runtime import build_runtime
 from bot.slack.app import build_slack_app
 from rbac_core import ManualClock
 
 from .conftest import ADMIN, ALICE
-from .fake_slack import FakeSlack
 from .slack_requests import SIGNING_SECRET, signed_headers, slash_command
 from .test_http import serve, slack_env
 from .test_slack_roles import make_app, slack, slack_settings  # noqa: F401  (fixtures)

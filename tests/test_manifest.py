@@ -10,6 +10,7 @@ from jsonschema import Draft7Validator
 
 from handlers.commands.audit import COMMAND as AUDIT_COMMAND
 from handlers.commands.roles import COMMAND
+from handlers.commands.send import COMMAND as SEND_COMMAND
 from handlers.commands.twofa import COMMAND as TWOFA_COMMAND
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def test_the_manifest_validates_against_slacks_schema() -> None:
 
 def test_every_command_the_bot_serves_is_declared_and_escaped() -> None:
     commands = {c["command"]: c for c in _manifest()["features"]["slash_commands"]}  # type: ignore[index]
-    assert {COMMAND, TWOFA_COMMAND, AUDIT_COMMAND} <= set(commands)
+    assert {COMMAND, TWOFA_COMMAND, AUDIT_COMMAND, SEND_COMMAND} <= set(commands)
     for command in commands.values():
         assert command["should_escape"] is True  # mentions must arrive as <@U…> ids
         assert command["url"].endswith("/slack/events")

@@ -24,11 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot import metrics
 from bot.app import MAX_BODY_BYTES
+from bot.demo.fake_slack import FakeSlack
 from bot.server import prepare_metrics_dir
 from rbac_core import signals
 
 from .conftest import ADMIN, ALICE
-from .fake_slack import FakeSlack
 from .slack_requests import signed_headers, slash_command
 from .test_http import REPO, Served, _free_port, serve, slack_env
 from .test_slack_roles import client, make_app, post, slack  # noqa: F401  (fixtures)

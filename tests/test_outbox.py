@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.config import Settings
+from bot.demo.fake_slack import FakeSlack
 from bot.outbox_worker import OutboxWorker, build_worker, slack_deliverer
 from rbac_core import Database, Gate, ManualClock, build_gate
 from rbac_core.gate import Action, Context, NoParams, Prepared, Result
@@ -20,7 +21,6 @@ from rbac_core.store.models import OutboxMessage
 from rbac_core.values import WILDCARD
 
 from .conftest import ADMIN, ALICE, BOB, Cli
-from .fake_slack import FakeSlack
 from .helpers import audit_rows, notices, run
 
 pytestmark = pytest.mark.usefixtures("team")
@@ -204,7 +204,7 @@ def test_a_failing_post_is_retried_with_growing_waits_then_given_up(
 
 
 def test_retry_waits_double_with_jitter_up_to_a_ceiling() -> None:
-    from rbac_core.outbox import FIRST_RETRY, LONGEST_WAIT, retry_delay
+    from rbac_core.store.leases import FIRST_RETRY, LONGEST_WAIT, retry_delay
 
     for attempt in range(1, 12):
         ceiling = min(FIRST_RETRY * 2 ** (attempt - 1), LONGEST_WAIT)
@@ -400,7 +400,12 @@ def test_wa_access_worker_once_delivers_what_is_due_and_exits(
     monkeypatch.setenv("SLACK_API_URL", slack.url)
     monkeypatch.setenv("WA_AUDIT_CHANNEL", "C0WAAUDIT")
     code, out, err = cli("worker", "--once")
-    assert (code, out, err) == (0, "delivered or settled 2 outbox rows\n", "")
+    assert (code, out, err) == (
+        0,
+        "processed 0 webhook bodies\ndelivered or settled 2 outbox rows\n"
+        "WhatsApp messages: not sent (WHATSAPP_ACCESS_TOKEN is not set)\n",
+        "",
+    )
     first, second = posts(slack, "C0WAAUDIT")
     assert first["text"].startswith(f"<@{ADMIN}> assigned *agent* to <@{ALICE}>")
     assert second["text"].startswith(f"<@{ADMIN}> assigned *agent* to <@{BOB}>")

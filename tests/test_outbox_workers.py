@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from bot.demo.fake_slack import FakeSlack
 from rbac_core import Database
 from rbac_core.clock import utcnow
 from rbac_core.outbox import AUDIT_CHANNEL, Notice, enqueue, person
 from rbac_core.store.models import OutboxMessage
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
-from .fake_slack import FakeSlack
 from .helpers import wait_for
 from .slack_requests import block_action, signed_headers, slash_command
 from .test_http import Served, serve, slack_env

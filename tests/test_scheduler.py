@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bot.demo.fake_slack import FakeSlack
 from bot.scheduler import REVIEW_JOB, Checkpoint, Periodic, Scheduler, cron
 from rbac_core import Database, ManualClock, signals
 from rbac_core.store.job_runs import MAX_ATTEMPTS, JobRuns, LostClaim, RunTooLong, retry_delay
-
-from .fake_slack import FakeSlack
 
 MONDAY_9 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 

@@ -19,11 +19,11 @@ from typing import Any
 import pyotp
 import pytest
 
+from bot.demo.fake_slack import FakeSlack
 from rbac_core import Database, build_gate
 from rbac_core.actions.twofa import MAX_FAILURES
 
 from .conftest import ADMIN, ALICE, BOB, CAROL
-from .fake_slack import FakeSlack
 from .helpers import wait_for
 from .slack_requests import signed_headers, slash_command
 from .test_http import Served, serve, slack_env

@@ -27,6 +27,7 @@ from slack_bolt import Ack
 
 from bot.app import MAX_BODY_BYTES
 from bot.config import Settings
+from bot.demo.fake_slack import FakeSlack
 from bot.refusals import Refusals
 from bot.runtime import build_runtime
 from bot.slack import shape as slack_shape
@@ -39,7 +40,6 @@ from rbac_core import Database, ManualClock
 from rbac_core.store.models import User
 
 from .conftest import ADMIN, ALICE
-from .fake_slack import FakeSlack
 from .helpers import audit_rows, deliver_notices, live_grants
 from .slack_requests import (
     SIGNING_SECRET,

@@ -14,6 +14,7 @@ from slack_bolt import App, BoltRequest, BoltResponse
 
 from bot.app import MAX_BODY_BYTES, create_app
 from bot.config import Settings
+from bot.demo.fake_slack import FakeSlack
 from bot.runtime import build_runtime
 from bot.slack.adapter import BodyMatcher, LeanApp
 from bot.slack.app import build_slack_app
@@ -25,7 +26,6 @@ from handlers.slack.stepup import CALLBACK_ID as STEPUP_VIEW
 from rbac_core import Database, Gate, ManualClock
 
 from .conftest import ADMIN, ALICE, BOB
-from .fake_slack import FakeSlack
 from .helpers import audit_rows, deliver_notices, live_grants, run
 from .slack_requests import (
     SIGNING_SECRET,
@@ -373,6 +373,7 @@ def every_kind_of_payload(url: str) -> list[str]:
         slash_command(ADMIN, "show", url),
         slash_command(ADMIN, "verify 123456", url, command="/wa-2fa"),
         slash_command(ADMIN, "log", url, command="/wa-audit"),
+        slash_command(ADMIN, "+16505551234 --template welcome", url, command="/wa-send"),
         slash_command(ADMIN, "show", url, command="/someone-elses"),
         *(
             block_action(ADMIN, action, "p1", url)

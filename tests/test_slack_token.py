@@ -12,13 +12,13 @@ from flask.testing import FlaskClient
 
 from bot.app import create_app
 from bot.config import Settings
+from bot.demo.fake_slack import FakeSlack
 from bot.runtime import build_runtime
 from bot.slack.app import slack_client
 from bot.slack.token import check_token
 from rbac_core import ManualClock
 
 from .conftest import ADMIN
-from .fake_slack import FakeSlack
 from .slack_requests import SIGNING_SECRET, signed_headers, slash_command
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handlers.whatsapp.events import (
+from handlers.whatsapp.parsing import events_of
+from rbac_core.messaging.events import (
     AccountNotice,
     ChangeErrors,
     Location,
@@ -25,53 +26,18 @@ from handlers.whatsapp.events import (
     Text,
     Unknown,
 )
-from handlers.whatsapp.parsing import events_of
 
 from .whatsapp_requests import (
     CUSTOMER,
     DISPLAY_NUMBER,
     PHONE_NUMBER_ID,
     WABA_ID,
+    inbound,
+    messages_change,
     notification,
+    status,
     text_message,
 )
-
-
-def messages_change(*, messages: list[Any] = (), statuses: list[Any] = ()) -> dict[str, Any]:  # type: ignore[assignment]
-    return {
-        "field": "messages",
-        "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {
-                "display_phone_number": DISPLAY_NUMBER,
-                "phone_number_id": PHONE_NUMBER_ID,
-            },
-            "contacts": [{"profile": {"name": "Kerry Fisher"}, "wa_id": CUSTOMER}],
-            "messages": list(messages),
-            "statuses": list(statuses),
-        },
-    }
-
-
-def inbound(kind: str, part: Any, wamid: str = "wamid.IN1", **extra: Any) -> dict[str, Any]:
-    return {
-        "from": CUSTOMER,
-        "id": wamid,
-        "timestamp": "1764900000",
-        "type": kind,
-        kind: part,
-        **extra,
-    }
-
-
-def status(state: str, wamid: str = "wamid.OUT1", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": wamid,
-        "status": state,
-        "timestamp": "1764900100",
-        "recipient_id": CUSTOMER,
-        **extra,
-    }
 
 
 def only(change: dict[str, Any]) -> Any:

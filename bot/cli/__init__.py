@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--post", action="store_true", help="post it to WA_AUDIT_CHANNEL")
     run.set_defaults(func=cmd_audit_run)
 
+    from ..demo import command as demo_cli
+
+    demo_cli.add_commands(sub)
+
     return parser
 
 

@@ -28,7 +28,7 @@ CONSOLE_REQUEST_NOTE = (
     "Approvers are told in WA_AUDIT_CHANNEL once a `wa-access serve` or `wa-access worker` "
     "delivers it; they also see the request in their App Home."
 )
-KNOWN_COMMANDS = "/wa-role, /wa-2fa and /wa-audit"
+KNOWN_COMMANDS = "/wa-role, /wa-2fa, /wa-audit and /wa-send"
 
 
 def cmd_console(args: argparse.Namespace, out: TextIO, stdin: IO[str] | None = None) -> int:
@@ -148,6 +148,10 @@ class ConsoleSession:
             self.show(reply)
             if "uri" in reply.data:  # the operator's own terminal: the one place to show it
                 print(f"otpauth URI (shown once): {reply.data['uri']}", file=self.out)
+        elif command == "/wa-send":
+            self.pending = None
+            default = runtime.settings.whatsapp_phone_number_id
+            self.show(runtime.send.handle(actor, Surface.CLI, rest, default))
         elif command == "/wa-audit":
             self.pending = None
             reply = runtime.audit.handle(actor, Surface.CLI, rest, names=self.names)
@@ -175,8 +179,9 @@ def add_commands(sub: Any) -> None:
     """`console`, added to the top-level subparsers."""
     console = sub.add_parser(
         "console",
-        help="run /wa-role, /wa-2fa and /wa-audit commands from stdin as a person",
-        description="Reads one command per line: /wa-role, /wa-2fa or /wa-audit, as in Slack; "
+        help="run /wa-role, /wa-2fa, /wa-audit and /wa-send commands from stdin as a person",
+        description="Reads one command per line: /wa-role, /wa-2fa, /wa-audit or /wa-send, "
+        "as in Slack; "
         "`confirm` or `cancel` answer a risky command. People may be named as <@U…>, @U… "
         "or @name (a name given to `user add`). Exit codes: 0 success, 1 refused, failed "
         "or left unconfirmed, 2 usage error.",

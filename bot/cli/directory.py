@@ -25,12 +25,22 @@ def cmd_user_remove(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_number_add(args: argparse.Namespace, out: TextIO) -> int:
-    params = {"number": args.number, "phone_number_id": args.id, "label": args.label}
+    params = {
+        "number": args.number,
+        "phone_number_id": args.id,
+        "label": args.label,
+        "channel": args.channel,
+        "rate": args.rate,
+    }
     return _run_action("number.register", params, out)
 
 
 def cmd_number_remove(args: argparse.Namespace, out: TextIO) -> int:
     return _run_action("number.remove", {"number": args.number}, out)
+
+
+def cmd_number_resume(args: argparse.Namespace, out: TextIO) -> int:
+    return _run_action("number.resume", {"number": args.number}, out)
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
@@ -66,7 +76,7 @@ def cmd_number_list(args: argparse.Namespace, out: TextIO) -> int:
     data = _listed("number.list")
     if isinstance(data, int):
         return data
-    rows = [["NUMBER", "PHONE-NUMBER ID", "LABEL", "GRANTS"]]
+    rows = [["NUMBER", "PHONE-NUMBER ID", "LABEL", "GRANTS", "INBOX", "RATE/S", "SENDING"]]
     for number in data["numbers"]:
         rows.append(
             [
@@ -74,6 +84,9 @@ def cmd_number_list(args: argparse.Namespace, out: TextIO) -> int:
                 number["phone_number_id"] or "-",
                 number["label"] or "-",
                 str(number["grants"]),
+                number["channel"] or "default",
+                str(number["rate"]) if number["rate"] else "default",
+                "paused" if number["paused"] else "on",
             ]
         )
     _table(rows, out)
@@ -104,6 +117,16 @@ def add_commands(sub: Any) -> None:
         "--id", metavar="PHONE_NUMBER_ID", help="Meta's phone-number id, digits (default: none)"
     )
     nadd.add_argument("--label", help="a name for people to recognise it (default: none)")
+    nadd.add_argument(
+        "--channel",
+        metavar="CHANNEL_ID",
+        help="the Slack channel its conversations go to (default: WA_INBOX_CHANNEL)",
+    )
+    nadd.add_argument(
+        "--rate",
+        metavar="PER_SECOND",
+        help="messages a second it may send (default: WA_SEND_RATE, 80)",
+    )
     nadd.set_defaults(func=cmd_number_add)
     nlist = number_sub.add_parser("list", help="registered numbers, with live grants on each")
     nlist.set_defaults(func=cmd_number_list)
@@ -112,3 +135,8 @@ def add_commands(sub: Any) -> None:
     )
     nremove.add_argument("number", metavar="E164|PHONE_NUMBER_ID", help="e.g. +15550001111")
     nremove.set_defaults(func=cmd_number_remove)
+    nresume = number_sub.add_parser(
+        "resume", help="let a number Meta had restricted send again (after Meta allows it)"
+    )
+    nresume.add_argument("number", metavar="E164|PHONE_NUMBER_ID", help="e.g. +15550001111")
+    nresume.set_defaults(func=cmd_number_resume)

@@ -30,23 +30,31 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        outbox_worker=args.outbox_worker,
+        background=args.background,
     )
     return 0
 
 
 def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
-    from ..outbox_worker import build_worker, serve_worker
+    from ..background import background_workers
+    from ..polling import serve_pollers
 
     runtime = _runtime(("SLACK_BOT_TOKEN",))
     configure_logging(runtime.settings)
-    worker = build_worker(runtime.settings, runtime.outbox)
+    workers = background_workers(runtime)
     if args.once:
+        intake, outbox, *sender = workers
+        processed = intake.run_until_idle()
         # Paced destinations free up within a second: wait for them, up to a minute.
-        handled = worker.run_until_idle(patience=60.0)
+        handled = outbox.run_until_idle(patience=60.0)  # type: ignore[call-arg]
+        print(f"processed {processed} webhook bodies", file=out)
         print(f"delivered or settled {handled} outbox rows", file=out)
+        if sender:
+            print(f"sent or settled {sender[0].run_until_idle()} WhatsApp messages", file=out)
+        else:
+            print("WhatsApp messages: not sent (WHATSAPP_ACCESS_TOKEN is not set)", file=out)
         return 0
-    serve_worker(worker)
+    serve_pollers(workers)
     return 0
 
 
@@ -80,6 +88,11 @@ def _say_what_will_not_work(settings: Settings) -> None:
             "roles that require 2FA (admin, developer) are refused, and the audit chain "
             "is neither keyed nor checkpointed"
         )
+    if settings.whatsapp_app_secret and not settings.whatsapp_access_token:
+        log.warning(
+            "WHATSAPP_ACCESS_TOKEN is not set: webhooks are received and processed, but "
+            "WhatsApp messages stay queued until it is"
+        )
     check = check_token(slack_client(settings))
     log.log(logging.INFO if check.ok else logging.ERROR, "%s", check.line)
 
@@ -94,7 +107,8 @@ def add_commands(sub: Any) -> None:
     """`serve`, `worker` and `scheduler`, added to the top-level subparsers."""
     serve = sub.add_parser(
         "serve",
-        help="serve Slack's endpoint, /healthz and /metrics with gunicorn, and deliver the outbox",
+        help="serve Slack's and WhatsApp's endpoints, /healthz and /metrics with gunicorn; "
+        "process webhooks and deliver the outbox",
         description="Needs SLACK_SIGNING_SECRET and SLACK_BOT_TOKEN.",
     )
     serve.add_argument(
@@ -109,18 +123,20 @@ def add_commands(sub: Any) -> None:
     )
     serve.add_argument(
         "--no-worker",
-        dest="outbox_worker",
+        dest="background",
         action="store_false",
-        help="do not deliver the outbox here (run `wa-access worker` instead)",
+        help="do not process webhooks or deliver the outbox here (run `wa-access worker`)",
     )
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser(
         "worker",
-        help="deliver the outbox (Slack notices) until stopped",
+        help="process stored webhooks and deliver the outbox until stopped",
         description="Needs SLACK_BOT_TOKEN. Any number of workers may run against one database.",
     )
-    worker.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    worker.add_argument(
+        "--once", action="store_true", help="process and deliver what is due now, then exit"
+    )
     worker.set_defaults(func=cmd_worker)
 
     sched = sub.add_parser("scheduler", help="run the weekly access review and expiry sweeps")

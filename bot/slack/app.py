@@ -27,6 +27,7 @@ from handlers.slack.review import RESUME_KIND as REVIEW_KIND
 from handlers.slack.review import register as register_review
 from handlers.slack.roles import SlackDirectory
 from handlers.slack.roles import register as register_roles
+from handlers.slack.send import register as register_send
 from handlers.slack.stepup import COMMAND, Rerun, rerun_command
 from handlers.slack.stepup import register as register_stepup
 from handlers.slack.twofa import register as register_twofa
@@ -104,6 +105,7 @@ def build_slack_app(runtime: Runtime) -> App:
     directory = SlackDirectory(runtime.gate, client)
     register_roles(app, runtime.gate, runtime.roles, directory, settings.audit_channel)
     register_twofa(app, runtime.twofa, directory, client)
+    register_send(app, runtime.send, directory, settings.whatsapp_phone_number_id)
     resume_decision = register_access(
         app, runtime.gate, client, lambda user: publish_home(client, runtime.gate, user)
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from .access import request_message
 from .blocks import escape
+from .whatsapp_notices import RENDERERS as WHATSAPP_RENDERERS
 
 Message = dict[str, Any]
 
@@ -83,6 +84,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], Message]] = {
     "expired": expired,
     "access.unannounced": access_unannounced,
     "2fa.locked": twofa_locked,
+    **WHATSAPP_RENDERERS,
 }
 
 

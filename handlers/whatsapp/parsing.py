@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .events import (
+from rbac_core.messaging.events import (
     AccountNotice,
     ChangeErrors,
     Contact,

@@ -173,6 +173,9 @@ class NumberView(Data):
     label: str | None
     grants: int
     """How many grants on it still count."""
+    channel: str | None
+    rate: int | None
+    paused: bool
 
 
 @dataclass(frozen=True)
@@ -197,12 +200,23 @@ class ListNumbersAction(Action[NoParams]):
             .subquery()
         )
         rows = ctx.session.execute(
-            select(Number.e164, Number.phone_number_id, Number.label, grants.c.n)
+            select(Number, grants.c.n)
             .outerjoin(grants, grants.c.scope == Number.e164)
             .order_by(Number.e164)
             .limit(LIST_MAX)
         ).all()
-        numbers = [NumberView(e164, pid, label, int(n or 0)) for e164, pid, label, n in rows]
+        numbers = [
+            NumberView(
+                number.e164,
+                number.phone_number_id,
+                number.label,
+                int(n or 0),
+                number.inbox_channel,
+                number.send_rate,
+                number.paused_at is not None,
+            )
+            for number, n in rows
+        ]
         return Result(f"{len(numbers)} numbers are registered.", data=NumbersData(numbers))
 
 
@@ -225,14 +239,7 @@ class RemoveNumberAction(Action[RemoveNumberParams]):
     params_type = RemoveNumberParams
 
     def prepare(self, ctx: Context, params: RemoveNumberParams) -> Prepared:
-        operator_only(ctx, "remove numbers")
-        raw = str(params.number or "").strip()
-        if not raw:
-            raise InvalidInput("name the number to remove, e.g. +15550001111")
-        e164 = resolve_scope(ctx.session, raw)
-        if e164 == WILDCARD or ctx.session.get(Number, e164) is None:
-            raise NotFound(f"{raw} is not a registered number (see `wa-access number list`)")
-        return Prepared({"number": e164}, None, WILDCARD, f"number:{e164}", f"remove {e164}")
+        return _operator_on_number(ctx, params, "remove")
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         e164 = prepared.params["number"]
@@ -259,6 +266,43 @@ class RemoveNumberAction(Action[RemoveNumberParams]):
         )
 
 
+def _operator_on_number(ctx: Context, params: RemoveNumberParams, verb: str) -> Prepared:
+    """An operator's action on one registered number, named by E.164 or phone-number id."""
+    operator_only(ctx, f"{verb} numbers")
+    raw = str(params.number or "").strip()
+    if not raw:
+        raise InvalidInput(f"name the number to {verb}, e.g. +15550001111")
+    e164 = resolve_scope(ctx.session, raw)
+    if e164 == WILDCARD or ctx.session.get(Number, e164) is None:
+        raise NotFound(f"{raw} is not a registered number (see `wa-access number list`)")
+    return Prepared({"number": e164}, None, WILDCARD, f"number:{e164}", f"{verb} {e164}")
+
+
+class ResumeNumberAction(Action[RemoveNumberParams]):
+    """An operator lets a number Meta had restricted send again (its queued messages go)."""
+
+    name = "number.resume"
+    params_type = RemoveNumberParams
+
+    def prepare(self, ctx: Context, params: RemoveNumberParams) -> Prepared:
+        return _operator_on_number(ctx, params, "resume")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        e164 = prepared.params["number"]
+        number = ctx.session.get(Number, e164, with_for_update=True)
+        if number is None:
+            raise NotFound(f"{e164} is not a registered number")
+        if number.paused_at is None:
+            return Result(f"{e164} was not paused.", data=RemovedNumberData(e164))
+        was = number.paused_reason or "no reason recorded"
+        number.paused_at, number.paused_reason = None, None
+        return Result(
+            f"{e164} sends again (it was paused: {was}).",
+            data=RemovedNumberData(e164),
+            details={"was_paused_for": was},
+        )
+
+
 DIRECTORY_ACTIONS: dict[str, Action[Any]] = {
     a.name: a
     for a in (
@@ -267,5 +311,6 @@ DIRECTORY_ACTIONS: dict[str, Action[Any]] = {
         RemoveUserAction(),
         ListNumbersAction(),
         RemoveNumberAction(),
+        ResumeNumberAction(),
     )
 }

@@ -3,6 +3,7 @@ or a WhatsApp number, deactivating a person."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -26,6 +27,7 @@ from ..values import (
     clean_text,
     is_phone_number_id,
     parse_e164,
+    parse_whole_number,
 )
 from .granting import (
     operator_only,
@@ -128,6 +130,12 @@ class RegisterUserAction(Action[RegisterUserParams]):
         )
 
 
+SLACK_CHANNEL = re.compile(r"[CG][A-Z0-9]{2,31}")
+"""A Slack channel id: public (C…) or private (G…)."""
+MAX_SEND_RATE = 1000
+"""Meta's highest throughput tier, messages a second per number."""
+
+
 @dataclass(frozen=True)
 class NumberParams(Params):
     number: str | None = None
@@ -135,6 +143,10 @@ class NumberParams(Params):
     phone_number_id: str | None = None
     """Its id in the Graph API (digits)."""
     label: str | None = None
+    channel: str | None = None
+    """Its inbox channel in Slack (default: `WA_INBOX_CHANNEL`)."""
+    rate: int | str | None = None
+    """Messages per second it may send (default: `WA_SEND_RATE`)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,8 @@ class NumberData(Data):
     number: str
     phone_number_id: str | None
     label: str | None
+    channel: str | None
+    rate: int | None
 
 
 class RegisterNumberAction(Action[NumberParams]):
@@ -160,8 +174,20 @@ class RegisterNumberAction(Action[NumberParams]):
         if phone_number_id is not None and not is_phone_number_id(phone_number_id):
             raise InvalidInput(f"'{phone_number_id}' is not a Graph phone-number id (digits only)")
         label = clean_text(params.label, "label", 200)
+        channel = clean_text(params.channel, "channel", 32)
+        if channel is not None and not SLACK_CHANNEL.fullmatch(channel):
+            raise InvalidInput(f"'{channel}' is not a Slack channel id (like C0123ABCDEF)")
+        rate = None
+        if params.rate is not None:
+            rate = parse_whole_number(
+                params.rate,
+                f"the send rate is a whole number of messages a second, 1 to {MAX_SEND_RATE}",
+                low=1,
+                high=MAX_SEND_RATE,
+            )
+        canonical = {"number": e164, "phone_number_id": phone_number_id, "label": label}
         return Prepared(
-            {"number": e164, "phone_number_id": phone_number_id, "label": label},
+            {**canonical, "channel": channel, "rate": rate},
             None,
             WILDCARD,
             f"number:{e164}",
@@ -177,9 +203,22 @@ class RegisterNumberAction(Action[NumberParams]):
         )
         if p["phone_number_id"] and clash:
             raise Conflict(f"phone-number id {p['phone_number_id']} belongs to {clash}")
-        register_number(ctx.session, p["number"], p["phone_number_id"], p["label"])
+        number = register_number(
+            ctx.session,
+            p["number"],
+            p["phone_number_id"],
+            p["label"],
+            inbox_channel=p["channel"],
+            send_rate=p["rate"],
+        )
         ident = f" (phone-number id {p['phone_number_id']})" if p["phone_number_id"] else ""
-        data = NumberData(p["number"], p["phone_number_id"], p["label"])
+        data = NumberData(
+            number.e164,
+            number.phone_number_id,
+            number.label,
+            number.inbox_channel,
+            number.send_rate,
+        )
         return Result(f"{p['number']}{ident} is registered.", data=data)
 
 

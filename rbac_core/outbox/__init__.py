@@ -31,7 +31,6 @@ settles rows.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,13 +40,12 @@ from sqlalchemy import Table
 
 from .. import signals
 from ..store import Txn
+from ..store.leases import retry_delay
 from ..store.models import OutboxMessage
 
 AUDIT_CHANNEL = "channel:audit"
 ALERT_CHANNEL = "channel:alert"
 
-FIRST_RETRY = timedelta(seconds=5)  # then about 10, 20, ... up to LONGEST_WAIT
-LONGEST_WAIT = timedelta(minutes=15)  # ten attempts outlast a Slack outage of half an hour
 ERROR_MAX = 1000
 
 QUEUED, DONE, GIVEN_UP = "queued", "done", "given_up"
@@ -128,13 +126,6 @@ def enqueue(txn: Txn, notices: Sequence[Notice], now: datetime) -> None:
     txn.session.execute(_ROWS.insert(), rows)
     if signals.outbox_queued.listeners:
         txn.after_commit(lambda: signals.outbox_queued.send(len(rows)))
-
-
-def retry_delay(attempt: int) -> timedelta:
-    """The wait after failed attempt number `attempt`: doubling, capped, with full jitter
-    over its upper half so workers that failed together do not retry together."""
-    ceiling: timedelta = min(FIRST_RETRY * (2 ** (attempt - 1)), LONGEST_WAIT)
-    return ceiling * random.uniform(0.5, 1.0)
 
 
 # The queue's claims and settlements need the names above.

@@ -23,6 +23,7 @@ as a claim.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -45,6 +46,9 @@ from . import (
     retry_delay,
 )
 
+DEDICATED = ("whatsapp:",)
+"""Destination prefixes with a sender of their own (WhatsApp sends, bot/whatsapp/sender.py):
+the general worker leaves them alone."""
 LEASE = timedelta(seconds=60)
 """How long a claimed row is held. The worker renews it before each post that
 might not finish in time, so a live worker never loses a row it is posting."""
@@ -52,6 +56,9 @@ PACE = timedelta(seconds=1)
 MAX_ATTEMPTS = 10
 
 _ROWS = cast(Table, OutboxMessage.__table__)
+
+Also = Callable[[Session], Sequence[Notice]]
+"""Writes that settle with a delivery, in its transaction; returns notices to queue with it."""
 _PACE = cast(Table, OutboxPace.__table__)
 
 
@@ -64,12 +71,22 @@ class Outbox:
         lease: timedelta = LEASE,
         pace: timedelta = PACE,
         max_attempts: int = MAX_ATTEMPTS,
+        prefix: str | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.lease = lease
         self.pace = pace
         self.max_attempts = max_attempts
+        self.prefix = prefix
+        """Only destinations starting with it; None: all but the DEDICATED ones."""
+        if prefix is not None:
+            self._mine: Any = _ROWS.c.to.startswith(prefix, autoescape=True)
+        else:
+            self._mine = and_(*(~_ROWS.c.to.startswith(p, autoescape=True) for p in DEDICATED))
+
+    def _due(self, now: datetime) -> Any:
+        return and_(_due(now), self._mine)
 
     # -- claiming ----------------------------------------------------------------
 
@@ -77,7 +94,7 @@ class Outbox:
         """Up to `limit` due rows, at most one per destination, each held and leased."""
         now = utcnow(self.clock)
         with self.db.transaction(write=False) as txn:
-            if not txn.session.scalar(select(exists().where(_due(now)))):
+            if not txn.session.scalar(select(exists().where(self._due(now)))):
                 return []
         taken: list[Delivery] = []
         with self.db.transaction(write=True) as txn:
@@ -96,7 +113,7 @@ class Outbox:
         oldest = func.min(_ROWS.c.id)
         query = (
             select(_ROWS.c.to, oldest)
-            .where(_due(now), ~held_back)
+            .where(self._due(now), ~held_back)
             .group_by(_ROWS.c.to)
             .order_by(oldest)
             .limit(n)
@@ -107,7 +124,7 @@ class Outbox:
         self, session: Session, row_id: int, to: str, owner: str, now: datetime
     ) -> Delivery | None:
         query = select(_ROWS.c.kind, _ROWS.c.data, _ROWS.c.attempt, _ROWS.c.created_at).where(
-            _ROWS.c.id == row_id, _due(now)
+            _ROWS.c.id == row_id, self._due(now)
         )
         if not self.db.is_sqlite:  # SQLite's one writer needs no row locks
             query = query.with_for_update(skip_locked=True)
@@ -126,7 +143,7 @@ class Outbox:
             return None
         lease_until = now + self.lease
         values = {"owner": owner, "attempt": attempt + 1, "lease_until": lease_until}
-        if not leases.take(session, _ROWS, and_(_ROWS.c.id == row_id, _due(now)), **values):
+        if not leases.take(session, _ROWS, and_(_ROWS.c.id == row_id, self._due(now)), **values):
             return None
         return Delivery(row_id, kind, to, data, attempt + 1, owner, lease_until, created_at)
 
@@ -169,24 +186,28 @@ class Outbox:
             delivery.created_at,
         )
 
-    def done(self, delivery: Delivery) -> bool:
-        """Record a delivery; False if its lease was lost (another worker has the row)."""
+    def done(self, delivery: Delivery, also: Also | None = None) -> bool:
+        """Record a delivery; False if its lease was lost (another worker has the row).
+
+        `also(session)` runs in the same transaction, only if the lease held: what the
+        delivery itself tells the records (the wamid Meta gave a WhatsApp send)."""
         now = utcnow(self.clock)
         return self._settle(
             delivery,
             now + self.pace,
+            also,
             status=DONE,
             finished_at=now,
             lease_until=None,
             last_error=None,
         )
 
-    def retry(self, delivery: Delivery, failure: TryLater) -> bool:
+    def retry(self, delivery: Delivery, failure: TryLater, also: Also | None = None) -> bool:
         """Queue the row again after a delay, or give it up once out of attempts."""
         now = utcnow(self.clock)
         reason = str(failure)[:ERROR_MAX]
         if failure.after is None and delivery.attempt >= self.max_attempts:
-            return self.give_up(delivery, f"{reason} (after {delivery.attempt} attempts)")
+            return self.give_up(delivery, f"{reason} (after {delivery.attempt} attempts)", also)
         wait = failure.after if failure.after is not None else retry_delay(delivery.attempt)
         # A wait the service asked for is not the row's fault: it keeps its attempts,
         # and the whole destination waits with it.
@@ -194,6 +215,7 @@ class Outbox:
         return self._settle(
             delivery,
             now + max(self.pace, wait) if asked else now + self.pace,
+            also,
             status=QUEUED,
             attempt=delivery.attempt - 1 if asked else delivery.attempt,
             next_try_at=now + wait,
@@ -201,23 +223,32 @@ class Outbox:
             last_error=reason,
         )
 
-    def give_up(self, delivery: Delivery, reason: str) -> bool:
+    def give_up(self, delivery: Delivery, reason: str, also: Also | None = None) -> bool:
+        """End the row for good; `also(session)` as for `done`."""
         now = utcnow(self.clock)
         return self._settle(
             delivery,
             now + self.pace,
+            also,
             status=GIVEN_UP,
             finished_at=now,
             lease_until=None,
             last_error=reason[:ERROR_MAX],
         )
 
-    def _settle(self, delivery: Delivery, free_at: datetime, **values: Any) -> bool:
-        """Settle the row (fenced), then free its destination at `free_at`: row, then pace."""
+    def _settle(
+        self, delivery: Delivery, free_at: datetime, also: Also | None, **values: Any
+    ) -> bool:
+        """Settle the row (fenced), then free its destination at `free_at`: row, then pace;
+        then `also`, in the same transaction."""
         with self.db.transaction(write=True) as txn:
             if not self._settle_in(txn.session, delivery, **values):
                 return False
             self._release(txn.session, delivery.to, free_at)
+            if also is not None:
+                notices = also(txn.session)
+                if notices:
+                    enqueue(txn, notices, utcnow(self.clock))
             return True
 
     @staticmethod
@@ -237,15 +268,12 @@ class Outbox:
             enqueue(txn, notices, utcnow(self.clock))
 
     def due_now(self) -> int:
-        """Queued rows due now, whether or not their destination is free."""
+        """Queued rows of this outbox's destinations due now, whether or not their
+        destination is free."""
         now = utcnow(self.clock)
+        due = and_(_ROWS.c.status == QUEUED, _ROWS.c.next_try_at <= now, self._mine)
         with self.db.transaction(write=False) as txn:
-            return int(
-                txn.session.scalar(
-                    select(func.count()).where(_ROWS.c.status == QUEUED, _ROWS.c.next_try_at <= now)
-                )
-                or 0
-            )
+            return int(txn.session.scalar(select(func.count()).where(due)) or 0)
 
     def counts(self) -> dict[str, int]:
         """Rows by status (for operators and `/metrics`: the depth is `queued` + `running`)."""

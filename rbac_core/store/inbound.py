@@ -1,5 +1,6 @@
-"""Each delivery processed once: Slack and Meta retry, and a retry must not act twice;
-and Meta's verified webhook bodies, kept before they are answered (`WebhookInbox`).
+"""Each delivery processed once: Slack and Meta retry, and a retry must not act twice.
+
+(Meta's verified webhook bodies, kept before they are answered, are `webhook_inbox.py`.)
 
 A delivery is claimed before it is processed and released if processing
 fails, so a later retry can do the work; the claim is a row keyed by
@@ -10,18 +11,16 @@ about five minutes; Meta after days, so its webhook keeps its own horizon).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from datetime import timedelta
 from typing import cast
 
 from sqlalchemy import Table, delete
 
-from .. import signals
 from ..clock import Clock, system_clock, utcnow
 from .db import Database
 from .inserts import insert_new
-from .models import InboundEvent, InboundWebhook
+from .models import InboundEvent
 
 KEEP = timedelta(days=8)
 PRUNE_EVERY = timedelta(hours=1)
@@ -68,36 +67,3 @@ class InboundEvents:
             self._pruned_at = now
         with self.db.write() as session:
             session.execute(delete(_TABLE).where(_TABLE.c.received_at < utcnow(self.clock) - KEEP))
-
-
-_WEBHOOKS = cast(Table, InboundWebhook.__table__)
-
-
-class WebhookInbox:
-    """Webhook bodies whose signature held, kept before the answer and once per body.
-
-    Meta retries a POST it saw fail (for up to seven days) with the same bytes, so
-    the body's digest keys it: a retry of a stored body is acknowledged and not
-    stored again. Events inside bodies that differ are deduplicated when processed.
-    """
-
-    def __init__(self, db: Database, clock: Clock = system_clock) -> None:
-        self.db = db
-        self.clock = clock
-
-    def store(self, source: str, body: str) -> bool:
-        """Keep `body` for processing; False when the same body is kept already."""
-        now = utcnow(self.clock)
-        row = {
-            "source": source,
-            "digest": hashlib.sha256(body.encode("utf-8")).hexdigest(),
-            "body": body,
-            "received_at": now,
-            "status": "queued",
-            "attempt": 0,
-            "next_try_at": now,
-        }
-        with self.db.write() as session:
-            stored = insert_new(session, _WEBHOOKS, row, ("source", "digest"))
-        signals.webhook_received.send(source, stored)
-        return stored

@@ -20,16 +20,19 @@ and statuses; this module owns only these four.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import socket
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, update
 from sqlalchemy.orm import Session
 
 RUNNING = "running"
+FIRST_RETRY = timedelta(seconds=5)  # then about 10, 20, ... up to LONGEST_WAIT
+LONGEST_WAIT = timedelta(minutes=15)  # ten attempts outlast an outage of half an hour
 
 
 def default_owner() -> str:
@@ -75,3 +78,11 @@ def settle(
     owner, attempt = holder
     result = session.execute(update(table).where(key, held(table, owner, attempt)).values(**values))
     return result.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+
+def retry_delay(attempt: int) -> timedelta:
+    """The wait after failed attempt number `attempt` of a held row: doubling, capped,
+    with full jitter over its upper half so workers that failed together do not retry
+    together."""
+    ceiling: timedelta = min(FIRST_RETRY * (2 ** (attempt - 1)), LONGEST_WAIT)
+    return ceiling * random.uniform(0.5, 1.0)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
@@ -68,6 +69,10 @@ class Txn:
         """`sqlite` or `postgresql`: for the few statements that differ between them."""
         return str(self._dialect.name)
 
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
+
     @classmethod
     def joining(cls, session: Session) -> Txn:
         """The fast-statement view of a session's transaction; never ends it."""
@@ -114,6 +119,15 @@ class Txn:
 
     def rows(self, sql: Sql, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         cursor = self._cursor(sql, params or {})
+        try:
+            return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    def rows_of_text(self, text_: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of SQL the caller wrote for this dialect (placeholders in its paramstyle):
+        for statements whose shape varies, which nothing could compile once."""
+        cursor = self._execute(text_, params, many=False)
         try:
             return [tuple(row) for row in cursor.fetchall()]
         finally:

@@ -6,7 +6,22 @@ production path calls `create_all`.
 
 from .audit import AuditEntry, AuditHead
 from .base import Base, UTCDateTime
-from .bookkeeping import InboundEvent, InboundWebhook, JobRun, OutboxMessage, OutboxPace
+from .bookkeeping import (
+    InboundEvent,
+    InboundWebhook,
+    JobRun,
+    OutboxMessage,
+    OutboxPace,
+    SendSlot,
+)
+from .messaging import (
+    Conversation,
+    ConversationMessage,
+    Customer,
+    MessageStatus,
+    TemplateEvent,
+    UnknownNumber,
+)
 from .people import ActivityRollup, Number, SecondFactor, User, UserActivity
 from .policy import Grant, PolicyChange, PolicyState, Role, RoleParent, RolePermission
 from .work import AccessRequest, AccessReview, PendingAction, ReviewFinding, ReviewKeep
@@ -18,10 +33,14 @@ __all__ = [
     "AuditEntry",
     "AuditHead",
     "Base",
+    "Conversation",
+    "ConversationMessage",
+    "Customer",
     "Grant",
     "InboundEvent",
     "InboundWebhook",
     "JobRun",
+    "MessageStatus",
     "Number",
     "OutboxMessage",
     "OutboxPace",
@@ -34,7 +53,10 @@ __all__ = [
     "RoleParent",
     "RolePermission",
     "SecondFactor",
+    "SendSlot",
+    "TemplateEvent",
     "UTCDateTime",
+    "UnknownNumber",
     "User",
     "UserActivity",
 ]

@@ -119,3 +119,18 @@ class OutboxPace(Base):
 
     to: Mapped[str] = mapped_column(String(160), primary_key=True)
     next_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SendSlot(Base):
+    """The next free sending slot of one business number, shared by every sender.
+
+    Each send takes the slot (one conditional UPDATE) and moves it `1 / rate` on, so
+    however many senders in however many processes send from a number, they keep
+    to its one rate together (`WA_SEND_RATE`, or the number's own).
+    """
+
+    __tablename__ = "send_slots"
+
+    number: Mapped[str] = mapped_column(String(16), primary_key=True)
+    next_us: Mapped[int] = mapped_column(BigInteger)
+    """Microseconds since the epoch: slot arithmetic needs no date functions."""

@@ -31,13 +31,19 @@ class User(Base):
 
 
 class Number(Base):
-    """A WhatsApp number of the workspace: E.164 and its Graph phone-number id."""
+    """A WhatsApp number of the workspace: E.164, its Graph phone-number id, and how
+    it sends: its rate (None: `WA_SEND_RATE`), its inbox channel (None:
+    `WA_INBOX_CHANNEL`), and whether sending is paused (Meta restricted it)."""
 
     __tablename__ = "numbers"
 
     e164: Mapped[str] = mapped_column(String(16), primary_key=True)
     phone_number_id: Mapped[str | None] = mapped_column(String(32), unique=True)
     label: Mapped[str | None] = mapped_column(String(200))
+    send_rate: Mapped[int | None] = mapped_column(Integer)
+    inbox_channel: Mapped[str | None] = mapped_column(String(32))
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paused_reason: Mapped[str | None] = mapped_column(String(500))
 
 
 class SecondFactor(Base):

@@ -1,4 +1,5 @@
-"""A fake Slack Web API on 127.0.0.1 that records every call, so tests assert what users see.
+"""A fake Slack Web API on 127.0.0.1 that records every call: tests assert what users see, and
+`wa-access demo` shows it.
 
 It answers the methods wa-access uses with the shapes of Slack's documentation,
 and also stands in for `response_url` endpoints (`/response/<id>`).
@@ -109,8 +110,8 @@ class FakeSlack:
 
     @property
     def base(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        port = self._server.server_address[1]
+        return f"http://127.0.0.1:{port}"
 
     @property
     def url(self) -> str:

@@ -1,0 +1,210 @@
+"""Meta's verified webhook bodies: kept before the 200, then processed by workers under leases.
+
+The request only stores the verified bytes (`store`): one insert-or-ignore keyed
+by (source, SHA-256), so a body Meta retries is kept once. Workers, in any
+number of processes, `take` due rows under a lease (leases.py); the gate
+action that processes a body marks it done in the same transaction as the
+events it wrote (`finish_in`, fenced on the holder's attempt), so a body is
+processed exactly once even when its worker stalls past its lease and another
+takes over: the late one's transaction fails the fence and rolls back. A
+failure puts the row back with a growing wait (`retry`); after `MAX_ATTEMPTS`
+it is `given_up`, still kept, for an operator to look at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from .. import signals
+from ..clock import Clock, system_clock, utcnow
+from . import leases
+from .db import Database
+from .inserts import InsertNew
+from .models import InboundWebhook
+from .statements import stored as stored_time
+
+LEASE = timedelta(seconds=20)
+"""Many times what a body of 1,000 events takes on a slow database. A lease that lapsed
+mid-body costs a retry, never a double: the first holder's fence takes the row's lock
+(PostgreSQL) or the single writer's (SQLite) as its transaction starts."""
+MAX_ATTEMPTS = 10
+ERROR_MAX = 1000
+QUEUED, DONE, GIVEN_UP = "queued", "done", "given_up"
+
+_ROWS = cast(Table, InboundWebhook.__table__)
+_STORE = InsertNew(
+    _ROWS,
+    ("source", "digest", "body", "received_at", "status", "attempt", "next_try_at"),
+    ("source", "digest"),
+)
+
+
+@dataclass(frozen=True)
+class TakenWebhook:
+    """A body held by one worker: process it, then settle it with its (owner, attempt)."""
+
+    id: int
+    source: str
+    body: str
+    received_at: datetime
+    attempt: int
+    owner: str
+    lease_until: datetime
+
+
+class WebhookInbox:
+    """Webhook bodies whose signature held, kept before the answer and once per body.
+
+    Meta retries a POST it saw fail (for up to seven days) with the same bytes, so
+    the body's digest keys it: a retry of a stored body is acknowledged and not
+    stored again. Events inside bodies that differ are deduplicated when processed.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock = system_clock,
+        *,
+        lease: timedelta = LEASE,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.lease = lease
+        self.max_attempts = max_attempts
+
+    def store(self, source: str, body: str) -> bool:
+        """Keep `body` for processing; False when the same body is kept already."""
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        with self.db.transaction(write=True) as txn:
+            now = stored_time(utcnow(self.clock), txn.dialect)
+            row = {
+                "source": source,
+                "digest": digest,
+                "body": body,
+                "received_at": now,
+                "status": QUEUED,
+                "attempt": 0,
+                "next_try_at": now,
+            }
+            kept = _STORE(txn, row)
+        signals.webhook_received.send(source, kept)
+        return kept
+
+    def take(self, owner: str, limit: int = 50) -> list[TakenWebhook]:
+        """Up to `limit` due bodies, oldest first, each leased to `owner`.
+
+        A read looks first, so idle workers never take SQLite's writer lock; on
+        PostgreSQL rows another worker is taking are skipped, not waited for. The
+        rows are leased with one UPDATE that re-checks they are due, so of workers
+        racing for a row exactly one gets it.
+        """
+        now = utcnow(self.clock)
+        with self.db.transaction(write=False) as txn:
+            if not txn.session.scalar(select(exists().where(_due(now)))):
+                return []
+        with self.db.transaction(write=True) as txn:
+            session = txn.session
+            query = select(_ROWS.c.id, _ROWS.c.attempt).where(_due(now)).order_by(_ROWS.c.id)
+            query = query.limit(limit)
+            if not self.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            ids = []
+            for row_id, attempt in session.execute(query).all():
+                if attempt >= self.max_attempts:  # its workers died holding it, every time
+                    self._end(session, row_id, now, f"stopped during {attempt} attempts")
+                else:
+                    ids.append(row_id)
+            if not ids:
+                return []
+            until = now + self.lease
+            c = _ROWS.c
+            rows = session.execute(
+                _ROWS.update()
+                .where(c.id.in_(ids), _due(now))
+                .values(
+                    status=leases.RUNNING, owner=owner, attempt=c.attempt + 1, lease_until=until
+                )
+                .returning(c.id, c.source, c.body, c.received_at, c.attempt)
+            ).all()
+        return sorted(
+            (
+                TakenWebhook(i, src, body, at, attempt, owner, until)
+                for i, src, body, at, attempt in rows
+            ),
+            key=lambda taken: taken.id,
+        )
+
+    def retry(self, taken: TakenWebhook, reason: str) -> bool:
+        """Processing failed: queue the body again after a growing wait, or give it up
+        once out of attempts. False if the lease was lost (another worker has it)."""
+        now = utcnow(self.clock)
+        if taken.attempt >= self.max_attempts:
+            return self.give_up(taken, f"{reason} (after {taken.attempt} attempts)")
+        return self._settle(
+            taken,
+            status=QUEUED,
+            next_try_at=now + leases.retry_delay(taken.attempt),
+            lease_until=None,
+            last_error=reason[:ERROR_MAX],
+        )
+
+    def give_up(self, taken: TakenWebhook, reason: str) -> bool:
+        now = utcnow(self.clock)
+        return self._settle(
+            taken, status=GIVEN_UP, finished_at=now, lease_until=None, last_error=reason[:ERROR_MAX]
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Bodies by status (for operators and tests)."""
+        with self.db.transaction(write=False) as txn:
+            rows = txn.session.execute(
+                select(_ROWS.c.status, func.count()).group_by(_ROWS.c.status)
+            ).all()
+        return {str(status): int(n) for status, n in rows}
+
+    def _settle(self, taken: TakenWebhook, **values: Any) -> bool:
+        with self.db.transaction(write=True) as txn:
+            key = _ROWS.c.id == taken.id
+            return leases.settle(txn.session, _ROWS, key, (taken.owner, taken.attempt), values)
+
+    @staticmethod
+    def _end(session: Session, row_id: int, now: datetime, why: str) -> None:
+        session.execute(
+            _ROWS.update()
+            .where(_ROWS.c.id == row_id)
+            .values(status=GIVEN_UP, finished_at=now, lease_until=None, last_error=why)
+        )
+
+
+def finish_in(session: Session, owner: str, held: Sequence[tuple[int, int]], now: datetime) -> bool:
+    """Mark bodies done inside the transaction that wrote their events: `held` is each
+    body's (id, attempt) under `owner`. False if `owner` no longer holds them all, in
+    which case that transaction must roll back."""
+    values = {"status": DONE, "finished_at": now, "lease_until": None, "last_error": None}
+    by_attempt: dict[int, list[int]] = {}
+    for webhook, attempt in held:
+        by_attempt.setdefault(attempt, []).append(webhook)
+    moved = 0
+    for attempt, ids in sorted(by_attempt.items()):
+        result = session.execute(
+            _ROWS.update()
+            .where(_ROWS.c.id.in_(ids), leases.held(_ROWS, owner, attempt))
+            .values(**values)
+        )
+        moved += result.rowcount  # type: ignore[attr-defined]
+    return moved == len(held)
+
+
+def _due(now: datetime) -> Any:
+    """Queued and due, or held by a worker whose lease lapsed."""
+    return or_(
+        and_(_ROWS.c.status == QUEUED, _ROWS.c.next_try_at <= now), leases.lapsed(_ROWS, now)
+    )
