@@ -30,6 +30,7 @@ from rbac_core.store.models import (
     ConversationMessage,
     Customer,
     InboundWebhook,
+    Number,
     OutboxMessage,
     UnknownNumber,
 )
@@ -678,3 +679,91 @@ def test_under_load_one_gate_call_and_one_audit_entry_serve_many_bodies(
     entries = [json.loads(e.details) for e in audit_rows(db) if e.action == "whatsapp.ingest"]
     assert [d["counts"]["messages"] for d in entries] == [50, 50, 20]
     assert count(db, ConversationMessage) == 120
+
+
+def test_every_kind_of_notice_the_code_writes_has_a_slack_message() -> None:
+    """A kind with no renderer is never posted: the worker retries it, then gives it up."""
+    import re
+    from pathlib import Path
+
+    from handlers.slack.notices import RENDERERS
+
+    repo = Path(__file__).resolve().parent.parent
+    written = {
+        kind
+        for package in ("rbac_core", "bot", "handlers")
+        for path in (repo / package).rglob("*.py")
+        for kind in re.findall(r'Notice\(\s*"([a-z0-9_.]+)"', path.read_text(encoding="utf-8"))
+    }
+    assert {"whatsapp.number_paused", "whatsapp.send_failed", "access.requested"} <= written
+    assert written - set(RENDERERS) == set()
+
+
+def test_a_failed_status_saying_the_number_is_restricted_pauses_it(
+    db: Database, gate: Gate, clock: ManualClock, workspace: None
+) -> None:
+    """Meta often reports 131048 later, as a failed status, not in the send's answer."""
+    outbound(db, clock, wamid="wamid.OUT", outbox_id=5)
+    spam = {"code": 131048, "title": "Spam rate limit hit"}
+    failed = status("failed", "wamid.OUT", errors=[spam])
+    process(db, gate, clock, notification(messages_change(statuses=[failed])))
+    with db.read() as session:
+        number = session.get(Number, BUSINESS)
+        assert number is not None and number.paused_at is not None
+    [(_, to, data)] = notices(db, "whatsapp.number_paused")
+    assert to == "channel:alert" and "131048" in data["reason"]
+    assert len(notices(db, "whatsapp.send_failed")) == 1
+
+
+def test_values_no_column_could_hold_make_an_event_malformed_never_a_body_given_up(
+    db: Database, gate: Gate, clock: ManualClock, workspace: None
+) -> None:
+    ts = now_ts(clock, ago=60)
+    odd = [
+        text("huge code", "wamid.C1", ts, errors=[{"code": 2**70, "title": "x"}]),
+        text("long code", "wamid.C2", ts, errors=[{"code": "99999999999", "title": "x"}]),
+        inbound("text", {"body": "int id"}, 10**600, timestamp=ts),  # type: ignore[arg-type]
+        text("reply", "wamid.C3", ts, context={"from": CUSTOMER, "id": 10**600}),
+    ]
+    process(db, gate, clock, notification(messages_change(messages=odd)))
+    assert WebhookInbox(db, clock).counts() == {"done": 1}
+    with db.read() as session:
+        kept = dict(
+            session.execute(select(ConversationMessage.wamid, ConversationMessage.error_code)).all()
+        )
+    assert kept == {"wamid.C1": None, "wamid.C2": None, "wamid.C3": None}
+
+
+def test_a_status_naming_a_customers_message_never_renames_ours(
+    db: Database, gate: Gate, clock: ManualClock, workspace: None
+) -> None:
+    """A wamid belongs to one message: a status carrying an inbound message's wamid and our
+    callback data moves our message's status, and both messages are kept."""
+    message = outbound(db, clock, wamid=None, outbox_id=8)
+    ts = now_ts(clock, ago=60)
+    clash = status("delivered", "wamid.SHARED", biz_opaque_callback_data="8")
+    body = notification(
+        messages_change(messages=[text("hi", "wamid.SHARED", ts)], statuses=[clash])
+    )
+    process(db, gate, clock, body)
+    assert WebhookInbox(db, clock).counts() == {"done": 1}
+    assert state_of(db, message) == ("delivered", None, None)
+    assert count(db, ConversationMessage) == 2
+
+
+def test_a_body_whose_worker_died_holding_it_is_taken_alone_and_given_up_with_an_alert(
+    db: Database, gate: Gate, clock: ManualClock, workspace: None
+) -> None:
+    ts = now_ts(clock, ago=60)
+    for i in range(3):
+        store(db, clock, notification(messages_change(messages=[text("x", f"wamid.D{i}", ts)])))
+    inbox = WebhookInbox(db, clock, max_attempts=2)
+    assert len(inbox.take("doomed-1", limit=1)) == 1  # body 1 kills its worker ...
+    clock.advance(inbox.lease.total_seconds() + 1)
+    assert [t.id for t in inbox.take("doomed-2")] == [1]  # ... alone, not with 2 and 3
+    clock.advance(inbox.lease.total_seconds() + 1)
+    worker = IntakeWorker(inbox, gate, Outbox(db, clock))
+    assert worker.run_until_idle() == 2
+    assert inbox.counts() == {"given_up": 1, "done": 2}
+    [(_, to, data)] = notices(db, "whatsapp.webhook_given_up")
+    assert to == "channel:alert" and data["webhook"] == 1 and data["attempts"] == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -64,10 +65,11 @@ def staff(db: Database, gate: Gate, clock: ManualClock, team: dict[str, str]) ->
         assert outcome.status == "done", outcome
 
 
-def sender(db: Database, clock: ManualClock, graph: FakeGraph, **kw: Any) -> WhatsAppSender:
-    outbox = Outbox(db, clock, prefix=PREFIX, pace=CUSTOMER_PACE)
-    client = GraphClient(graph.url, TOKEN)
-    return WhatsAppSender(db, client, default_rate=80, outbox=outbox, **kw)
+def sender(
+    db: Database, clock: ManualClock, graph: FakeGraph, outbox: Outbox | None = None
+) -> WhatsAppSender:
+    outbox = outbox or Outbox(db, clock, prefix=PREFIX, pace=CUSTOMER_PACE)
+    return WhatsAppSender(db, GraphClient(graph.url, TOKEN), default_rate=80, outbox=outbox)
 
 
 def send(gate: Gate, who: str, line: str) -> Any:
@@ -307,6 +309,8 @@ def test_each_number_keeps_to_its_rate_whoever_sends(db: Database, clock: Manual
     waits = [slots[i % 2].take(BUSINESS, 80) for i in range(8)]
     assert waits == pytest.approx([i / 80 for i in range(8)], abs=1e-5)
     assert SendSlots(db, clock).take(OTHER, 80) == 0  # another number has its own
+    assert slots[0].take(BUSINESS, 80, within=0.05) is None  # the next is 0.1 s ahead ...
+    assert slots[1].take(BUSINESS, 80) == pytest.approx(8 / 80, abs=1e-5)  # ... and still free
     clock.advance(10)
     assert slots[0].take(BUSINESS, 80) == 0  # idle time is not saved up as a burst
 
@@ -343,3 +347,90 @@ def test_an_operator_resumes_a_paused_number_and_its_queued_messages_go(
     clock.advance(3600)
     worker.run_until_idle()
     assert messages_out(db)[0].status == "sent" and len(graph.sent()) == 1
+
+
+def test_a_sender_never_posts_a_row_another_sender_has_taken_over(
+    db: Database, gate: Gate, clock: ManualClock, staff: None, graph: FakeGraph
+) -> None:
+    """A row whose lease ran out (a long wait for its number's slot, a stall) is renewed
+    before it is posted, or left alone: a customer must not get the message twice."""
+    assert send(gate, ALICE, f"{TO} --template welcome").kind == "text"
+    short = Outbox(db, clock, prefix=PREFIX, pace=CUSTOMER_PACE, lease=timedelta(seconds=30))
+    slow = sender(db, clock, graph, outbox=short)
+    [held] = short.claim("slow-sender", 1)
+    clock.advance(31)  # it stalled past its lease ...
+    [taken] = short.claim("other-sender", 1)  # ... and another sender took the row over
+    slow._send(held)
+    assert graph.calls == []
+    sender(db, clock, graph, outbox=short)._send(taken)
+    assert len(graph.sent()) == 1 and messages_out(db)[0].status == "sent"
+
+
+def test_a_slot_too_far_ahead_puts_the_row_back_instead_of_holding_it(
+    db: Database, gate: Gate, clock: ManualClock, staff: None, graph: FakeGraph
+) -> None:
+    """Holding a row (and a thread) while waiting long for a slot risks its lease; the row
+    goes back to the queue instead, and the slot stays free for the next taker."""
+    for customer in ("+14155550001", "+14155550002", "+14155550003", "+14155550004"):
+        assert send(gate, ALICE, f"{customer} --template welcome").kind == "text"
+    outbox = Outbox(db, clock, prefix=PREFIX, pace=CUSTOMER_PACE)
+    slow = WhatsAppSender(db, GraphClient(graph.url, TOKEN), default_rate=0.1, outbox=outbox)
+    slow.run_until_idle()
+    assert len(graph.sent()) == 1  # one slot every 10 s; the others were not taken
+    for expected in (2, 3, 4):
+        clock.advance(10)
+        slow.run_until_idle()
+        assert len(graph.sent()) == expected
+    assert {m.status for m in messages_out(db)} == {"sent"}
+
+
+def test_a_message_queued_from_a_number_since_removed_fails_and_its_sender_hears(
+    db: Database, gate: Gate, clock: ManualClock, staff: None, graph: FakeGraph
+) -> None:
+    assert send(gate, ALICE, f"{TO} --template welcome").kind == "text"
+    with db.write() as session:
+        session.delete(session.get(Number, BUSINESS))
+    sender(db, clock, graph).run_until_idle()
+    assert graph.calls == [] and messages_out(db)[0].status == "failed"
+    [(_, to, data)] = notices(db, "whatsapp.send_failed")
+    assert to == f"person:{ALICE}" and "no longer a registered" in data["detail"]
+
+
+def test_statuses_meta_sent_before_the_wamid_was_recorded_apply_once_it_is(
+    db: Database, gate: Gate, clock: ManualClock, staff: None, graph: FakeGraph
+) -> None:
+    """Without callback data a status cannot find a message that has no wamid yet: it
+    is kept, and applies when the sender records the wamid."""
+    assert send(gate, ALICE, f"{TO} --template welcome").kind == "text"
+    early = status("read", "wamid.ZmFrZWdyYXBoOjAwMDAwMDAwMDE=")  # the fake's first id
+    process(db, gate, clock, notification(messages_change(statuses=[early])))
+    sender(db, clock, graph).run_until_idle()
+    [message] = messages_out(db)
+    assert (message.wamid, message.status) == (early["id"], "read")
+
+
+def test_meta_advising_one_retry_gets_one(
+    db: Database, gate: Gate, clock: ManualClock, staff: None, graph: FakeGraph
+) -> None:
+    graph.script(
+        PHONE_NUMBER_ID,
+        FakeGraph.error(131000, "Something went wrong"),
+        FakeGraph.error(131000, "Something went wrong"),
+    )
+    assert send(gate, ALICE, f"{TO} --template welcome").kind == "text"
+    worker = sender(db, clock, graph)
+    worker.run_until_idle()
+    clock.advance(3600)
+    worker.run_until_idle()
+    assert len(graph.calls) == 2 and messages_out(db)[0].status == "failed"
+
+
+def test_free_text_goes_exactly_as_typed_and_template_values_meta_refuses_are_refused(
+    db: Database, gate: Gate, clock: ManualClock, staff: None
+) -> None:
+    typed = "It\u2019s \u201cready\u201d, Ana"  # as a phone's keyboard types it
+    assert parse_send(f"+16505551234 {typed}") == {"to": "+16505551234", "text": typed}
+    for value in ('"two\\nlines"', '"a\\ttab"', '"five     spaces"'):
+        line = f"{TO} --template welcome --param {value}".replace("\\n", "\n").replace("\\t", "\t")
+        reply = send(gate, ALICE, line)
+        assert reply.kind in ("error", "usage") and "Meta refuses" in reply.text, value

@@ -70,6 +70,20 @@ def callbacks(graph: FakeGraph) -> Counter[str]:
     return Counter(str(c.body.get("biz_opaque_callback_data")) for c in graph.sent())
 
 
+def unsent(db: Database) -> list[tuple[int, str, int, str | None]]:
+    """Rows not done, with why: what a failure of these tests needs to say."""
+    with db.read() as session:
+        rows = session.execute(
+            select(
+                OutboxMessage.id,
+                OutboxMessage.status,
+                OutboxMessage.attempt,
+                OutboxMessage.last_error,
+            ).where(OutboxMessage.kind == "whatsapp.send", OutboxMessage.status != "done")
+        ).all()
+    return [(int(i), str(s), int(a), e) for i, s, a, e in rows]
+
+
 def states(db: Database) -> tuple[Counter[str], Counter[str]]:
     with db.read() as session:
         rows = Counter(
@@ -96,7 +110,7 @@ def test_three_senders_send_every_message_exactly_once(
         output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, output.decode()[-3000:]
     sent = callbacks(graph)
-    assert len(sent) == queued and set(sent.values()) == {1}  # no duplicates
+    assert len(sent) == queued and set(sent.values()) == {1}, unsent(db)  # no duplicates
     assert states(db) == (Counter({"done": queued}), Counter({"sent": queued}))
 
 

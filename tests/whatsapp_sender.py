@@ -4,7 +4,8 @@ It is the production sender (`bot.whatsapp.sender.WhatsAppSender` with the real
 Graph client) against a fake Graph API, with a short lease so a test can kill it
 with SIGKILL and see its rows taken over in seconds. It starts at `--go-at` (the
 same instant for every sender of a test, so they race) and exits once it has
-found nothing to do for `--idle` seconds.
+found nothing to do for `--idle` seconds and no message is left to send (a row put back
+for a while must not be left behind).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def main() -> None:
     )
     time.sleep(max(0.0, args.go_at - time.time()))
     idle_since = time.monotonic()
-    while time.monotonic() - idle_since < args.idle:
+    while time.monotonic() - idle_since < args.idle or outbox.pending():
         if sender.run_once():
             idle_since = time.monotonic()
         else:

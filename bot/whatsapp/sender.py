@@ -54,6 +54,12 @@ CUSTOMER_PACE = timedelta(seconds=6)
 PAUSED_WAIT = timedelta(minutes=5)
 """How often a message of a paused number looks again whether it was resumed."""
 TOKEN_WAIT = timedelta(minutes=1)
+MAX_SLOT_WAIT = 5.0
+"""Seconds a sender waits for its number's slot at most: with no slot that soon the row
+goes back to the queue (without taking one), rather than holding a lease and a thread."""
+RENEW_BELOW = timedelta(seconds=40)
+"""A lease with less than this left is renewed before posting: a post may take the
+client's connect, write and read timeouts (30 s), and must end inside the lease."""
 STATE_TTL = 1.0
 """Seconds a number's rate and pause are read once for (an admin's resume shows soon)."""
 
@@ -85,6 +91,7 @@ class WhatsAppSender(Poller):
         self._state_lock = threading.Lock()
 
     def run_once(self) -> int:
+        """One batch of rows (one per conversation), their sends side by side."""
         claimed = self.outbox.claim(self.owner, self.threads)
         for failure in self._pool.map(self._deliver, claimed):
             if failure is not None:
@@ -103,15 +110,45 @@ class WhatsAppSender(Poller):
     def _send(self, delivery: Delivery) -> None:
         data = delivery.data
         number, message = str(data["from"]), int(data["message"])
-        rate, is_paused = self._number_state(number)
+        state = self._number_state(number)
+        if state is None:  # unregistered since it was queued: nobody may send from it now
+            why = f"{number} is no longer a registered business number"
+            settle = outgoing.failed(message, None, "number removed", why)
+            self._settled(delivery, "failed", self.outbox.give_up(delivery, why, also=settle))
+            return
+        rate, is_paused = state
         if is_paused:
             self._settled(
                 delivery, "paused", self.outbox.retry(delivery, _wait("paused", PAUSED_WAIT))
             )
             return
-        wait = self.slots.take(number, rate)
+        wait = self.slots.take(number, rate, within=MAX_SLOT_WAIT)
+        if wait is None:  # more queued than the rate serves now: back in the queue a while
+            later = _wait("waiting for the number's rate", timedelta(seconds=MAX_SLOT_WAIT))
+            self._settled(delivery, "retry", self.outbox.retry(delivery, later))
+            return
         if wait > 0:
             time.sleep(wait)
+        held = self._still_held(delivery)
+        if held is None:
+            return
+        self._post(held, number, message)
+
+    def _still_held(self, delivery: Delivery) -> Delivery | None:
+        """The row, its lease long enough for the post; None if another sender has it now.
+
+        Never post a row whose lease may lapse mid-post: another sender would take it
+        over and post it again (the customer would get it twice)."""
+        if delivery.lease_until - utcnow(self.outbox.clock) >= RENEW_BELOW:
+            return delivery
+        renewed = self.outbox.renew(delivery)
+        if renewed is None:
+            log.warning("outbox %d was taken over before it was sent", delivery.id)
+            self._settled(delivery, "lost", False)
+        return renewed
+
+    def _post(self, delivery: Delivery, number: str, message: int) -> None:
+        data = delivery.data
         try:
             sent = self.graph.send_message(
                 str(data["phone_number_id"]), graph_message(data, str(delivery.id))
@@ -151,7 +188,8 @@ class WhatsAppSender(Poller):
             after = timedelta(seconds=min(error.after, 3600))
         if isinstance(error, TryAgain) and error.per_customer:  # 131056: this customer waits
             after = max(after or timedelta(0), CUSTOMER_PACE * 2)
-        if after is None and delivery.attempt >= self.outbox.max_attempts:
+        once = isinstance(error, TryAgain) and error.retry_once and delivery.attempt >= 2
+        if once or (after is None and delivery.attempt >= self.outbox.max_attempts):
             settle = outgoing.failed(
                 message,
                 error.code,
@@ -168,14 +206,17 @@ class WhatsAppSender(Poller):
             delivery, "retry", self.outbox.retry(delivery, TryLater(str(error), after=after))
         )
 
-    def _number_state(self, number: str) -> tuple[float, bool]:
+    def _number_state(self, number: str) -> tuple[float, bool] | None:
+        """(rate, paused) of a sending number; None if it is not registered (any more)."""
         with self._state_lock:
             read_at, state = self._state
             if time.monotonic() - read_at > STATE_TTL:
                 with self.db.read() as session:
                     state = outgoing.sending_state(session)
                 self._state = (time.monotonic(), state)
-        own_rate, is_paused = state.get(number, (None, False))
+        if number not in state:
+            return None
+        own_rate, is_paused = state[number]
         return float(own_rate or self.default_rate), is_paused
 
     @staticmethod

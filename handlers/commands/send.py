@@ -69,7 +69,8 @@ def parse_send(text: str) -> dict[str, object] | None:
     """The params of one `/wa-send` line; None for help. Raises UsageError."""
     if len(text) > MAX_TEXT + 200:
         raise UsageError(f"the command is too long ({len(text)} characters)", USAGE)
-    line = text.translate(_SMART_QUOTES).replace("\x00", "").strip()
+    typed = text.replace("\x00", "").strip()  # NUL: no database stores it
+    line = typed.translate(_SMART_QUOTES)  # for reading options; the text stays as typed
     tokens = list(_TOKEN.finditer(line))
     if not tokens or tokens[0].group().lower() in ("help", "-h", "--help"):
         return None
@@ -93,7 +94,7 @@ def parse_send(text: str) -> dict[str, object] | None:
         else:
             params[name] = value
         i += 2
-    message = line[tokens[i].start() :].strip() if i < len(tokens) else ""
+    message = typed[tokens[i].start() :].strip() if i < len(tokens) else ""
     return _checked(params, values, message)
 
 

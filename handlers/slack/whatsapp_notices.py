@@ -79,6 +79,14 @@ def send_failed(data: Mapping[str, Any]) -> Message:
     }
 
 
+def number_paused(data: Mapping[str, Any]) -> Message:
+    return {
+        "text": f":no_entry: Sending from {_said(data, 'number')} is paused: "
+        f"{_said(data, 'reason')}. Its messages wait; an operator resumes it with "
+        f"`wa-access number resume {_said(data, 'number')}` once Meta allows it again."
+    }
+
+
 def webhook_given_up(data: Mapping[str, Any]) -> Message:
     return {
         "text": f":rotating_light: Webhook body {int(data['webhook'])} could not be processed "
@@ -93,5 +101,6 @@ RENDERERS = {
     "whatsapp.account": account,
     "whatsapp.template": template,
     "whatsapp.send_failed": send_failed,
+    "whatsapp.number_paused": number_paused,
     "whatsapp.webhook_given_up": webhook_given_up,
 }

@@ -64,7 +64,7 @@ def _id(value: object) -> str:
     """An id Meta sends as text or, for templates and some accounts, as a number; "" for
     anything else or longer than ID_MAX."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        value = str(value) if value.bit_length() <= 4 * ID_MAX else ""  # digits, then cut
     if isinstance(value, str) and len(value) > ID_MAX:
         return ""
     return _text(value, ID_MAX)
@@ -94,6 +94,16 @@ def _whole(value: object) -> int | None:
     return None
 
 
+CODE_MAX = 2**31 - 1
+"""Meta's codes are small (131047); a column of them holds 32 bits."""
+
+
+def _code(value: object) -> int | None:
+    """An error code, or None for one no code of Meta's could be."""
+    code = _whole(value)
+    return code if code is not None and 0 <= code <= CODE_MAX else None
+
+
 def _moment(value: object) -> int | None:
     """A Unix time in seconds, within reason."""
     moment = _whole(value)
@@ -113,7 +123,7 @@ def _number(value: object) -> float | None:
 def _errors(value: object) -> tuple[MetaError, ...]:
     return tuple(
         MetaError(
-            _whole(e.get("code")),
+            _code(e.get("code")),
             _text(e.get("title"), 200),
             _text(e.get("message"), 500),
             _text(_map(e.get("error_data")).get("details"), 500),
@@ -283,8 +293,8 @@ def _content(kind: str, item: Raw) -> Any:
         return SystemChange(
             _text(part.get("type"), 64),
             _text(part.get("body"), 1024),
-            _text(part.get("wa_id") or part.get("new_wa_id"), 32),
-            _text(part.get("new_user_id") or part.get("user_id"), 256),
+            _id(part.get("wa_id") or part.get("new_wa_id")),
+            _id(part.get("new_user_id") or part.get("user_id")),
         )
     return None  # unsupported, order and kinds to come: `raw` and `errors` say the rest
 

@@ -35,6 +35,7 @@ TEXT_MAX = 4096
 TEMPLATE_NAME = re.compile(r"[a-z][a-z0-9_]{0,511}")
 LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2,3})?")
 PARAMS_MAX, PARAM_MAX = 20, 1024
+BAD_PARAM = re.compile(r"[\n\t]| {5}")
 
 
 class WindowClosed(Forbidden):
@@ -103,7 +104,7 @@ class SendAction(Action[SendParams]):
         if number is not None and number.paused_at is not None:
             raise NumberPaused(
                 f"Sending from {number.e164} is paused since {format_moment(number.paused_at)} "
-                f"UTC ({number.paused_reason or 'Meta restricted it'}); an admin resumes it "
+                f"({number.paused_reason or 'Meta restricted it'}); an admin resumes it "
                 f"with `wa-access number resume {number.e164}` once Meta allows it again."
             )
         if "text" in p:
@@ -191,6 +192,11 @@ def _template(params: SendParams) -> dict[str, Any]:
     cleaned = [clean_text(v, "template parameter", PARAM_MAX) or "" for v in values]
     if any(not v for v in cleaned):
         raise InvalidInput("A template parameter is empty.")
+    if any(BAD_PARAM.search(v) for v in cleaned):
+        raise InvalidInput(
+            "A template parameter may not hold a new line, a tab or more than four spaces "
+            "in a row (Meta refuses them)."
+        )
     return {"template": name, "lang": lang, "params": cleaned}
 
 
@@ -230,7 +236,7 @@ def _require_open_window(ctx: Context, number: str, to: str) -> None:
     if people.window_open(last, ctx.now):
         return
     since = (
-        f"their last message to {number} was at {format_moment(last)} UTC"
+        f"their last message to {number} was at {format_moment(last)}"
         if last
         else f"they have not written to {number}"
     )

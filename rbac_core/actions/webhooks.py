@@ -23,6 +23,10 @@ from ..messaging.intake import Intake
 from ..principals import WEBHOOK_ID
 from ..store.webhook_inbox import finish_in
 
+AUDITED = 50
+"""Conversation ids named in one audit entry: a batch of a thousand new customers must
+not make an entry of a hundred kilobytes."""
+
 
 class LeaseLost(Conflict):
     code = "lease_lost"
@@ -76,8 +80,9 @@ class IngestAction(Action[IngestParams]):
         counts = {k: v for k, v in sorted(intake.counts.items()) if v}
         conversations = sorted(intake.conversations)
         details: dict[str, object] = {"counts": counts, "webhooks": list(params["webhooks"])}
-        if conversations:
-            details["conversations"] = [f"C-{c}" for c in conversations]
+        if conversations:  # the first AUDITED of them; the count is always whole
+            details["conversations"] = [f"C-{c}" for c in conversations[:AUDITED]]
+            details["conversation_count"] = len(conversations)
         if intake.error_codes:
             details["meta_errors"] = sorted(intake.error_codes)
         total = sum(counts.values())

@@ -76,7 +76,7 @@ def write_messages(session: Session, now: datetime, run: Sequence[tuple[Message,
             written.duplicates += 1  # the same message twice in one batch
             continue
         rows[message.wamid] = row_of(message, conversations[pair], now)
-    new = _insert_new(session, list(rows.values()))
+    new = _insert_new(session, [rows[wamid] for wamid in sorted(rows)])
     written.messages = len(new)
     written.duplicates += len(rows) - len(new)
     latest: dict[int, datetime] = {}
@@ -103,7 +103,9 @@ def _customers(
         for key, *rest in session.execute(query):
             found[str(key)] = (int(rest[0]), rest[1], rest[2], rest[3])
     ids: dict[str, int] = {}
-    for message, key in named:
+    # In key order: two workers making the same new customers lock them in one order,
+    # so they cannot deadlock on PostgreSQL.
+    for message, key in sorted(named, key=lambda pair: pair[1]):
         if key in ids:
             continue
         if key in found:
@@ -130,7 +132,7 @@ def _conversations(
         for number, customer, conversation in session.execute(query):
             if (number, customer) in wanted:
                 ids[(str(number), int(customer))] = int(conversation)
-    for number, customer in pairs:
+    for number, customer in sorted(wanted):  # one order for every worker, as above
         if (number, customer) not in ids:
             ids[(number, customer)] = people.conversation_for(session, number, customer, now)
     return ids

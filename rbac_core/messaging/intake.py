@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, or_, select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from ..outbox import ALERT_CHANNEL, AUDIT_CHANNEL, Notice, person
@@ -36,7 +36,7 @@ from ..store.models import (
     TemplateEvent,
     UnknownNumber,
 )
-from . import inbound, people
+from . import inbound, outgoing, people
 from .events import (
     AccountNotice,
     ChangeErrors,
@@ -50,6 +50,7 @@ from .events import (
     SystemChange,
     TemplateUpdate,
 )
+from .meta_codes import Handling, handling_of
 
 KIND_MAX, ERROR_MAX, REASON_MAX = 32, 500, 500
 _MESSAGES = cast(Table, ConversationMessage.__table__)
@@ -78,20 +79,26 @@ class Intake:
     _displays: dict[str, str] = field(default_factory=dict)
 
     def apply(self, events: Iterable[Event]) -> None:
-        """Customers' messages are written in runs (inbound.py); an identity change ends a
-        run, so the messages before it are written before it moves anyone."""
+        """Customers' messages first, in runs written as sets (inbound.py), an identity
+        change ending a run so the messages before it are written before it moves
+        anyone; then everything else, in order. (Statuses only touch messages we sent,
+        and a message we sent is never one of these.)"""
         run: list[tuple[Message, str]] = []
+        rest: list[Event] = []
         for event in events:
             if isinstance(event, NumberEvent) and self._number(event) is None:
                 continue
-            if isinstance(event, Message) and not isinstance(event.content, SystemChange):
-                run.append((event, self._numbers[event.phone_number_id] or ""))
-                continue
-            if isinstance(event, Message):
+            if not isinstance(event, Message):
+                rest.append(event)
+            elif isinstance(event.content, SystemChange):
                 self._write(run)
                 run = []
-            self._one(event)
+                self._identity_change(event)
+            else:
+                run.append((event, self._numbers[event.phone_number_id] or ""))
         self._write(run)
+        for event in rest:
+            self._one(event)
         self._record_unknown_numbers()
 
     def _write(self, run: list[tuple[Message, str]]) -> None:
@@ -104,9 +111,7 @@ class Intake:
         self.conversations.update(written.conversations)
 
     def _one(self, event: Event) -> None:
-        if isinstance(event, Message):
-            self._identity_change(event)
-        elif isinstance(event, Status):
+        if isinstance(event, Status):
             self._status(event)
         elif isinstance(event, TemplateUpdate):
             self._template(event)
@@ -213,17 +218,18 @@ class Intake:
     def _advance(self, event: Status, rank: int, error: MetaError | None) -> None:
         """Move our message forward to this status (never back; failed is final), found
         by its wamid or, before the sender recorded that, by the outbox row it was sent
-        from (its id is the callback data the send carried)."""
+        from (its id is the callback data the send carried); it is named then, unless
+        another row holds that wamid already."""
         m = _MESSAGES.c
-        mine = m.wamid == event.wamid
-        message_id = self._sent_from(event.callback)
-        if message_id is not None:
-            mine = or_(mine, and_(m.id == message_id, m.wamid.is_(None)))
+        found = self._message_of(event)
+        if found is None:
+            return
+        message_id, named = found
         moved = self.session.execute(
             update(_MESSAGES)
-            .where(mine, m.direction == "out", m.status_rank < rank)
+            .where(m.id == message_id, m.direction == "out", m.status_rank < rank)
             .values(
-                wamid=event.wamid,
+                wamid=m.wamid if named else event.wamid,
                 status=event.status,
                 status_rank=rank,
                 error_code=error.code if error else m.error_code,
@@ -235,14 +241,45 @@ class Intake:
             return
         conversation, sender = moved
         self.conversations.add(int(conversation))
-        if event.status == "failed" and sender:
+        if event.status == "failed":
+            self._failed(event, int(conversation), sender, error)
+
+    def _message_of(self, event: Status) -> tuple[int, bool] | None:
+        """(the outbound message a status is about, whether it keeps its own name): the
+        message of that wamid, or the unnamed one sent from the outbox row in the callback
+        data, which takes the wamid unless the wamid is another message's."""
+        m = _MESSAGES.c
+        holder = self.session.execute(
+            select(m.id, m.direction).where(m.wamid == event.wamid)
+        ).first()
+        if holder is not None and holder[1] == "out":
+            return int(holder[0]), True
+        message_id = self._sent_from(event.callback)
+        if message_id is None:
+            return None
+        named = self.session.execute(select(m.wamid).where(m.id == message_id)).scalar()
+        if named is not None:  # named by another send of it (a retry): not this status's
+            return None
+        return message_id, holder is not None
+
+    def _failed(
+        self, event: Status, conversation: int, sender: object, error: MetaError | None
+    ) -> None:
+        """Tell whoever sent it; and a code that means the number is restricted pauses it,
+        as the same code in a send's answer does (it often comes this way, later)."""
+        if sender:
             data = {
-                "conversation": int(conversation),
+                "conversation": conversation,
                 "code": error.code if error else None,
                 "title": error.title if error else "",
                 "detail": (error.details or error.message)[:ERROR_MAX] if error else "",
             }
             self.notices.append(Notice("whatsapp.send_failed", person(str(sender)), data))
+        found = handling_of(error.code if error else None)
+        number = self._numbers.get(event.phone_number_id)
+        if found is not None and found[0] is Handling.PAUSE_NUMBER and number is not None:
+            reason = f"{error.code if error else ''}: {found[1]}"
+            self.notices.extend(outgoing.paused(number, reason, self.now)(self.session))
 
     def _sent_from(self, callback: str) -> int | None:
         """The message an outbox row of a WhatsApp send was for, from the callback data."""

@@ -18,7 +18,7 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from ..outbox import ALERT_CHANNEL, Notice, person
-from ..store.models import ConversationMessage, Number
+from ..store.models import ConversationMessage, MessageStatus, Number
 from .events import STATUS_ORDER
 
 FAILED_RANK = 99
@@ -26,6 +26,7 @@ ERROR_MAX = 500
 
 _MESSAGES = cast(Table, ConversationMessage.__table__)
 _NUMBERS = cast(Table, Number.__table__)
+_STATUSES = cast(Table, MessageStatus.__table__)
 
 Settle = Callable[[Session], Sequence[Notice]]
 
@@ -38,11 +39,19 @@ def sent(message: int, wamid: str) -> Settle:
         session.execute(
             update(_MESSAGES).where(m.id == message, m.wamid.is_(None)).values(wamid=wamid)
         )
-        rank = STATUS_ORDER["sent"]
+        # Statuses Meta sent before this moment without our callback data were kept
+        # (wa_statuses) with nothing to move: the furthest of them applies now.
+        status, rank = "sent", STATUS_ORDER["sent"]
+        for reported in session.scalars(
+            select(_STATUSES.c.status).where(_STATUSES.c.wamid == wamid)
+        ):
+            reported_rank = FAILED_RANK if reported == "failed" else STATUS_ORDER.get(reported, 0)
+            if reported_rank > rank:
+                status, rank = str(reported), reported_rank
         session.execute(
             update(_MESSAGES)
             .where(m.id == message, m.status_rank < rank)
-            .values(status="sent", status_rank=rank)
+            .values(status=status, status_rank=rank)
         )
         return ()
 

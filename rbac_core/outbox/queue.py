@@ -275,6 +275,13 @@ class Outbox:
         with self.db.transaction(write=False) as txn:
             return int(txn.session.scalar(select(func.count()).where(due)) or 0)
 
+    def pending(self) -> int:
+        """Rows of this outbox's destinations not yet settled (queued, due or not, and
+        running): zero when every one is delivered or given up."""
+        waiting = and_(_ROWS.c.status.in_((QUEUED, leases.RUNNING)), self._mine)
+        with self.db.transaction(write=False) as txn:
+            return int(txn.session.scalar(select(func.count()).where(waiting)) or 0)
+
     def counts(self) -> dict[str, int]:
         """Rows by status (for operators and `/metrics`: the depth is `queued` + `running`)."""
         with self.db.transaction(write=False) as txn:

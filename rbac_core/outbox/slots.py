@@ -29,29 +29,40 @@ class SendSlots:
         self.db = db
         self.clock = clock
 
-    def take(self, number: str, rate: float) -> float:
-        """Take `number`'s next slot at `rate` a second; the seconds to wait for it."""
+    def take(self, number: str, rate: float, within: float | None = None) -> float | None:
+        """Take `number`'s next slot at `rate` a second; the seconds to wait for it. With
+        `within`, only a slot that begins within that many seconds is taken: None means
+        none does (the slot is left for whoever can use it in time)."""
         if rate <= 0:
             raise ValueError("a sending rate is more than 0 messages a second")
-        now_us = int(self.clock() * 1_000_000)
         step = max(1, int(1_000_000 / rate))
         with self.db.transaction(write=True) as txn:
-            start = self._move(txn.session, number, now_us, step)
-            if start is None:  # the number's first send: its row starts now
-                insert_new(txn.session, _SLOTS, {"number": number, "next_us": now_us}, ("number",))
-                start = self._move(txn.session, number, now_us, step)
-        assert start is not None
+            # Read the time once the transaction holds its connection: a thread that
+            # waited for one must not measure slots from a moment long past.
+            now_us = int(self.clock() * 1_000_000)
+            latest = None if within is None else now_us + int(within * 1_000_000)
+            start = self._move(txn.session, number, now_us, step, latest)
+            if start is None:
+                # No slot soon enough, or no row yet: the number's first send makes it
+                # (a sender racing to make it too finds it made), then one more try.
+                row = {"number": number, "next_us": now_us}
+                insert_new(txn.session, _SLOTS, row, ("number",))
+                start = self._move(txn.session, number, now_us, step, latest)
+        if start is None:
+            return None
         return max(0.0, (start - now_us) / 1_000_000)
 
     @staticmethod
-    def _move(session: Session, number: str, now_us: int, step: int) -> int | None:
+    def _move(
+        session: Session, number: str, now_us: int, step: int, latest: int | None
+    ) -> int | None:
         """Move the number's slot on by `step`; the start of the slot taken, or None."""
         c = _SLOTS.c
         begins = case((c.next_us < now_us, now_us), else_=c.next_us)
+        where = [c.number == number]
+        if latest is not None:
+            where.append(c.next_us <= latest)
         moved = session.execute(
-            update(_SLOTS)
-            .where(c.number == number)
-            .values(next_us=begins + step)
-            .returning(c.next_us)
+            update(_SLOTS).where(*where).values(next_us=begins + step).returning(c.next_us)
         ).scalar_one_or_none()
         return None if moved is None else int(moved) - step

@@ -14,7 +14,7 @@ it is `given_up`, still kept, for an operator to look at.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -44,6 +44,10 @@ _STORE = InsertNew(
     ("source", "digest", "body", "received_at", "status", "attempt", "next_try_at"),
     ("source", "digest"),
 )
+
+
+Ended = Callable[[int, int, str], None]
+"""Told of a body given up while taking: (its id, attempts, why)."""
 
 
 @dataclass(frozen=True)
@@ -98,49 +102,63 @@ class WebhookInbox:
         signals.webhook_received.send(source, kept)
         return kept
 
-    def take(self, owner: str, limit: int = 50) -> list[TakenWebhook]:
+    def take(self, owner: str, limit: int = 50, on_end: Ended | None = None) -> list[TakenWebhook]:
         """Up to `limit` due bodies, oldest first, each leased to `owner`.
 
         A read looks first, so idle workers never take SQLite's writer lock; on
         PostgreSQL rows another worker is taking are skipped, not waited for. The
         rows are leased with one UPDATE that re-checks they are due, so of workers
-        racing for a row exactly one gets it.
+        racing for a row exactly one gets it. A body whose worker stopped while
+        holding it (its lease lapsed) is taken alone: if it is what killed that
+        worker, it must not use up the attempts of bodies batched with it. One out
+        of attempts is given up, and `on_end(id, attempts, why)` told once it is.
         """
         now = utcnow(self.clock)
         with self.db.transaction(write=False) as txn:
             if not txn.session.scalar(select(exists().where(_due(now)))):
                 return []
+        ended: list[tuple[int, int, str]] = []
         with self.db.transaction(write=True) as txn:
-            session = txn.session
-            query = select(_ROWS.c.id, _ROWS.c.attempt).where(_due(now)).order_by(_ROWS.c.id)
-            query = query.limit(limit)
-            if not self.db.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            ids = []
-            for row_id, attempt in session.execute(query).all():
-                if attempt >= self.max_attempts:  # its workers died holding it, every time
-                    self._end(session, row_id, now, f"stopped during {attempt} attempts")
-                else:
-                    ids.append(row_id)
-            if not ids:
-                return []
-            until = now + self.lease
-            c = _ROWS.c
-            rows = session.execute(
-                _ROWS.update()
-                .where(c.id.in_(ids), _due(now))
-                .values(
-                    status=leases.RUNNING, owner=owner, attempt=c.attempt + 1, lease_until=until
-                )
-                .returning(c.id, c.source, c.body, c.received_at, c.attempt)
-            ).all()
-        return sorted(
-            (
-                TakenWebhook(i, src, body, at, attempt, owner, until)
-                for i, src, body, at, attempt in rows
-            ),
-            key=lambda taken: taken.id,
-        )
+            ids = self._due_ids(txn.session, now, limit, ended)
+            rows: Sequence[Any] = []
+            if ids:
+                until = now + self.lease
+                c = _ROWS.c
+                rows = txn.session.execute(
+                    _ROWS.update()
+                    .where(c.id.in_(ids), _due(now))
+                    .values(
+                        status=leases.RUNNING,
+                        owner=owner,
+                        attempt=c.attempt + 1,
+                        lease_until=until,
+                    )
+                    .returning(c.id, c.source, c.body, c.received_at, c.attempt)
+                ).all()
+        for row_id, attempts, why in ended:
+            if on_end is not None:
+                on_end(row_id, attempts, why)
+        taken = (TakenWebhook(i, s, b, at, n, owner, until) for i, s, b, at, n in rows)
+        return sorted(taken, key=lambda t: t.id)
+
+    def _due_ids(
+        self, session: Session, now: datetime, limit: int, ended: list[tuple[int, int, str]]
+    ) -> list[int]:
+        c = _ROWS.c
+        query = select(c.id, c.attempt, c.status).where(_due(now)).order_by(c.id).limit(limit)
+        if not self.db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        ids: list[int] = []
+        for row_id, attempt, status in session.execute(query).all():
+            if attempt >= self.max_attempts:  # its workers died holding it, every time
+                why = f"its worker stopped during each of {attempt} attempts"
+                self._end(session, row_id, now, why)
+                ended.append((row_id, attempt, why))
+            elif status == leases.RUNNING:  # lapsed: alone, or with nothing else
+                return ids or [row_id]
+            else:
+                ids.append(row_id)
+        return ids
 
     def retry(self, taken: TakenWebhook, reason: str) -> bool:
         """Processing failed: queue the body again after a growing wait, or give it up

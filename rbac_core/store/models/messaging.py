@@ -56,7 +56,10 @@ class Conversation(Base):
     """
 
     __tablename__ = "conversations"
-    __table_args__ = (UniqueConstraint("number", "customer_id", name="uq_conversations_pair"),)
+    __table_args__ = (
+        UniqueConstraint("number", "customer_id", name="uq_conversations_pair"),
+        Index("ix_conversations_customer_id", "customer_id"),
+    )
 
     id: Mapped[int] = mapped_column(_ID, primary_key=True)
     number: Mapped[str] = mapped_column(String(16))
