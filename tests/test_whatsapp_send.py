@@ -434,3 +434,20 @@ def test_free_text_goes_exactly_as_typed_and_template_values_meta_refuses_are_re
         line = f"{TO} --template welcome --param {value}".replace("\\n", "\n").replace("\\t", "\t")
         reply = send(gate, ALICE, line)
         assert reply.kind in ("error", "usage") and "Meta refuses" in reply.text, value
+
+
+def test_a_running_sender_sends_what_is_queued_and_stops_when_told(
+    db: Database, gate: Gate, clock: ManualClock, staff: None, graph: FakeGraph
+) -> None:
+    """As inside `serve`: woken by the commit of a send, it keeps its lanes busy."""
+    from .helpers import wait_for
+
+    worker = sender(db, clock, graph)
+    thread = worker.start()
+    for customer in ("+14155550001", "+14155550002", "+14155550003"):
+        assert send(gate, ALICE, f"{customer} --template welcome").kind == "text"
+    wait_for(lambda: len(graph.sent()) == 3, what="three sends")
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert {m.status for m in messages_out(db)} == {"sent"}

@@ -1,11 +1,11 @@
 """One WhatsApp sender in a process of its own: `python -m tests.whatsapp_sender`.
 
 It is the production sender (`bot.whatsapp.sender.WhatsAppSender` with the real
-Graph client) against a fake Graph API, with a short lease so a test can kill it
-with SIGKILL and see its rows taken over in seconds. It starts at `--go-at` (the
-same instant for every sender of a test, so they race) and exits once it has
-found nothing to do for `--idle` seconds and no message is left to send (a row put back
-for a while must not be left behind).
+Graph client, sending as in `serve`) against a fake Graph API, with a short lease
+so a test can kill it with SIGKILL and see its rows taken over in seconds. It
+starts at `--go-at` (the same instant for every sender of a test, so they race)
+and exits once nothing is left to send and it has been idle for `--idle` seconds
+(a row put back for a while must not be left behind).
 """
 
 from __future__ import annotations
@@ -41,12 +41,21 @@ def main() -> None:
         owner=args.owner,
     )
     time.sleep(max(0.0, args.go_at - time.time()))
-    idle_since = time.monotonic()
-    while time.monotonic() - idle_since < args.idle or outbox.pending():
-        if sender.run_once():
-            idle_since = time.monotonic()
-        else:
-            time.sleep(0.05)
+    sender.poll = 0.1
+    busy = [time.monotonic(), 0]
+
+    def done() -> bool:
+        """Idle for `--idle` seconds with nothing left to send (looked at twice a second)."""
+        now = time.monotonic()
+        if now - busy[0] < 0.5:
+            return False
+        pending = outbox.pending()
+        if pending != busy[1]:
+            busy[0], busy[1] = now, pending
+            return False
+        return pending == 0 and now - busy[0] > args.idle
+
+    sender.run_window(done)
     sender.stop()
     db.dispose()
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -34,7 +35,7 @@ from rbac_core.outbox.slots import SendSlots
 from rbac_core.store import Database
 from rbac_core.store.leases import default_owner
 
-from ..polling import Poller
+from ..polling import IDLE_AFTER_ERROR_SECONDS, Poller
 from .graph import GraphClient
 from .graph_errors import (
     GraphError,
@@ -97,6 +98,61 @@ class WhatsAppSender(Poller):
             if failure is not None:
                 log.error("whatsapp send could not be recorded: %s", failure)
         return len(claimed)
+
+    def run_forever(self) -> None:
+        """Send until `stop()` (inside `serve` and `wa-access worker`); never raises.
+        The posts in flight end first, so none is left for another sender to repeat."""
+        try:
+            self.run_window(self._stop.is_set)
+        finally:
+            self._pool.shutdown(wait=False)
+
+    def run_window(self, done: Callable[[], bool]) -> int:
+        """Keep up to `threads` sends in flight until `done()`; how many rows were held.
+
+        Rows are claimed whenever half the lanes are free, not once a whole batch has
+        ended: a batch would wait for its slowest post, and its number's rate would go
+        unused meanwhile."""
+        lanes = threading.Condition()
+        free, handled = self.threads, 0
+
+        def finished(_: object) -> None:
+            nonlocal free
+            with lanes:
+                free += 1
+                lanes.notify()
+
+        signals.outbox_queued.connect(self.wake)
+        try:
+            while not done():
+                with lanes:
+                    while free < max(1, self.threads // 2) and not done():
+                        lanes.wait(0.5)
+                    want = free
+                claimed = self._claim(want)
+                if not claimed:
+                    self._wake.wait(self.poll)
+                    self._wake.clear()
+                    continue
+                with lanes:
+                    free -= len(claimed)
+                for delivery in claimed:
+                    self._pool.submit(self._deliver, delivery).add_done_callback(finished)
+                handled += len(claimed)
+            with lanes:  # let the posts in flight end before returning
+                while free < self.threads:
+                    lanes.wait(0.5)
+        finally:
+            signals.outbox_queued.disconnect(self.wake)
+        return handled
+
+    def _claim(self, limit: int) -> list[Delivery]:
+        try:
+            return self.outbox.claim(self.owner, limit)
+        except Exception:  # the database away: waited out, never raised out of the loop
+            log.exception("the whatsapp sender could not claim work; trying again soon")
+            self._stop.wait(IDLE_AFTER_ERROR_SECONDS)
+            return []
 
     def _deliver(self, delivery: Delivery) -> str | None:
         """Send one row and settle it; a description of what went wrong settling, if so."""
@@ -223,10 +279,6 @@ class WhatsAppSender(Poller):
     def _settled(delivery: Delivery, result: str, kept: bool) -> None:
         if signals.outbox_delivered.listeners:
             signals.outbox_delivered.send(delivery.kind, result if kept else "lost")
-
-    def stop(self) -> None:
-        super().stop()
-        self._pool.shutdown(wait=False)
 
 
 def _wait(reason: str, after: timedelta) -> TryLater:

@@ -246,8 +246,8 @@ class Intake:
 
     def _message_of(self, event: Status) -> tuple[int, bool] | None:
         """(the outbound message a status is about, whether it keeps its own name): the
-        message of that wamid, or the unnamed one sent from the outbox row in the callback
-        data, which takes the wamid unless the wamid is another message's."""
+        message of that wamid, or the one sent from the outbox row in the callback data,
+        which takes the wamid unless it has one or the wamid is another message's."""
         m = _MESSAGES.c
         holder = self.session.execute(
             select(m.id, m.direction).where(m.wamid == event.wamid)
@@ -257,10 +257,10 @@ class Intake:
         message_id = self._sent_from(event.callback)
         if message_id is None:
             return None
+        # Named already, by another send of it (a retry after Meta's answer was lost):
+        # it keeps that name, and this status, about the same message, moves it too.
         named = self.session.execute(select(m.wamid).where(m.id == message_id)).scalar()
-        if named is not None:  # named by another send of it (a retry): not this status's
-            return None
-        return message_id, holder is not None
+        return message_id, named is not None or holder is not None
 
     def _failed(
         self, event: Status, conversation: int, sender: object, error: MetaError | None
