@@ -243,9 +243,7 @@ class RemoveNumberAction(Action[RemoveNumberParams]):
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         e164 = prepared.params["number"]
-        number = ctx.session.get(Number, e164, with_for_update=True)
-        if number is None:
-            raise NotFound(f"{e164} is not a registered number")
+        number = _locked(ctx, e164)
         holders = ctx.session.execute(
             select(Grant.id, Grant.user_id, Grant.role)
             .where(Grant.scope == e164, _live(ctx))
@@ -264,6 +262,15 @@ class RemoveNumberAction(Action[RemoveNumberParams]):
         return Result(
             f"Removed {e164}: grants can no longer name it.", data=RemovedNumberData(e164)
         )
+
+
+def _locked(ctx: Context, e164: str) -> Number:
+    """The registered number, held until the transaction ends (it may have gone since
+    `prepare` found it)."""
+    number = ctx.session.get(Number, e164, with_for_update=True)
+    if number is None:
+        raise NotFound(f"{e164} is not a registered number")
+    return number
 
 
 def _operator_on_number(ctx: Context, params: RemoveNumberParams, verb: str) -> Prepared:
@@ -289,9 +296,7 @@ class ResumeNumberAction(Action[RemoveNumberParams]):
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         e164 = prepared.params["number"]
-        number = ctx.session.get(Number, e164, with_for_update=True)
-        if number is None:
-            raise NotFound(f"{e164} is not a registered number")
+        number = _locked(ctx, e164)
         if number.paused_at is None:
             return Result(f"{e164} was not paused.", data=RemovedNumberData(e164))
         was = number.paused_reason or "no reason recorded"

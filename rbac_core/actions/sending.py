@@ -205,12 +205,15 @@ def _template_line(p: Any) -> str:
     return f"[template {p['template']} ({p['lang']})" + (f": {values}]" if values else "]")
 
 
-def _customers(ctx: Context, to: str) -> Any:
-    return select(Customer.id).where(Customer.wa_id == to.lstrip("+")).order_by(Customer.id.desc())
+def _customer_of(ctx: Context, to: str) -> int | None:
+    """The customer with this number (the latest, if Meta named two), if any wrote."""
+    query = select(Customer.id).where(Customer.wa_id == to.lstrip("+"))
+    found = ctx.session.scalars(query.order_by(Customer.id.desc()).limit(1)).first()
+    return None if found is None else int(found)
 
 
 def _conversation(ctx: Context, number: str, to: str) -> Conversation | None:
-    customer = ctx.session.scalars(_customers(ctx, to).limit(1)).first()
+    customer = _customer_of(ctx, to)
     if customer is None:
         return None
     return ctx.session.scalars(
@@ -222,9 +225,9 @@ def _conversation(ctx: Context, number: str, to: str) -> Conversation | None:
 
 def _customer(ctx: Context, to: str) -> int:
     """The customer with this number, made for a first template if they never wrote."""
-    found = ctx.session.scalars(_customers(ctx, to).limit(1)).first()
+    found = _customer_of(ctx, to)
     if found is not None:
-        return int(found)
+        return found
     made = people.customer_for(ctx.session, Contact(to.lstrip("+"), "", "", ""), ctx.now)
     assert made is not None
     return made
