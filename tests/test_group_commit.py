@@ -67,7 +67,7 @@ def _queue_behind(
     deadline = time.monotonic() + JOIN_SECONDS
     for queued, (name, work) in enumerate(calls.items(), start=1):
         threads.append(_in_thread(commit, work, results, name))
-        while len(commit._queued) < queued:  # waiting for its turn, behind the ones before
+        while commit.waiting() < queued:  # waiting for its turn, behind the ones before
             assert time.monotonic() < deadline, "the calls never queued"
             time.sleep(0.001)
     held.release.set()
@@ -190,7 +190,7 @@ def test_a_read_only_call_inside_a_transaction_never_waits_for_its_turn(
             with db.write():
                 inside.set()
                 deadline = time.monotonic() + JOIN_SECONDS
-                while db.is_sqlite and not gate._read_only._turn.locked():
+                while db.is_sqlite and not gate._read_only.busy():
                     assert time.monotonic() < deadline  # the other caller has the turn
                     time.sleep(0.001)
                 nested_answer.append(gate.submit(ALICE, "cli", "role.show", {}))

@@ -4,7 +4,9 @@ A claim, in one short write transaction (taken only after a read found
 something due, so idle workers never hold SQLite's writer lock):
 
 1. the oldest due row of each destination that is not held back by its pace
-   row (so rows stuck behind a rate-limited channel never starve the others);
+   row (so rows stuck behind a rate-limited channel never starve the others),
+   found in the first pages of the oldest live rows, or failing that by one
+   query over every due row;
 2. per destination, in sorted order (every worker locks pace rows in the same
    order, so two claims cannot deadlock): the row, locked with `FOR UPDATE
    SKIP LOCKED` on PostgreSQL (a row another worker is taking is skipped, not
@@ -27,13 +29,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, exists, func, or_, select, update
+from sqlalchemy import Table, and_, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ..clock import Clock, system_clock, utcnow
 from ..store import Database, leases
 from ..store.inserts import insert_new
 from ..store.models import OutboxMessage, OutboxPace
+from ..store.models.bookkeeping import LIVE_OUTBOX_ROWS
 from . import (
     DONE,
     ERROR_MAX,
@@ -54,6 +57,10 @@ LEASE = timedelta(seconds=60)
 might not finish in time, so a live worker never loses a row it is posting."""
 PACE = timedelta(seconds=1)
 MAX_ATTEMPTS = 10
+_PAGE_ROWS = 200
+_PAGES = 5
+"""A claim reads at most this many pages of the oldest live rows before it asks for every
+destination's oldest row (the exhaustive query, which on a deep queue is far slower)."""
 
 _ROWS = cast(Table, OutboxMessage.__table__)
 
@@ -99,7 +106,7 @@ class Outbox:
         taken: list[Delivery] = []
         with self.db.transaction(write=True) as txn:
             session = txn.session
-            for to, row_id in sorted(self._firsts(session, now, limit * 4)):
+            for to, row_id in sorted(self._firsts(session, now, limit * 4, limit)):
                 if len(taken) == limit:
                     break
                 delivery = self._take(session, int(row_id), to, owner, now)
@@ -107,8 +114,47 @@ class Outbox:
                     taken.append(delivery)
         return sorted(taken, key=lambda d: d.id)
 
-    def _firsts(self, session: Session, now: datetime, n: int) -> list[tuple[str, int]]:
-        """(destination, oldest due row) of up to `n` destinations not held back."""
+    def _firsts(
+        self, session: Session, now: datetime, n: int, enough: int
+    ) -> list[tuple[str, int]]:
+        """(destination, oldest due row) of up to `n` destinations not held back.
+
+        The oldest live rows are read a page at a time (ix_outbox_live), which on a
+        deep queue of many destinations finds `n` in the first page. Only when the
+        pages read hold fewer than `enough` destinations not held back (many rows to
+        a few paced channels) does it ask for every destination's oldest row at once.
+        """
+        c = _ROWS.c
+        found: dict[str, int] = {}
+        seen: set[str] = set()
+        after = 0
+        for _ in range(_PAGES):
+            page = session.execute(
+                select(c.id, c.to)
+                .where(text(LIVE_OUTBOX_ROWS), self._due(now), c.id > after)
+                .order_by(c.id)
+                .limit(_PAGE_ROWS)
+            ).all()
+            fresh: dict[str, int] = {}
+            for row_id, to in page:
+                if to not in seen:
+                    seen.add(to)
+                    fresh[str(to)] = int(row_id)
+            if fresh:
+                held = set(
+                    session.scalars(
+                        select(_PACE.c.to).where(_PACE.c.to.in_(fresh), _PACE.c.next_at > now)
+                    )
+                )
+                found.update((to, i) for to, i in fresh.items() if to not in held)
+            if len(found) >= n or len(page) < _PAGE_ROWS:
+                return sorted(found.items(), key=lambda first: first[1])[:n]
+            after = int(page[-1][0])
+        if len(found) >= enough:
+            return sorted(found.items(), key=lambda first: first[1])[:n]
+        return self._firsts_of_all(session, now, n)
+
+    def _firsts_of_all(self, session: Session, now: datetime, n: int) -> list[tuple[str, int]]:
         held_back = exists().where(_PACE.c.to == _ROWS.c.to, _PACE.c.next_at > now)
         oldest = func.min(_ROWS.c.id)
         query = (

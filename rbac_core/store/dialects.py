@@ -59,12 +59,16 @@ def configure_sqlite(engine: Engine, *, read_only: bool = False) -> None:
 
 
 def begin_sqlite(pooled: Any, read_only: bool) -> None:
+    query_only_sqlite(pooled, read_only)
+    pooled.driver_connection.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def query_only_sqlite(pooled: Any, read_only: bool) -> None:
+    """Make the connection read-only or not, unless it is already."""
     info = pooled.info
-    raw = pooled.driver_connection
     if info.get(_QUERY_ONLY) != read_only:
-        raw.execute(f"PRAGMA query_only = {int(read_only)}")
+        pooled.driver_connection.execute(f"PRAGMA query_only = {int(read_only)}")
         info[_QUERY_ONLY] = read_only
-    raw.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 _PG_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE

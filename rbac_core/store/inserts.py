@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, Table, bindparam
+from sqlalchemy import CursorResult, Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
-from .statements import Sql
 from .transaction import Txn
 
 
@@ -33,29 +33,6 @@ def insert_new(
     return result.rowcount == 1
 
 
-class InsertNew:
-    """`insert_new` for a request's hot path: compiled once per dialect, run on the cursor
-    (statements.py), where SQLAlchemy's per-statement work would be most of the request.
-
-    Values go to the driver as they are: timestamps must be bound with `stored()`.
-    """
-
-    def __init__(self, table: Table, columns: Sequence[str], keys: Sequence[str]) -> None:
-        values: dict[str, Any] = {column: bindparam(column) for column in columns}
-        self._sql = {
-            "sqlite": Sql(
-                sqlite_insert(table).values(values).on_conflict_do_nothing(index_elements=keys)
-            ),
-            "postgresql": Sql(
-                pg_insert(table).values(values).on_conflict_do_nothing(index_elements=keys)
-            ),
-        }
-
-    def __call__(self, txn: Txn, values: Mapping[str, Any]) -> bool:
-        """Insert unless the keys exist; True if this call inserted the row."""
-        return txn.run(self._sql[txn.dialect_name], values) == 1
-
-
 def insert_new_many(
     txn: Txn,
     table: Table,
@@ -66,15 +43,30 @@ def insert_new_many(
     chunk: int = 200,
 ) -> set[Any]:
     """Insert-or-ignore many rows with one multi-row statement per `chunk`; the `returning`
-    column of the rows this call inserted (the others were there already).
+    column of the rows this call inserted (the others were there already)."""
+    inserted: set[Any] = set()
+    for sql, params in insert_new_sql(txn.dialect, table, rows, keys, returning, chunk=chunk):
+        inserted.update(found for (found,) in txn.rows_of_text(sql, params))
+    return inserted
+
+
+def insert_new_sql(
+    dialect: Dialect,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    returning: str,
+    *,
+    chunk: int = 200,
+) -> list[tuple[str, list[Any]]]:
+    """The statements of `insert_new_many`, one per `chunk` rows, with their parameters.
 
     The SQL is written here rather than built by SQLAlchemy, which compiles a multi-row
     VALUES anew for every statement (milliseconds for 200 rows); values go through each
     column's own bind processing, so a timestamp is stored as the ORM stores it.
     """
     if not rows:
-        return set()
-    dialect = txn.dialect
+        return []
     columns = list(rows[0])
     quote = dialect.identifier_preparer.quote
     binders = [table.c[column].type.bind_processor(dialect) for column in columns]
@@ -85,7 +77,7 @@ def insert_new_many(
         f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO NOTHING "
         f"RETURNING {quote(returning)}"
     )
-    inserted: set[Any] = set()
+    statements = []
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         params = [
@@ -93,6 +85,5 @@ def insert_new_many(
             for row in part
             for value, bind in zip((row[c] for c in columns), binders, strict=True)
         ]
-        sql = head + ", ".join([one] * len(part)) + tail
-        inserted.update(found for (found,) in txn.rows_of_text(sql, params))
-    return inserted
+        statements.append((head + ", ".join([one] * len(part)) + tail, params))
+    return statements

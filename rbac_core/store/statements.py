@@ -86,17 +86,3 @@ def utc(value: Any) -> datetime | None:
     if not isinstance(value, datetime):
         raise TypeError(f"not a timestamp: {type(value).__name__}")
     return value.replace(tzinfo=UTC)
-
-
-def stored(moment: datetime, dialect: Dialect) -> Any:
-    """An aware moment as a timestamp column stores it (naive UTC; text on SQLite), for
-    statements run on the cursor."""
-    from .models.base import UTCDateTime
-
-    process = _TIME_BINDERS.get(dialect.name)
-    if process is None:
-        process = _TIME_BINDERS[dialect.name] = UTCDateTime().bind_processor(dialect)
-    return process(moment) if process is not None else moment
-
-
-_TIME_BINDERS: dict[str, Any] = {}

@@ -26,9 +26,9 @@ from .. import signals
 from ..clock import Clock, system_clock, utcnow
 from . import leases
 from .db import Database
-from .inserts import InsertNew
+from .group_commit import Combiner, Pending
+from .inserts import insert_new_sql
 from .models import InboundWebhook
-from .statements import stored as stored_time
 
 LEASE = timedelta(seconds=20)
 """Many times what a body of 1,000 events takes on a slow database. A lease that lapsed
@@ -39,11 +39,6 @@ ERROR_MAX = 1000
 QUEUED, DONE, GIVEN_UP = "queued", "done", "given_up"
 
 _ROWS = cast(Table, InboundWebhook.__table__)
-_STORE = InsertNew(
-    _ROWS,
-    ("source", "digest", "body", "received_at", "status", "attempt", "next_try_at"),
-    ("source", "digest"),
-)
 
 
 Ended = Callable[[int, int, str], None]
@@ -83,13 +78,45 @@ class WebhookInbox:
         self.clock = clock
         self.lease = lease
         self.max_attempts = max_attempts
+        self._combined: dict[str, Combiner[str, bool]] = {}
 
     def store(self, source: str, body: str) -> bool:
-        """Keep `body` for processing; False when the same body is kept already."""
-        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
-        with self.db.transaction(write=True) as txn:
-            now = stored_time(utcnow(self.clock), txn.dialect)
-            row = {
+        """Keep `body` for processing; False when the same body is kept already.
+
+        Concurrent callers in one process are combined (group_commit.py): under load
+        a door stores several requests' bodies with one statement.
+        """
+        combined = self._combined.get(source)
+        if combined is None:
+            combined = self._combined.setdefault(source, Combiner(self._storer(source)))
+        return combined(body)
+
+    def _storer(self, source: str) -> Callable[[list[Pending[str, bool]]], None]:
+        def run(batch: list[Pending[str, bool]]) -> None:
+            try:
+                kept = self.store_many(source, [call.item for call in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    batch[0].fail(exc)
+                    return
+                for call in batch:  # one body that cannot be stored fails alone
+                    try:
+                        call.answer(self.store_many(source, [call.item])[0])
+                    except Exception as alone:
+                        call.fail(alone)
+                return
+            for call, one in zip(batch, kept, strict=True):
+                call.answer(one)
+
+        return run
+
+    def store_many(self, source: str, bodies: Sequence[str]) -> list[bool]:
+        """Keep every body in one transaction; for each, whether this call kept it (False
+        for one kept already, and for the second of two same bodies in `bodies`)."""
+        digests = [hashlib.sha256(body.encode("utf-8")).hexdigest() for body in bodies]
+        now = utcnow(self.clock)
+        rows = [
+            {
                 "source": source,
                 "digest": digest,
                 "body": body,
@@ -98,8 +125,19 @@ class WebhookInbox:
                 "attempt": 0,
                 "next_try_at": now,
             }
-            kept = _STORE(txn, row)
-        signals.webhook_received.send(source, kept)
+            for digest, body in zip(digests, bodies, strict=True)
+        ]
+        # One statement, atomic alone: no transaction around it (Database.single).
+        [(sql, params)] = insert_new_sql(
+            self.db.engine.dialect, _ROWS, rows, ("source", "digest"), "digest", chunk=len(rows)
+        )
+        new = {digest for (digest,) in self.db.single(sql, params)}
+        kept = []
+        for digest in digests:
+            kept.append(digest in new)
+            new.discard(digest)
+        for one in kept:
+            signals.webhook_received.send(source, one)
         return kept
 
     def take(self, owner: str, limit: int = 50, on_end: Ended | None = None) -> list[TakenWebhook]:
