@@ -1,9 +1,10 @@
 """Claims on a deep queue: the oldest destination first, one row each, whatever lies ahead.
 
-A claim reads the oldest live rows a page at a time; destinations held back by
-their pace are passed over, and when whole pages hold nothing else it asks for
-every destination's oldest row at once. Pages are made tiny here so the paths
-a queue of thousands takes are walked with a handful of rows.
+A claim reads the oldest live rows of destinations not held back by their
+pace a page at a time, and when whole pages hold too few destinations (many
+rows to one) it asks for every destination's oldest row at once. Pages are made
+tiny here so the paths a queue of thousands takes are walked with a handful of
+rows.
 """
 
 from __future__ import annotations
@@ -63,11 +64,21 @@ def test_destinations_past_a_page_of_held_back_rows_are_found(
     assert [d.to for d in outbox.claim("sender-1", 2)] == [B, C]
 
 
-def test_destinations_behind_more_held_back_rows_than_the_pages_hold_are_found(
+def test_destinations_behind_more_rows_to_one_destination_than_the_pages_hold_are_found(
+    db: Database, clock: ManualClock, outbox: Outbox
+) -> None:
+    add(db, clock, A, 20)  # far more than two pages of three, all to A
+    add(db, clock, B)
+    claimed = outbox.claim("sender-1", 2)
+    assert [d.to for d in claimed] == [A, B]
+    assert claimed[0].data == {"n": 0}  # A's oldest row
+
+
+def test_a_destination_held_back_behind_many_rows_does_not_hide_the_others(
     db: Database, clock: ManualClock, outbox: Outbox
 ) -> None:
     held_back(db, clock, outbox, A)
-    add(db, clock, A, 20)  # far more than two pages of three
+    add(db, clock, A, 20)
     add(db, clock, B)
     assert [d.to for d in outbox.claim("sender-1", 4)] == [B]
 

@@ -107,3 +107,27 @@ def test_a_body_that_cannot_be_stored_fails_alone(db: Database, clock: ManualClo
 def test_a_single_statement_is_refused_inside_a_transaction(db: Database) -> None:
     with db.write(), pytest.raises(RuntimeError, match="inside a transaction"):
         db.single("SELECT 1", [])
+
+
+def test_many_bodies_are_kept_in_statements_of_a_bounded_size_each_answered(
+    db: Database, clock: ManualClock
+) -> None:
+    """Past 200 bodies the statement is split (SQLite bounds a statement's parameters); a
+    body repeated across the split is still kept once, by its first occurrence."""
+    inbox = WebhookInbox(db, clock)
+    bodies = [f'{{"n":{n}}}' for n in range(450)]
+    bodies[300] = bodies[10]
+    kept = inbox.store_many("whatsapp", bodies)
+    assert kept == [n != 300 for n in range(450)]
+    assert len(bodies_kept(db)) == 449
+
+
+def test_a_body_stored_from_inside_a_transaction_is_refused_at_once_never_queued(
+    db: Database, clock: ManualClock
+) -> None:
+    """Queued behind a thread waiting for the writers' lock this thread holds, it would hang
+    both, and every later request of the process behind them."""
+    inbox = WebhookInbox(db, clock)
+    with db.read(), pytest.raises(RuntimeError, match="outside any transaction"):
+        inbox.store("whatsapp", '{"n":1}')
+    assert inbox.store("whatsapp", '{"n":1}') is True

@@ -160,7 +160,10 @@ class Database:
                     ) from exc
                 finally:
                     if not self.is_sqlite:
-                        raw.autocommit = False
+                        try:
+                            raw.autocommit = False
+                        except Exception:  # the connection is lost: never pooled again
+                            pooled.invalidate()
             kept = self._keep(pooled, True)
             return rows
         finally:

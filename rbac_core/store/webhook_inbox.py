@@ -86,6 +86,9 @@ class WebhookInbox:
         Concurrent callers in one process are combined (group_commit.py): under load
         a door stores several requests' bodies with one statement.
         """
+        if self.db.in_transaction_here():
+            # Queueing behind a thread that waits for a lock this one holds would hang both.
+            raise RuntimeError("a webhook body is stored outside any transaction")
         combined = self._combined.get(source)
         if combined is None:
             combined = self._combined.setdefault(source, Combiner(self._storer(source)))
@@ -111,8 +114,8 @@ class WebhookInbox:
         return run
 
     def store_many(self, source: str, bodies: Sequence[str]) -> list[bool]:
-        """Keep every body in one transaction; for each, whether this call kept it (False
-        for one kept already, and for the second of two same bodies in `bodies`)."""
+        """Keep every body, with one statement per 200; for each, whether this call kept it
+        (False for one kept already, and for the second of two same bodies in `bodies`)."""
         digests = [hashlib.sha256(body.encode("utf-8")).hexdigest() for body in bodies]
         now = utcnow(self.clock)
         rows = [
@@ -127,11 +130,12 @@ class WebhookInbox:
             }
             for digest, body in zip(digests, bodies, strict=True)
         ]
-        # One statement, atomic alone: no transaction around it (Database.single).
-        [(sql, params)] = insert_new_sql(
-            self.db.engine.dialect, _ROWS, rows, ("source", "digest"), "digest", chunk=len(rows)
+        # Each statement (of up to 200 bodies) is atomic alone: no transaction around
+        # it (Database.single), and each body is independent of the others.
+        statements = insert_new_sql(
+            self.db.engine.dialect, _ROWS, rows, ("source", "digest"), "digest"
         )
-        new = {digest for (digest,) in self.db.single(sql, params)}
+        new = {digest for sql, params in statements for (digest,) in self.db.single(sql, params)}
         kept = []
         for digest in digests:
             kept.append(digest in new)
