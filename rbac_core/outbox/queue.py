@@ -126,13 +126,12 @@ class Outbox:
         rows to a few of them) does it ask for every destination's oldest row at once.
         """
         c = _ROWS.c
-        held_back = exists().where(_PACE.c.to == c.to, _PACE.c.next_at > now)
         found: dict[str, int] = {}
         after = 0
         for _ in range(_PAGES):
             page = session.execute(
                 select(c.id, c.to)
-                .where(text(LIVE_OUTBOX_ROWS), self._due(now), ~held_back, c.id > after)
+                .where(text(LIVE_OUTBOX_ROWS), self._due(now), ~_held_back(now), c.id > after)
                 .order_by(c.id)
                 .limit(_PAGE_ROWS)
             ).all()
@@ -146,11 +145,10 @@ class Outbox:
         return self._firsts_of_all(session, now, n)
 
     def _firsts_of_all(self, session: Session, now: datetime, n: int) -> list[tuple[str, int]]:
-        held_back = exists().where(_PACE.c.to == _ROWS.c.to, _PACE.c.next_at > now)
         oldest = func.min(_ROWS.c.id)
         query = (
             select(_ROWS.c.to, oldest)
-            .where(self._due(now), ~held_back)
+            .where(self._due(now), ~_held_back(now))
             .group_by(_ROWS.c.to)
             .order_by(oldest)
             .limit(n)
@@ -333,6 +331,11 @@ def _due(now: datetime) -> Any:
     return or_(
         and_(_ROWS.c.status == QUEUED, _ROWS.c.next_try_at <= now), leases.lapsed(_ROWS, now)
     )
+
+
+def _held_back(now: datetime) -> Any:
+    """The row's destination may not be posted to yet (its pace row is in the future)."""
+    return exists().where(_PACE.c.to == _ROWS.c.to, _PACE.c.next_at > now)
 
 
 def _parsed(raw: object) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ the database decide, and the row count says who won.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import CursorResult, Table
@@ -67,16 +68,8 @@ def insert_new_sql(
     """
     if not rows:
         return []
-    columns = list(rows[0])
-    quote = dialect.identifier_preparer.quote
-    binders = [table.c[column].type.bind_processor(dialect) for column in columns]
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
-    one = "(" + ", ".join([mark] * len(columns)) + ")"
-    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
-    tail = (
-        f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO NOTHING "
-        f"RETURNING {quote(returning)}"
-    )
+    columns = tuple(rows[0])
+    head, one, tail, binders = _shape(dialect, table, columns, tuple(keys), returning)
     statements = []
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
@@ -87,3 +80,21 @@ def insert_new_sql(
         ]
         statements.append((head + ", ".join([one] * len(part)) + tail, params))
     return statements
+
+
+@lru_cache(maxsize=64)
+def _shape(
+    dialect: Dialect, table: Table, columns: tuple[str, ...], keys: tuple[str, ...], returning: str
+) -> tuple[str, str, str, list[Any]]:
+    """The fixed parts of an insert-or-ignore and its columns' bind processors, made once:
+    the webhook door writes one per request."""
+    quote = dialect.identifier_preparer.quote
+    binders = [table.c[column].type.bind_processor(dialect) for column in columns]
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    one = "(" + ", ".join([mark] * len(columns)) + ")"
+    head = f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) VALUES "
+    tail = (
+        f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO NOTHING "
+        f"RETURNING {quote(returning)}"
+    )
+    return head, one, tail, binders
