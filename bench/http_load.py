@@ -24,6 +24,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.background_process import PROCESS_NAME
+
 from .report import fmt_count, fmt_ns, percentile
 
 CLIENTS = 8  # as many as the 2 workers x 4 threads can serve at once
@@ -125,8 +127,9 @@ def _proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid` (gunicorn's workers), from /proc."""
+def _children(pid: int, *, background: bool = False) -> list[int]:
+    """Direct children of `pid`, from /proc: gunicorn's web workers, or (`background`)
+    serve's background process (bot/background_process.py), told apart by name."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -135,7 +138,8 @@ def _children(pid: int) -> list[int]:
             raw = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(raw.rsplit(")", 1)[1].split()[1]) == pid:
+        name = raw[raw.find("(") + 1 : raw.rfind(")")]
+        if int(raw.rsplit(")", 1)[1].split()[1]) == pid and (name == PROCESS_NAME) == background:
             found.append(int(entry.name))
     return sorted(found)
 
@@ -177,11 +181,12 @@ class Server:
     port: int
     log: Path
     workers: list[int] = field(default_factory=list)
+    background: list[int] = field(default_factory=list)
 
     def cpu(self) -> dict[int, float]:
-        """CPU seconds used so far by the master and each worker, by pid."""
+        """CPU seconds used so far by the master, each worker and the background process."""
         usage = {}
-        for pid in (self.proc.pid, *self.workers):
+        for pid in (self.proc.pid, *self.workers, *self.background):
             seconds = _proc_cpu(pid)
             if seconds is not None:
                 usage[pid] = seconds
@@ -274,6 +279,7 @@ class Window:
     client_cpu_s: float
     server_cpu_s: float
     worker_share: list[float]  # each worker's share of the workers' CPU
+    background_cpu_s: float  # of server_cpu_s, what serve's background process used
     machine_busy: float  # share of all CPUs busy during the window
     others_busy: float  # the share of it used by neither the server nor this process
     first_error: str | None
@@ -336,6 +342,7 @@ def load(server: Server, make: Make, check: Check, seconds: float, cap: int, pat
             conn.close()
 
     server.workers = _children(server.proc.pid)  # in case gunicorn replaced one
+    server.background = _children(server.proc.pid, background=True)
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(CLIENTS)]
     for t in threads:
         t.start()
@@ -365,6 +372,7 @@ def load(server: Server, make: Make, check: Check, seconds: float, cap: int, pat
         latencies_ns=flat,
         client_cpu_s=cpu_after - cpu_before,
         server_cpu_s=sum(used.values()),
+        background_cpu_s=sum(used.get(pid, 0.0) for pid in server.background),
         worker_share=[w / total_workers for w in worker_cpu],
         machine_busy=busy_ticks / total_ticks,
         others_busy=max(0.0, busy_ticks - ours) / total_ticks,
@@ -376,10 +384,13 @@ def window_line(label: str, w: Window) -> str:
     per = max(1, w.requests)
     split = "/".join(f"{s * 100:.0f}" for s in w.worker_share)
     errors = f"; {w.errors:,} ERRORS (first: {w.first_error})" if w.errors else ""
+    background = (
+        f"; background {fmt_ns(w.background_cpu_s * 1e9 / per)}" if w.background_cpu_s else ""
+    )
     return (
         f"{label}: {w.requests:,} in {w.seconds:.2f} s = {fmt_count(w.rps)} req/s; "
         f"p50 {fmt_ns(w.p(50))}, p99 {fmt_ns(w.p(99))}; CPU per request: server "
-        f"{fmt_ns(w.server_cpu_s * 1e9 / per)} (workers {split}%), client "
+        f"{fmt_ns(w.server_cpu_s * 1e9 / per)} (workers {split}%{background}), client "
         f"{fmt_ns(w.client_cpu_s * 1e9 / per)}; machine {w.machine_busy * 100:.0f}% busy, "
         f"{w.others_busy * 100:.0f}% by other processes{errors}"
     )

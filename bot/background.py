@@ -1,5 +1,5 @@
-"""The background workers a process runs: what `serve` runs beside its requests (in each
-gunicorn worker, unless `--no-worker`) and `wa-access worker` runs alone."""
+"""The background workers a process runs: `serve`'s background process (unless
+`--no-worker`; bot/background_process.py) and `wa-access worker`."""
 
 from __future__ import annotations
 

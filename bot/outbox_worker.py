@@ -1,10 +1,10 @@
 """The outbox worker: delivers what actions wrote to the outbox (rbac_core/outbox/).
 
-It runs as a thread in every `serve` worker process (unless `--no-worker`)
-and in `wa-access worker`; any number of them share one database safely,
+It runs as a thread of `serve`'s background process (unless `--no-worker`)
+and of `wa-access worker`; any number of them share one database safely,
 since every row is claimed under a lease. It is a `Poller` (polling.py): it
-sleeps until a gate call in its own process commits a notice
-(`signals.outbox_queued`), or for at most `poll` seconds, which is how it
+sleeps until a gate call commits a notice (`signals.outbox_queued`, in its own
+process or relayed from `serve`'s web workers), or for at most `poll` seconds, which is how it
 sees notices written by other processes and retries falling due.
 
 Deliveries to Slack are posted by a Web API client of their own, with none

@@ -12,6 +12,7 @@ process; what it held is taken over by another worker once its lease lapses.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from abc import ABC, abstractmethod
@@ -50,6 +51,10 @@ class Poller(ABC):
             total += handled
         return total
 
+    def wakes_on(self, hook: Signal) -> bool:
+        """Whether a commit that sends `hook` is work for this poller."""
+        return hook in self._wake_on
+
     def wake(self, *_: object) -> None:
         self._wake.set()
 
@@ -85,21 +90,23 @@ class Poller(ABC):
         return thread
 
 
-def serve_pollers(pollers: Sequence[Poller]) -> None:
-    """`wa-access worker`: run every poller until SIGTERM or SIGINT, then let each finish
-    the item in hand."""
+def serve_pollers(pollers: Sequence[Poller], *, parent: int | None = None) -> None:
+    """`wa-access worker` and `serve`'s background process: run every poller until SIGTERM
+    or SIGINT, or until the process `parent` is gone, then let each finish the item in hand."""
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
         log.info("workers stopping (signal %d)", signum)
         stopping.set()
-        for poller in pollers:
-            poller.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     threads = [poller.start() for poller in pollers]
     while not stopping.wait(1.0):  # woken by the handler; the timeout keeps signals prompt
-        pass
+        if parent is not None and os.getppid() != parent:
+            log.warning("workers stopping: the process that started them is gone")
+            break
+    for poller in pollers:
+        poller.stop()
     for thread in threads:
         thread.join(timeout=30)

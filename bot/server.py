@@ -17,16 +17,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
-import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.glogging import Logger  # type: ignore[import-untyped]
 
 from .app import create_app
+from .background_process import BackgroundProcess
 from .config import Settings
 from .logs import configure_logging
 from .runtime import build_runtime
@@ -38,7 +40,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, options: dict[str, Any], *, background: bool) -> None:
         self._settings = settings
         self._options = options
-        self._background = background
+        # Opened here, in the master before any fork, so web workers inherit its wake pipe.
+        self._background = BackgroundProcess(settings) if background else None
         super().__init__()
 
     def load_config(self) -> None:
@@ -49,13 +52,34 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         # Built in each worker after fork: no connection is shared across processes.
         configure_logging(self._settings)
         runtime = build_runtime(self._settings)
-        if self._background:
-            from .background import background_workers
-
-            # One of each per worker process: woken by its own process's commits at once.
-            for worker in background_workers(runtime):
-                _RUNNING.append((worker, worker.start()))
+        if self._background is not None:
+            self._background.wake_on_commits()
         return create_app(runtime)
+
+    def run(self) -> None:
+        try:
+            _Arbiter(self, self._background).run()
+        except RuntimeError as exc:  # as gunicorn's own run(): a bad setting, said plainly
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
+
+
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master, which also keeps `serve`'s background process running."""
+
+    def __init__(self, app: _Gunicorn, background: BackgroundProcess | None) -> None:
+        self._background = background
+        super().__init__(app)
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        if self._background is not None and self.pid == os.getpid():
+            self._background.keep_running([s.fileno() for s in self.LISTENERS])
+
+    def stop(self, graceful: bool = True) -> None:
+        if self._background is not None:
+            self._background.stop(self.cfg.graceful_timeout if graceful else 1.0)
+        super().stop(graceful)
 
 
 class _RootLogger(Logger):  # type: ignore[misc]
@@ -95,20 +119,6 @@ def prepare_metrics_dir(environ: MutableMapping[str, str] | None = None) -> tupl
     return path, False
 
 
-_RUNNING: list[tuple[Any, threading.Thread]] = []
-"""This process's background workers and their threads (in each gunicorn worker)."""
-
-
-def _worker_exiting(server: Any, worker: Any) -> None:
-    """gunicorn's worker_exit hook, in the worker: let the background workers finish the
-    item in hand, so a restart does not leave a row held for a lease (and perhaps a
-    notice posted twice)."""
-    for background_worker, _ in _RUNNING:
-        background_worker.stop()
-    for _, thread in _RUNNING:
-        thread.join(timeout=10)
-
-
 def _worker_exited(server: Any, worker: Any) -> None:
     """gunicorn's child_exit hook, in the master: a dead worker's live gauges go.
 
@@ -132,7 +142,6 @@ def serve(
         "accesslog": None,  # bot/logs.py logs each request, with its id
         "logger_class": _RootLogger,
         "child_exit": _worker_exited,
-        "worker_exit": _worker_exiting,
         "timeout": 30,
     }
     master = os.getpid()

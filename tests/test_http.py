@@ -23,6 +23,7 @@ from flask import Flask, request
 from flask.testing import FlaskClient
 
 from bot.app import MAX_BODY_BYTES, create_app
+from bot.background_process import PROCESS_NAME
 from bot.config import Settings
 from bot.demo.fake_slack import FakeSlack
 from bot.request_body import READ_TIMEOUT_S, read_body
@@ -94,16 +95,31 @@ class Served:
         finally:
             conn.close()
 
-    def workers(self) -> list[int]:
-        """gunicorn's workers: the master's children, from /proc."""
+    def children(self) -> list[int]:
+        """The master's children, from /proc: web workers and the background process."""
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         try:
             return [int(pid) for pid in children.read_text().split()]
         except OSError:
             return []
 
+    def workers(self) -> list[int]:
+        """gunicorn's web workers."""
+        return [pid for pid in self.children() if _name(pid) not in (None, PROCESS_NAME)]
+
+    def background(self) -> list[int]:
+        """serve's background process (none under `--no-worker`, or while it restarts)."""
+        return [pid for pid in self.children() if _name(pid) == PROCESS_NAME]
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def _name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
 
 
 def _without_metrics_dir(environ: Mapping[str, str]) -> dict[str, str]:
@@ -132,13 +148,15 @@ def serve(
             start_new_session=True,
         )
     served = Served(proc, port, log)
+    background = 0 if "--no-worker" in args else 1
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
                 raise AssertionError(f"serve exited with {proc.returncode}:\n{served.output()}")
             with suppress(OSError):
-                if len(served.workers()) == workers and served.request("GET", "/healthz")[0]:
+                started = (len(served.workers()), len(served.background())) == (workers, background)
+                if started and served.request("GET", "/healthz")[0] == 200:
                     break
             if time.monotonic() > deadline:
                 raise AssertionError(f"serve did not start:\n{served.output()}")

@@ -1,7 +1,8 @@
 """`wa-access serve`, `wa-access worker` and `wa-access scheduler`: the long-running processes.
 
 `serve` alone is the whole product on one machine (SPEC §9): the HTTP
-endpoints and, in each of its worker processes, an outbox worker thread.
+endpoints in gunicorn's web workers and, in one background process beside them,
+the webhook intake, the outbox worker and the WhatsApp sender (bot/background_process.py).
 `serve --no-worker` with separate `worker` and `scheduler` processes lets
 operators split the work; any number of each share one PostgreSQL safely.
 """

@@ -1,7 +1,7 @@
 """The webhook intake worker: processes the bodies the door stored, each exactly once.
 
-It runs beside the outbox worker, as a thread in every `serve` worker process
-(unless `--no-worker`) and in `wa-access worker`; any number of them share one
+It runs beside the outbox worker, as a thread of `serve`'s background process
+(unless `--no-worker`) and of `wa-access worker`; any number of them share one
 database. It takes due bodies under a lease (rbac_core/store/webhook_inbox.py),
 hands each to the gate (handlers/whatsapp/intake.py), which writes its events
 and marks it done in one transaction fenced on the lease, and settles what the
