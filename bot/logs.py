@@ -62,6 +62,9 @@ _MIN_SECRET = 6  # shorter values would mask ordinary words; every real one is l
 _HANDLER_MARK = "wa_access_handler"
 _ACCESS_LOG = logging.getLogger("wa_access.http")
 _QUIET_ROUTES = frozenset({"/healthz", "/metrics"})  # probes and scrapes: DEBUG only
+# Machine traffic by the thousand a second, counted in /metrics: DEBUG when accepted, and
+# INFO like any request when refused (a bad signature is news).
+_QUIET_WHEN_ACCEPTED = frozenset({"/whatsapp/webhook"})
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -262,7 +265,8 @@ class RequestLogging:
 
     @staticmethod
     def _log(environ: Mapping[str, Any], rule: str, status: int, started: float) -> None:
-        level = logging.DEBUG if rule in _QUIET_ROUTES else logging.INFO
+        quiet = rule in _QUIET_ROUTES or (rule in _QUIET_WHEN_ACCEPTED and status < 300)
+        level = logging.DEBUG if quiet else logging.INFO
         if not _ACCESS_LOG.isEnabledFor(level):
             return
         facts = dict(_facts.get() or {})

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from rbac_core import Database
 from rbac_core.clock import utcnow
-from rbac_core.store import Sql
+from rbac_core.store import Sql, dialects
 from rbac_core.store.models import User
 
 
@@ -94,3 +94,23 @@ def test_dispose_closes_the_connections_kept_for_reuse(db: Database) -> None:
     db.dispose()
     with pytest.raises(sqlite3.ProgrammingError):
         raw.execute("SELECT 1")
+
+
+def test_a_pooled_postgresql_connection_the_server_closed_while_idle_is_replaced(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection idle for a while is pinged before use; one the server dropped meanwhile
+    (a restart, an idle timeout) is swapped for a new one, and the caller never knows."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's pool")
+    monkeypatch.setattr(dialects, "PING_AFTER_IDLE_S", 0.0)  # every checkout is "idle"
+    with db.read() as session:
+        backend = session.scalar(text("SELECT pg_backend_pid()"))
+    other = Database(db.url)
+    try:
+        with other.read() as session:
+            assert session.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    finally:
+        other.dispose()
+    with db.read() as session:
+        assert session.scalar(text("SELECT pg_backend_pid()")) != backend

@@ -4,6 +4,7 @@ WhatsApp notification, stored durably (once per body) and answered 200 at once."
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -135,6 +136,20 @@ def test_an_unsigned_body_is_401_and_never_stored(client: FlaskClient, db: Datab
     assert answer.status_code == 401
     assert answer.get_json()["error"] == "unauthorized"
     assert stored(db) == []
+
+
+def test_an_accepted_body_is_logged_for_debugging_and_a_refused_one_for_the_operator(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Meta delivers by the thousand a second, and /metrics counts them; a refusal is news."""
+    caplog.set_level(logging.DEBUG, logger="wa_access.http")
+    body = as_meta_sends(notification(text_message()))
+    assert client.post(URL, data=body, headers=signed(body)).status_code == 200
+    assert (
+        client.post(URL, data=body, headers={"Content-Type": "application/json"}).status_code == 401
+    )
+    levels = [(r.levelno, r.status) for r in caplog.records if r.name == "wa_access.http"]
+    assert levels == [(logging.DEBUG, 200), (logging.INFO, 401)]
 
 
 @pytest.mark.parametrize(

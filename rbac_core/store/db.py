@@ -44,7 +44,7 @@ class Database:
         # exception messages and therefore out of logs.
         kwargs: dict[str, Any] = {"hide_parameters": True}
         if not self.is_sqlite:
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+            kwargs.update(pool_size=5, max_overflow=10)
         kwargs.update(engine_kwargs)
         self.engine = create_engine(self.url, **kwargs)
         self._reader = self.engine.execution_options(**{READ_ONLY: True})
@@ -68,9 +68,9 @@ class Database:
         # Connections to a SQLite file that a finished transaction left clean are kept
         # checked out for the next one: SQLAlchemy's checkout and checkin (events, a
         # reset by rollback) cost a tenth of a `/wa-role show`. Not on PostgreSQL,
-        # whose pool pings a connection before handing it out, nor for in-memory
-        # SQLite, whose pool gives each thread its own database. Per process: SQLite
-        # connections must never cross a fork.
+        # whose pool pings a connection idle for a while before handing it out
+        # (dialects.py), nor for in-memory SQLite, whose pool gives each thread its own
+        # database. Per process: SQLite connections must never cross a fork.
         self._idle: dict[bool, list[PoolProxiedConnection]] | None = (
             {True: [], False: []} if self.is_sqlite and not in_memory else None
         )

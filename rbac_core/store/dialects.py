@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 try:  # POSIX only; elsewhere SQLite's busy timeout alone orders the writers
     import fcntl
@@ -74,7 +76,29 @@ def query_only_sqlite(pooled: Any, read_only: bool) -> None:
 _PG_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE
 
 
+PING_AFTER_IDLE_S = 2.0
+"""A pooled PostgreSQL connection idle longer than this is pinged before use (a server
+restarted meanwhile has closed it). One busy within the last seconds is not: the ping is
+a round trip, about a tenth of a stored webhook's cost."""
+_IDLE_SINCE = "wa_idle_since"
+
+
 def configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool drops this connection and hands out another (up to three tries).
+            raise DisconnectionError("the pooled connection is gone") from exc
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         if conn.connection.driver_connection.info.transaction_status == _PG_IDLE:
