@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import signal
 import threading
@@ -53,7 +54,8 @@ class BackgroundProcess:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid: int | None = None
-        self._started_at = 0.0
+        self._started_at = -math.inf
+        self._stopping = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         self._wakers: list[tuple[signals.Signal, Callable[..., None]]] = []
@@ -61,14 +63,12 @@ class BackgroundProcess:
     # -- in gunicorn's master ------------------------------------------------------
 
     def keep_running(self, listeners: Sequence[int] = ()) -> None:
-        """Start the process, or start it again if it died (not more often than
+        """Start the process, or start it again if it ended (not more often than
         RESTART_AFTER_S). `listeners`: the master's listening sockets, which the child
         closes, so a port is never held by a process that answers nothing on it."""
-        if self.pid is not None and _running(self.pid):
+        self.reap()
+        if self.pid is not None or self._stopping:
             return
-        if self.pid is not None:
-            log.warning("the background process (pid %d) ended; starting another", self.pid)
-            self.pid = None
         if time.monotonic() - self._started_at < RESTART_AFTER_S:
             return
         self._started_at = time.monotonic()
@@ -82,18 +82,42 @@ class BackgroundProcess:
         self.pid = pid
         log.info("background process started (pid %d)", pid)
 
-    def stop(self, timeout: float) -> None:
-        """Ask the process to finish what it holds and exit; kill it after `timeout`."""
-        pid, self.pid = self.pid, None
-        if pid is None or not _running(pid):
+    def reap(self) -> None:
+        """If the process ended, reap it and say how. Called before gunicorn's master reaps
+        every child it does not know (its own `waitpid(-1)`), so the status is not lost and
+        the pid is never mistaken for a web worker's that reused it."""
+        if self.pid is None:
             return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _running(pid):
-            if time.monotonic() > deadline:
-                log.warning("the background process (pid %d) did not stop; killing it", pid)
-                os.kill(pid, signal.SIGKILL)
+        try:
+            ended, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: its status is lost, not its end
+            ended, status = self.pid, None
+        if ended == 0:
+            return
+        how = "" if status is None else f" ({_described(status)})"
+        if not self._stopping:
+            log.warning("the background process (pid %d) ended%s; starting another", ended, how)
+        self.pid = None
+
+    def terminate(self) -> None:
+        """Ask the process to finish what it holds and exit (SIGTERM); `wait` for it."""
+        self._stopping = True
+        self.reap()
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def wait(self, deadline: float) -> None:
+        """Until the process ended, or `deadline` (time.monotonic()) passed: then kill it."""
+        while self.pid is not None:
+            self.reap()
+            if self.pid is None:
                 return
+            if time.monotonic() > deadline:
+                log.warning("the background process (pid %d) did not stop; killing it", self.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                deadline = float("inf")  # SIGKILL ends it: reap it
             time.sleep(0.05)
 
     # -- in a web worker -------------------------------------------------------------
@@ -132,6 +156,9 @@ class BackgroundProcess:
             from .runtime import build_runtime
 
             configure_logging(self.settings)
+            from .metrics import connect_core_signals  # after serve chose where counters live
+
+            connect_core_signals()  # what the pollers do is counted in /metrics, too
             pollers = background_workers(build_runtime(self.settings))
             threading.Thread(
                 target=self._relay_wakes, args=(pollers,), name="wake-relay", daemon=True
@@ -143,6 +170,12 @@ class BackgroundProcess:
             return 1
 
     def _relay_wakes(self, pollers: Sequence[Poller]) -> None:
+        try:
+            self._relay(pollers)
+        except Exception:  # the pollers still poll; they just hear of work later
+            log.exception("the background process stopped relaying wake-ups")
+
+    def _relay(self, pollers: Sequence[Poller]) -> None:
         while said := os.read(self._wake_read, 4096):
             for byte, hook in _WAKING.items():
                 if byte in said:
@@ -151,13 +184,10 @@ class BackgroundProcess:
                             poller.wake()
 
 
-def _running(pid: int) -> bool:
-    """Whether our child `pid` still runs (reaping it if it ended)."""
-    try:
-        ended, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # reaped already (gunicorn's master reaps every child)
-        return False
-    return ended == 0
+def _described(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 def _name_this_process(name: str) -> None:

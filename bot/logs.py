@@ -62,8 +62,8 @@ _MIN_SECRET = 6  # shorter values would mask ordinary words; every real one is l
 _HANDLER_MARK = "wa_access_handler"
 _ACCESS_LOG = logging.getLogger("wa_access.http")
 _QUIET_ROUTES = frozenset({"/healthz", "/metrics"})  # probes and scrapes: DEBUG only
-# Machine traffic by the thousand a second, counted in /metrics: DEBUG when accepted, and
-# INFO like any request when refused (a bad signature is news).
+# Deliveries by the thousand a second, counted in /metrics: DEBUG when accepted, and INFO
+# like any request when refused (a bad signature is news) or not a delivery (Meta's GET).
 _QUIET_WHEN_ACCEPTED = frozenset({"/whatsapp/webhook"})
 
 
@@ -265,7 +265,8 @@ class RequestLogging:
 
     @staticmethod
     def _log(environ: Mapping[str, Any], rule: str, status: int, started: float) -> None:
-        quiet = rule in _QUIET_ROUTES or (rule in _QUIET_WHEN_ACCEPTED and status < 300)
+        accepted = status < 300 and environ.get("REQUEST_METHOD") == "POST"
+        quiet = rule in _QUIET_ROUTES or (rule in _QUIET_WHEN_ACCEPTED and accepted)
         level = logging.DEBUG if quiet else logging.INFO
         if not _ACCESS_LOG.isEnabledFor(level):
             return

@@ -19,6 +19,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,26 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
         self._background = background
         super().__init__(app)
 
+    def handle_chld(self, *args: Any) -> None:  # (sig, frame) before gunicorn 23
+        if self._background is not None:
+            self._background.reap()  # before gunicorn's waitpid(-1) takes it as unknown
+        super().handle_chld(*args)
+
     def manage_workers(self) -> None:
         super().manage_workers()
         if self._background is not None and self.pid == os.getpid():
             self._background.keep_running([s.fileno() for s in self.LISTENERS])
 
     def stop(self, graceful: bool = True) -> None:
-        if self._background is not None:
-            self._background.stop(self.cfg.graceful_timeout if graceful else 1.0)
+        """The background process and the web workers stop side by side, within one
+        graceful timeout: never one after the other."""
+        if self._background is None:
+            super().stop(graceful)
+            return
+        deadline = time.monotonic() + (self.cfg.graceful_timeout if graceful else 1.0)
+        self._background.terminate()
         super().stop(graceful)
+        self._background.wait(deadline)
 
 
 class _RootLogger(Logger):  # type: ignore[misc]

@@ -114,3 +114,34 @@ def test_a_pooled_postgresql_connection_the_server_closed_while_idle_is_replaced
         other.dispose()
     with db.read() as session:
         assert session.scalar(text("SELECT pg_backend_pid()")) != backend
+
+
+def test_after_one_lost_postgresql_connection_the_pool_opens_new_ones_for_the_next(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart under load: connections busy a moment ago are not pinged, so one
+    transaction meets the loss; the next gets a new connection, not a sibling as dead
+    (SQLAlchemy's pool, finding the first lost as it comes back, retires all it had)."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's pool")
+    monkeypatch.setattr(dialects, "PING_AFTER_IDLE_S", 3600.0)  # nothing is pinged
+    first, second = db.engine.raw_connection(), db.engine.raw_connection()
+    backends = []
+    for pooled in (first, second):
+        cursor = pooled.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        backends.append(cursor.fetchone()[0])
+        cursor.close()
+        pooled.commit()
+    first.close(), second.close()  # both back in the pool, alive
+    other = Database(db.url)
+    try:
+        with other.read() as session:
+            for backend in backends:
+                session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+    finally:
+        other.dispose()
+    with pytest.raises(DBAPIError), db.read() as session:
+        session.scalar(text("SELECT 1"))
+    with db.read() as session:
+        assert session.scalar(text("SELECT pg_backend_pid()")) not in backends

@@ -53,6 +53,9 @@ def test_webhooks_are_processed_by_one_background_process_beside_the_web_workers
         assert background not in server.workers() and len(server.workers()) == 2
         deliver(server, 0)
         wait_for(lambda: state(db)[1] == {"wamid.K0"}, what="the message to be processed")
+        # What the background process did is counted in serve's /metrics too.
+        _, _, metrics = server.request("GET", "/metrics")
+        assert 'wa_access_webhooks_processed_total{result="done"} 1.0' in metrics.decode()
     assert gone(background)
     db.dispose()
 

@@ -96,7 +96,7 @@ def configure_postgresql(engine: Engine) -> None:
         try:
             engine.dialect.do_ping(dbapi_conn)
         except engine.dialect.loaded_dbapi.Error as exc:
-            # The pool drops this connection and hands out another (up to three tries).
+            # The pool drops this connection and tries another.
             raise DisconnectionError("the pooled connection is gone") from exc
 
     @event.listens_for(engine, "begin")
