@@ -26,6 +26,17 @@ def create_app(runtime: Runtime) -> Flask:
     # worker builds its app (bot/metrics.py).
     from .metrics import install_metrics
 
+    settings = runtime.settings
+    if settings.whatsapp_app_secret and settings.whatsapp_verify_token:
+        from .whatsapp.door import WebhookDoor
+
+        # In front of Flask and inside the middleware below, which log and count it.
+        app.wsgi_app = WebhookDoor(  # type: ignore[method-assign]
+            app.wsgi_app,
+            runtime.webhooks.store,
+            settings.whatsapp_app_secret,
+            settings.whatsapp_verify_token,
+        )
     install_request_logging(app)
     install_metrics(app)
     app.register_blueprint(ops_routes(runtime))
@@ -34,14 +45,6 @@ def create_app(runtime: Runtime) -> Flask:
         from .slack.routes import slack_routes
 
         app.register_blueprint(slack_routes(runtime))
-
-    settings = runtime.settings
-    if settings.whatsapp_app_secret and settings.whatsapp_verify_token:
-        from .whatsapp.routes import whatsapp_routes
-
-        app.register_blueprint(
-            whatsapp_routes(runtime, settings.whatsapp_app_secret, settings.whatsapp_verify_token)
-        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

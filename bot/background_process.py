@@ -40,6 +40,10 @@ PROCESS_NAME = "wa-access-bg"
 """What `ps` and `top` (and tests) show for the background process, on Linux."""
 RESTART_AFTER_S = 5.0
 """A background process that died is started again, at most once per this many seconds."""
+GATHER_WAKES_S = 0.01
+"""The relay reads the pipe at most this often: under load one read then takes a burst of
+commits' bytes, where a read per byte cost the background process about a tenth of its
+CPU. Pollers of webhooks linger ten times longer than this anyway (intake_worker.py)."""
 _WAKING = {b"w": signals.webhook_received, b"o": signals.outbox_queued}
 """What a web worker's commit says through the pipe: the byte names the signal, so only the
 pollers waiting for that kind of work wake (a stored webhook must not send the outbox
@@ -182,6 +186,7 @@ class BackgroundProcess:
                     for poller in pollers:
                         if poller.wakes_on(hook):
                             poller.wake()
+            time.sleep(GATHER_WAKES_S)  # the bytes written meanwhile come in one read
 
 
 def _described(status: int) -> str:

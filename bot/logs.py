@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import sys
 import time
@@ -29,7 +30,6 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import fields
 from datetime import UTC, datetime
-from secrets import token_hex
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -217,14 +217,27 @@ def _note_gate_outcome(action: str, status: str) -> None:
     note(action=action, outcome=status)
 
 
+ROUTE_KEY = "wa_access.route"
+"""Where a WSGI door answering a route without Flask (bot/whatsapp/door.py) names it."""
+
+
 def route_of(environ: Mapping[str, Any]) -> str:
     """The URL rule Flask matched (`/slack/events`), never the path sent: `unmatched` else.
 
     Only while Flask's request is live: from start_response, not after the app returned.
     """
+    door = environ.get(ROUTE_KEY)
+    if door is not None:
+        return str(door)
     req = environ.get("werkzeug.request")
     rule = getattr(req, "url_rule", None)
     return rule.rule if rule is not None else "unmatched"
+
+
+def _new_id() -> str:
+    """32 hex digits. Not a secret, only unique: `random` rather than `secrets`, whose
+    system call per request showed in the webhook door's profile."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestLogging:
@@ -242,7 +255,7 @@ class RequestLogging:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = incoming if incoming and _INCOMING_ID.fullmatch(incoming) else token_hex(16)
+        rid = incoming if incoming and _INCOMING_ID.fullmatch(incoming) else _new_id()
         rid_token, facts_token = request_id.set(rid), _facts.set({})
         started = time.perf_counter()
         answered: list[tuple[str, str]] = []

@@ -14,9 +14,11 @@ A body with a Content-Length over the cap is refused before any of it is read.
 
 from __future__ import annotations
 
+from typing import Any, BinaryIO
+
 from flask import Request
 from werkzeug.exceptions import ClientDisconnected, LengthRequired, RequestEntityTooLarge
-from werkzeug.wsgi import LimitedStream
+from werkzeug.wsgi import LimitedStream, get_content_length
 
 # 4 MiB is far above any Slack payload (a message of 50 blocks, percent-encoded)
 # and above the 3 MB a WhatsApp webhook batch may reach.
@@ -27,6 +29,11 @@ _CACHE = "wa_access.body"
 
 
 def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body of a Flask request: `read_environ_body` of its environ."""
+    return read_environ_body(request.environ, limit)
+
+
+def read_environ_body(environ: dict[str, Any], limit: int = MAX_BODY_BYTES) -> bytes:
     """The request's body as bytes, at most `limit` of them, read once per request.
 
     Raises `RequestEntityTooLarge` (413) past the limit, `LengthRequired` (411)
@@ -34,22 +41,22 @@ def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     sets `wsgi.input_terminated`, as gunicorn does), and `ClientDisconnected`
     (400) for a body that ends before its Content-Length.
     """
-    environ = request.environ
     cached = environ.get(_CACHE)
     if isinstance(cached, bytes):
         return cached
     _bound_reads(environ)
-    length = request.content_length  # None when chunked, whatever Content-Length says
+    stream: BinaryIO = environ["wsgi.input"]
+    length = get_content_length(environ)  # None when chunked, whatever Content-Length says
     if length is not None:
         if length > limit:
             raise RequestEntityTooLarge()
-        body = _read_exactly(request, length) if length else b""
+        body = _read_exactly(stream, length) if length else b""
     elif "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = b""  # neither a length nor chunks: HTTP/1.1 says there is no body
     elif "wsgi.input_terminated" not in environ:
         raise LengthRequired("Send the body with a Content-Length.")
     else:
-        body = _read_terminated(request, limit)
+        body = _read_terminated(stream, limit)
     environ[_CACHE] = body
     return body
 
@@ -65,17 +72,16 @@ def _bound_reads(environ: dict[str, object]) -> None:
         settimeout(READ_TIMEOUT_S)
 
 
-def _read_exactly(request: Request, length: int) -> bytes:
+def _read_exactly(stream: BinaryIO, length: int) -> bytes:
     try:
-        return LimitedStream(request.input_stream, length).readall()
+        return LimitedStream(stream, length).readall()
     except ClientDisconnected:
         raise
     except Exception as exc:  # the server's own framing errors: the body is malformed
         raise ClientDisconnected() from exc
 
 
-def _read_terminated(request: Request, limit: int) -> bytes:
-    stream = request.input_stream
+def _read_terminated(stream: BinaryIO, limit: int) -> bytes:
     parts: list[bytes] = []
     total = 0
     while True:

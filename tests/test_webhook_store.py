@@ -11,11 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Table, select
+from sqlalchemy.exc import DBAPIError
 
 from rbac_core import Database, ManualClock
+from rbac_core.clock import utcnow
+from rbac_core.store.inserts import insert_new_sql
 from rbac_core.store.models import InboundWebhook
 from rbac_core.store.webhook_inbox import WebhookInbox
 
@@ -131,3 +135,53 @@ def test_a_body_stored_from_inside_a_transaction_is_refused_at_once_never_queued
     with db.read(), pytest.raises(RuntimeError, match="outside any transaction"):
         inbox.store("whatsapp", '{"n":1}')
     assert inbox.store("whatsapp", '{"n":1}') is True
+
+
+@pytest.mark.parametrize("count", [1, 8, 9, 200])
+def test_every_column_reads_back_as_written_however_many_rows_share_a_statement(
+    db: Database, clock: ManualClock, count: int
+) -> None:
+    """A few rows go as VALUES, more as one array per column on PostgreSQL (inserts.py):
+    either way the text, the timestamp and the defaults are stored as the ORM would."""
+    inbox = WebhookInbox(db, clock)
+    bodies = [f'{{"n":{n},"text":"caf\u00e9 \\u00e9 {"x" * n}"}}' for n in range(count)]
+    kept = inbox.store_many("whatsapp", [bodies[0], *bodies])
+    assert kept == [True, False, *[True] * (count - 1)]
+    with db.read() as session:
+        rows = list(session.scalars(select(InboundWebhook).order_by(InboundWebhook.id)))
+    assert [row.body for row in rows] == bodies
+    assert {(r.source, r.status, r.attempt, r.owner, r.finished_at) for r in rows} == {
+        ("whatsapp", "queued", 0, None, None)
+    }
+    assert {r.received_at for r in rows} == {r.next_try_at for r in rows} == {utcnow(clock)}
+
+
+@pytest.mark.parametrize("count", [1, 12])
+def test_a_value_too_long_for_its_column_is_refused_never_cut_short(
+    db: Database, clock: ManualClock, count: int
+) -> None:
+    """However the rows travel (VALUES, or arrays on PostgreSQL), the column's length holds:
+    two values sharing a long prefix must never become one row. SQLite does not enforce
+    VARCHAR lengths, so there the value is kept whole."""
+    inbox = WebhookInbox(db, clock)
+    rows = [
+        {"source": "x" * 17 if n == 0 else "whatsapp", "digest": f"d{n}", "body": "{}"}
+        for n in range(count)
+    ]
+    full = [
+        {**row, "received_at": utcnow(clock), "status": "queued", "attempt": 0}
+        | {"next_try_at": utcnow(clock)}
+        for row in rows
+    ]
+    table = cast(Table, InboundWebhook.__table__)
+    statements = insert_new_sql(db.engine.dialect, table, full, ("source", "digest"), "digest")
+    if db.is_sqlite:
+        assert {d for sql, params in statements for (d,) in db.single(sql, params)} == {
+            f"d{n}" for n in range(count)
+        }
+        return
+    with pytest.raises(DBAPIError, match="too long"):
+        for sql, params in statements:
+            db.single(sql, params)
+    assert bodies_kept(db) == []
+    assert inbox.store_many("whatsapp", ["{}"]) == [True]

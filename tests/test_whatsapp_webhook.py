@@ -301,3 +301,78 @@ def test_the_echoed_challenge_cannot_be_read_as_anything_but_text(client: FlaskC
     query["hub.challenge"] = "1158201444"
     answer = client.get(URL, query_string=query)
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+# -- the door around Flask: what any other route would answer ----------------------------
+
+
+def test_other_methods_are_405_naming_the_two_it_answers(client: FlaskClient) -> None:
+    for method in ("PUT", "DELETE", "PATCH", "OPTIONS"):
+        answer = client.open(URL, method=method, data=b"{}")
+        assert answer.status_code == 405, method
+        assert answer.headers["Allow"] == "GET, HEAD, POST"
+        assert answer.get_json()["error"] == "method_not_allowed"
+
+
+def test_head_answers_as_get_without_a_body(client: FlaskClient) -> None:
+    query = {"hub.mode": "subscribe", "hub.challenge": "1158201444", "hub.verify_token": "x"}
+    answer = client.head(URL, query_string=query)
+    assert answer.status_code == 403 and answer.get_data() == b""
+
+
+def test_the_door_is_counted_and_logged_under_its_route_with_a_request_id(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="wa_access.http")
+    body = as_meta_sends(notification(text_message()))
+    answer = client.post(URL, data=body, headers={**signed(body), "X-Request-Id": "req-42"})
+    assert answer.headers["X-Request-Id"] == "req-42"
+    [line] = [r for r in caplog.records if r.name == "wa_access.http"]
+    assert (line.route, line.status) == (URL, 200)
+    samples = parse(client.get("/metrics").get_data(as_text=True))
+    assert samples[("wa_access_http_requests_total", (("route", URL), ("status", "200")))] >= 1
+
+
+def test_a_database_that_fails_the_store_is_a_json_500_so_meta_delivers_again(
+    client: FlaskClient, db: Database, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    def broken(*args: object) -> list[tuple[object, ...]]:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(Database, "single", broken)
+    body = as_meta_sends(notification(text_message()))
+    answer = client.post(URL, data=body, headers=signed(body))
+    assert answer.status_code == 500
+    assert answer.get_json() == {"error": "internal_error", "message": "something went wrong"}
+    assert "the database went away" not in answer.get_data(as_text=True)
+    assert any(r.exc_info for r in caplog.records if r.levelno == logging.ERROR)
+    monkeypatch.undo()
+    assert client.post(URL, data=body, headers=signed(body)).get_json() == {"status": "received"}
+
+
+def test_every_other_path_is_flasks(client: FlaskClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.post(URL + "/", data=b"{}").status_code == 404
+    assert client.get("/whatsapp/webhooks").get_json()["error"] == "not_found"
+
+
+def test_a_doubled_leading_slash_reaches_the_door_as_it_reached_flasks_route(
+    client: FlaskClient, db: Database
+) -> None:
+    """A callback URL registered as a base URL ending in / plus /whatsapp/webhook."""
+    body = as_meta_sends(notification(text_message()))
+    doubled = {"PATH_INFO": "//whatsapp/webhook"}  # as gunicorn passes it; a URL would not
+    answer = client.post(URL, data=body, headers=signed(body), environ_overrides=doubled)
+    assert answer.get_json() == {"status": "received"}
+    assert len(stored(db)) == 1
+
+
+def test_the_first_value_of_a_repeated_query_parameter_counts_even_when_blank(
+    client: FlaskClient,
+) -> None:
+    query = (
+        "hub.mode=subscribe&hub.challenge=123&hub.verify_token=&hub.verify_token=" + VERIFY_TOKEN
+    )
+    assert client.get(f"{URL}?{query}").status_code == 403
+    blank_mode = f"hub.mode=&hub.mode=subscribe&hub.challenge=123&hub.verify_token={VERIFY_TOKEN}"
+    assert client.get(f"{URL}?{blank_mode}").status_code == 403
