@@ -51,6 +51,10 @@ class Poller(ABC):
             total += handled
         return total
 
+    def was_full(self, handled: int) -> bool:
+        """Whether the batch just run was full, so more may be due at once: no lingering."""
+        return handled >= self.full
+
     def wakes_on(self, hook: Signal) -> bool:
         """Whether a commit that sends `hook` is work for this poller."""
         return hook in self._wake_on
@@ -73,7 +77,7 @@ class Poller(ABC):
                 if handled == 0:
                     self._wake.wait(self.poll)
                     self._wake.clear()
-                if handled < self.full and self.linger:
+                if not self.was_full(handled) and self.linger:
                     self._stop.wait(self.linger)
         finally:
             for hook in self._wake_on:

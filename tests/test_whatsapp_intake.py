@@ -675,7 +675,8 @@ def test_under_load_one_gate_call_and_one_audit_entry_serve_many_bodies(
     ts = now_ts(clock, ago=60)
     for i in range(120):
         store(db, clock, notification(messages_change(messages=[text("x", f"wamid.M{i}", ts)])))
-    assert IntakeWorker(WebhookInbox(db, clock), gate, Outbox(db, clock)).run_until_idle() == 120
+    worker = IntakeWorker(WebhookInbox(db, clock), gate, Outbox(db, clock), batch=50)
+    assert worker.run_until_idle() == 120
     entries = [json.loads(e.details) for e in audit_rows(db) if e.action == "whatsapp.ingest"]
     assert [d["counts"]["messages"] for d in entries] == [50, 50, 20]
     assert count(db, ConversationMessage) == 120
@@ -767,3 +768,19 @@ def test_a_body_whose_worker_died_holding_it_is_taken_alone_and_given_up_with_an
     assert inbox.counts() == {"given_up": 1, "done": 2}
     [(_, to, data)] = notices(db, "whatsapp.webhook_given_up")
     assert to == "channel:alert" and data["webhook"] == 1 and data["attempts"] == 2
+
+
+def test_a_take_stops_short_of_its_byte_budget_but_always_takes_one(
+    db: Database, gate: Gate, clock: ManualClock, workspace: None
+) -> None:
+    """Up to 200 small bodies go in one gate call; large ones (up to 4 MiB each) must not
+    make a worker hold hundreds of MiB."""
+    ts = now_ts(clock, ago=60)
+    for i, size in enumerate((3000, 3000, 3000, 9000)):
+        padded = text("x" * size, f"wamid.B{i}", ts)
+        store(db, clock, notification(messages_change(messages=[padded])))
+    inbox = WebhookInbox(db, clock)
+    assert [t.id for t in inbox.take("w", max_bytes=7000)] == [1, 2]
+    assert [t.id for t in inbox.take("w", max_bytes=7000)] == [3]
+    assert [t.id for t in inbox.take("w", max_bytes=7000)] == [4]  # larger than it: alone
+    assert inbox.take("w", max_bytes=7000) == []

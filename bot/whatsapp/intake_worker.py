@@ -21,7 +21,12 @@ from rbac_core import signals
 from rbac_core.gate import Gate, Outcome
 from rbac_core.outbox import ALERT_CHANNEL, Notice, Outbox
 from rbac_core.store.leases import default_owner
-from rbac_core.store.webhook_inbox import TakenWebhook, WebhookInbox
+from rbac_core.store.webhook_inbox import (
+    TAKE_LIMIT,
+    TAKE_MAX_BYTES,
+    TakenWebhook,
+    WebhookInbox,
+)
 
 from ..polling import Poller
 
@@ -44,7 +49,7 @@ class IntakeWorker(Poller):
         outbox: Outbox,
         *,
         owner: str | None = None,
-        batch: int = 50,
+        batch: int = TAKE_LIMIT,
         poll: float = POLL_SECONDS,
     ) -> None:
         super().__init__(poll, (signals.webhook_received,))
@@ -54,9 +59,15 @@ class IntakeWorker(Poller):
         self.owner = owner or default_owner()
         self.batch = batch
         self.full = batch
+        self._bytes = 0
+
+    def was_full(self, handled: int) -> bool:
+        # A take stops short of TAKE_MAX_BYTES: half of it is a full batch of large bodies.
+        return handled >= self.full or self._bytes * 2 >= TAKE_MAX_BYTES
 
     def run_once(self) -> int:
         taken = self.inbox.take(self.owner, self.batch, on_end=self._given_up)
+        self._bytes = sum(len(t.body) for t in taken)
         if not taken:
             return 0
         try:
