@@ -145,3 +145,21 @@ def test_after_one_lost_postgresql_connection_the_pool_opens_new_ones_for_the_ne
         session.scalar(text("SELECT 1"))
     with db.read() as session:
         assert session.scalar(text("SELECT pg_backend_pid()")) not in backends
+
+
+def test_one_of_finds_exactly_the_rows_named_however_many_and_however_long(db: Database) -> None:
+    """`= ANY(array)` on PostgreSQL, IN elsewhere: one statement for any count of values,
+    and a value longer than its column never matches a row that shares its prefix."""
+    from rbac_core.store.models import Customer
+    from rbac_core.store.statements import one_of
+
+    longest = "u:" + "x" * 298  # the column's whole length
+    keys = [longest, *(f"w:1650555{n:04d}" for n in range(250))]
+    with db.write() as session:
+        session.execute(
+            insert(Customer), [{"key": k, "created_at": utcnow(), "wa_id": None} for k in keys]
+        )
+    for wanted in ([], keys[1:2], keys[1:201], [longest + "y", keys[3]], [longest]):
+        with db.read() as session:
+            query = select(Customer.key).where(one_of(session, Customer.key, wanted))
+            assert sorted(session.scalars(query)) == sorted(set(wanted) & set(keys))

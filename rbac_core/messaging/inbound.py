@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from ..store.inserts import insert_new_many
 from ..store.models import Conversation, ConversationMessage, Customer
+from ..store.statements import one_of
 from ..store.transaction import txn_of
 from . import people
 from .events import (
@@ -98,7 +99,7 @@ def _customers(
     c = _CUSTOMERS.c
     for start in range(0, len(keys), CHUNK):
         query = select(c.key, c.id, c.wa_id, c.name, c.username).where(
-            c.key.in_(keys[start : start + CHUNK])
+            one_of(session, c.key, keys[start : start + CHUNK])
         )
         for key, *rest in session.execute(query):
             found[str(key)] = (int(rest[0]), rest[1], rest[2], rest[3])
@@ -127,7 +128,7 @@ def _conversations(
     ids: dict[tuple[str, int], int] = {}
     for start in range(0, len(customers), CHUNK):
         query = select(c.number, c.customer_id, c.id).where(
-            c.customer_id.in_(customers[start : start + CHUNK])
+            one_of(session, c.customer_id, customers[start : start + CHUNK])
         )
         for number, customer, conversation in session.execute(query):
             if (number, customer) in wanted:

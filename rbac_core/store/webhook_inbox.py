@@ -29,6 +29,7 @@ from .db import Database
 from .group_commit import Combiner, Pending
 from .inserts import insert_new_sql
 from .models import InboundWebhook
+from .statements import one_of
 
 LEASE = timedelta(seconds=20)
 """Many times what a body of 1,000 events takes on a slow database. A lease that lapsed
@@ -184,7 +185,7 @@ class WebhookInbox:
                 c = _ROWS.c
                 rows = txn.session.execute(
                     _ROWS.update()
-                    .where(c.id.in_(ids), _due(now))
+                    .where(one_of(txn.session, c.id, ids), _due(now))
                     .values(
                         status=leases.RUNNING,
                         owner=owner,
@@ -284,7 +285,7 @@ def finish_in(session: Session, owner: str, held: Sequence[tuple[int, int]], now
     for attempt, ids in sorted(by_attempt.items()):
         result = session.execute(
             _ROWS.update()
-            .where(_ROWS.c.id.in_(ids), leases.held(_ROWS, owner, attempt))
+            .where(one_of(session, _ROWS.c.id, ids), leases.held(_ROWS, owner, attempt))
             .values(**values)
         )
         moved += result.rowcount  # type: ignore[attr-defined]
