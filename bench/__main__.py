@@ -21,6 +21,7 @@ from . import (
     access_review,
     audit_chain,
     decisions,
+    engines,
     policy_reload,
     slack_instructions,
     slack_roundtrip,
@@ -68,6 +69,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         choices=(
             "decisions",
+            "engines",
             "audit",
             "slack",
             "slack-instructions",
@@ -81,7 +83,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pg",
         metavar="URL",
-        help="also run the access review and WhatsApp benchmarks on this PostgreSQL "
+        help="also run the gate path, access review and WhatsApp benchmarks on this PostgreSQL "
         "database (in a schema of its own, dropped afterwards)",
     )
     parser.add_argument(
@@ -95,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header(args)
     if args.only in (None, "decisions"):
         decisions.run(quick=args.quick, seed=args.seed)
+    if args.only in (None, "engines"):
+        engines.run(quick=args.quick, seed=args.seed, pg_url=args.pg)
     if args.only in (None, "audit"):
         audit_chain.run(quick=args.quick)
     if args.only in (None, "slack"):

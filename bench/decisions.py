@@ -73,14 +73,16 @@ class Workload:
         )
 
 
-def build_workload(seed: int, now: float) -> Workload:
-    """60 permissions, 25 roles in a DAG, 1,000 users with 1-3 grants each, 10,000 queries.
+def build_workload(seed: int, now: float, catalogue: Sequence[str] | None = None) -> Workload:
+    """60 permissions (or `catalogue`), 25 roles in a DAG, 1,000 users with 1-3 grants
+    each, 10,000 queries.
 
     Half of the queries are drawn from what a user actually holds (so a good
     share is allowed, as at a real gate) and half uniformly (mostly denied).
     """
     rng = random.Random(seed)
-    catalogue = tuple(f"res{r:02d}:action{a}" for r in range(N_RESOURCES) for a in range(N_ACTIONS))
+    if catalogue is None:
+        catalogue = [f"res{r:02d}:action{a}" for r in range(N_RESOURCES) for a in range(N_ACTIONS)]
     roles: list[RoleSpec] = []
     for i in range(N_ROLES):
         earlier = [r.name for r in roles]

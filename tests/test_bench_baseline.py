@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+from rbac_core import Database
+
 from .test_http import REPO, START_TIMEOUT_S, _free_port
 
 
@@ -39,3 +41,24 @@ def test_the_bare_baseline_serves_through_wa_access_serves_own_gunicorn_settings
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_the_engines_benchmark_puts_the_same_policy_in_the_database_as_in_the_other_engines(
+    db: Database,
+) -> None:
+    """Its ratios compare like with like only if the gate, reading the database the
+    benchmark filled, answers what the in-memory policy (and so pycasbin and cedarpy,
+    checked in the run itself) answers."""
+    from bench.decisions import build_workload
+    from bench.engines import fill, unique_grants
+    from rbac_core import build_gate
+    from rbac_core.policy.catalogue import CATALOGUE
+
+    workload = unique_grants(build_workload(7, time.time(), sorted(CATALOGUE)))
+    fill(db, workload)
+    gate, policy = build_gate(db), workload.policy()
+    queries = workload.queries[:500]
+    assert [gate.decide(*q).allowed for q in queries] == [
+        policy.decide(*q).allowed for q in queries
+    ]
+    assert any(policy.decide(*q).allowed for q in queries)
