@@ -82,10 +82,9 @@ def resolve_scope(session: Session, value: object, *, registered: bool = False) 
     nothing. Revoking and explaining accept any number, so a grant made on a
     number since removed can still be found and revoked.
     """
-    text = "" if value is None else str(value).strip()
-    if text in ("", WILDCARD):
-        return WILDCARD
-    if is_phone_number_id(text):
+    scope = scope_without_lookup(value)
+    if scope is None:  # a phone-number id
+        text = str(value).strip()
         number = session.scalar(select(Number.e164).where(Number.phone_number_id == text))
         if number is None:
             raise UnknownNumber(
@@ -93,13 +92,23 @@ def resolve_scope(session: Session, value: object, *, registered: bool = False) 
                 "give the number in E.164 form, e.g. +15550001111"
             )
         return number
-    e164 = parse_e164(text)
-    if registered and session.get(Number, e164) is None:
+    if scope != WILDCARD and registered and session.get(Number, scope) is None:
         raise UnknownNumber(
-            f"{e164} is not a registered WhatsApp number: an operator adds it with "
-            f"`wa-access number add {e164} --id PHONE_NUMBER_ID`"
+            f"{scope} is not a registered WhatsApp number: an operator adds it with "
+            f"`wa-access number add {scope} --id PHONE_NUMBER_ID`"
         )
-    return e164
+    return scope
+
+
+def scope_without_lookup(value: object) -> str | None:
+    """`resolve_scope`'s answer where it needs no database (`*`, an E.164 number in any
+    common spelling); None for a phone-number id. Raises MalformedNumber as it does."""
+    text = "" if value is None else str(value).strip()
+    if text in ("", WILDCARD):
+        return WILDCARD
+    if is_phone_number_id(text):
+        return None
+    return parse_e164(text)
 
 
 def register_number(

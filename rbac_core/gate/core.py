@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from .. import signals
 from ..clock import Clock, system_clock, utcnow
-from ..directory import is_registered, resolve_scope
+from ..directory import is_registered, resolve_scope, scope_without_lookup
 from ..policy import Decision, Policy, PolicyCache
 from ..policy.versions import lock_policy
 from ..principals import Principal, Surface, trusted
@@ -105,10 +105,24 @@ class Gate(Stages):
 
         `scope` may be `*`, an E.164 number in any common spelling, or a
         registered Graph phone-number id; a malformed one raises MalformedNumber.
+
+        Fresh: a change committed by any process before this call began counts. On
+        SQLite an unchanged policy stamp says so without a transaction (store/stamp.py);
+        on PostgreSQL, or when the stamp moved, the version is read.
         """
+        stamp = self.db.policy_stamp
+        seen = None if stamp is None else stamp.read()  # before the version, never after
+        if seen is not None:
+            policy = self.policies.trusted(seen)
+            canonical = scope_without_lookup(scope) if policy is not None else None
+            if policy is not None and canonical is not None:
+                return policy.decide(user, permission, canonical)
         with self.db.transaction(write=False) as txn:
             canonical = resolve_scope(txn.session, scope) if scope != "*" else scope
-            return self.policies.refresh(txn).decide(user, permission, canonical)
+            policy = self.policies.refresh(txn)
+            if seen is not None:
+                self.policies.trust(seen, policy)
+            return policy.decide(user, permission, canonical)
 
     def knows(self, user: str) -> bool:
         """Whether `user` is registered: a read a surface needs before asking Slack about

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 from sqlalchemy import select
@@ -18,6 +19,7 @@ from .. import signals
 from ..clock import Clock, system_clock
 from ..store import Txn
 from ..store.models import Grant, Role, RoleParent, RolePermission, User
+from ..store.stamp import TRUST_S
 from .catalogue import PERMISSIONS
 from .snapshot import FOREVER, PARTIAL_RELOAD_MAX, GrantSpec, Policy, RoleSpec
 from .versions import changed_users, read_policy_version
@@ -105,6 +107,19 @@ class PolicyCache:
         self._lock = threading.Lock()
         self.full_reloads = 0  # counted for tests and benchmarks
         self.partial_reloads = 0
+        self._trusted: tuple[int, Policy, float] | None = None
+
+    def trusted(self, stamp: int) -> Policy | None:
+        """The snapshot last read while the policy stamp said `stamp`, if it still says so
+        and that read is under TRUST_S old (store/stamp.py); else None: read the version."""
+        found = self._trusted
+        if found is None or found[0] != stamp or time.monotonic() - found[2] >= TRUST_S:
+            return None
+        return found[1]
+
+    def trust(self, stamp: int, policy: Policy) -> None:
+        """`policy` was read after the stamp said `stamp`: fresh for as long as it says so."""
+        self._trusted = (stamp, policy, time.monotonic())
 
     def refresh(self, txn: Txn, version: int | None = None) -> Policy:
         """The snapshot for `version`, read from `txn` unless the caller just read it.

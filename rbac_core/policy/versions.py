@@ -59,6 +59,7 @@ def bump_policy_version(txn: Txn, users: Iterable[str] | None) -> int:
     listed = None if users is None else json.dumps(sorted(set(users)))
     txn.run(_RECORD, {"version": version, "users": listed})
     txn.run(_PRUNE, {"oldest_dropped": version - CHANGES_KEPT})
+    txn.note_policy_change()
     return version
 
 

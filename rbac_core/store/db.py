@@ -7,6 +7,7 @@ precompiled statements in `statements.py`.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,10 @@ from .dialects import (
     normalize_url,
     query_only_sqlite,
 )
+from .stamp import Stamp
 from .transaction import Txn
+
+log = logging.getLogger(__name__)
 
 _IDLE_MAX = 8  # kept connections per engine and process, about one per serving thread
 
@@ -65,6 +69,14 @@ class Database:
             configure_postgresql(self.engine)
             self._begin = begin_postgresql
             self.writer_lock = None
+        # Whether policy moved, for the price of a memory load (stamp.py): SQLite only,
+        # whose processes share one machine; in memory, this process is the only one.
+        self.policy_stamp: Stamp | None = None
+        if self.is_sqlite:
+            try:
+                self.policy_stamp = Stamp(None if in_memory else f"{path}.policy-stamp")
+            except OSError as exc:  # a read-only directory: every decision reads the version
+                log.warning("no policy stamp beside the database (%s): decisions read it", exc)
         # Connections to a SQLite file that a finished transaction left clean are kept
         # checked out for the next one: SQLAlchemy's checkout and checkin (events, a
         # reset by rollback) cost a tenth of a `/wa-role show`. Not on PostgreSQL,
@@ -87,7 +99,7 @@ class Database:
         # The checkout and checkin stay outside the writers' lock: every
         # microsecond inside it is one all other writers of every process wait.
         pooled = self._checkout(engine, write)
-        txn = Txn(engine, pooled)
+        txn = Txn(engine, pooled, self.policy_stamp)
         reusable = False
         self._here.depth = getattr(self._here, "depth", 0) + 1
         try:
@@ -237,3 +249,5 @@ class Database:
                         kept.close()
         self.engine.dispose()
         self._reader.engine.dispose()
+        if self.policy_stamp is not None:
+            self.policy_stamp.close()

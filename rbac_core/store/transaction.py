@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
+from .stamp import Stamp
 from .statements import Sql
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ class Txn:
     statements and ORM work share one snapshot and commit or roll back together.
     """
 
-    def __init__(self, engine: Engine, pooled: PoolProxiedConnection) -> None:
+    def __init__(
+        self, engine: Engine, pooled: PoolProxiedConnection, policy_stamp: Stamp | None = None
+    ) -> None:
         self._engine = engine
+        self._policy_stamp = policy_stamp
         self._pooled = pooled
         self._conn: Connection | None = None
         self._session: Session | None = None
@@ -55,6 +59,13 @@ class Txn:
         if self._after_commit is None:
             self._after_commit = []
         self._after_commit.append(callback)
+
+    def note_policy_change(self) -> None:
+        """This transaction changes policy: once it commits, tell this machine's processes
+        (stamp.py), before the caller hears it is done."""
+        stamp = self._policy_stamp
+        if stamp is not None:
+            self.after_commit(stamp.bump)
 
     def _run_after_commit(self) -> None:
         callbacks, self._after_commit = self._after_commit or [], None
