@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,23 +18,34 @@ from sqlalchemy import text, update
 
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import utcnow
-from rbac_core.policy import loading
 from rbac_core.store.models import Grant
-from rbac_core.store.stamp import TRUST_S, Stamp
+from rbac_core.store.stamp import TRUST_S, Stamp, stamp_path
 
 from .conftest import ADMIN, ALICE
-from .helpers import run
+from .helpers import live_grants, run
 
 JOIN_S = 60
+NUMBER = "+15550001111"
 
 
 def _decider(url: str, conn: Connection) -> None:
-    """Another process: a gate of its own, deciding on demand."""
+    """Another process: a gate of its own, deciding on demand; it answers whether the
+    decision allowed, and how many transactions it opened to decide."""
     db = Database(url)
     gate = build_gate(db)
+    gate.policies.trust_clock = lambda: 0.0  # trust never runs out: only the stamp can tell
+    opened = [0]
+    real = db.transaction
+
+    def counting(**kwargs: Any) -> Any:
+        opened[0] += 1
+        return real(**kwargs)
+
+    db.transaction = counting  # type: ignore[method-assign]
     try:
         while (asked := conn.recv()) is not None:
-            conn.send(gate.decide(*asked).allowed)
+            before = opened[0]
+            conn.send((gate.decide(*asked).allowed, opened[0] - before))
     finally:
         db.dispose()
 
@@ -50,29 +62,34 @@ def elsewhere(db_url: str) -> Iterator[Connection]:
     assert process.exitcode == 0
 
 
-def decide_there(conn: Connection, *asked: str) -> bool:
+def decide_there(conn: Connection, *asked: str) -> tuple[bool, int]:
+    """(allowed, transactions the other process opened to decide)."""
     conn.send(asked)
     assert conn.poll(JOIN_S), "the other process did not answer"
-    return bool(conn.recv())
+    allowed, opened = conn.recv()
+    return bool(allowed), int(opened)
 
 
 def test_a_grant_revoked_here_is_refused_by_the_next_decision_in_another_process(
-    gate: Gate, team: dict[str, str], elsewhere: Connection
+    db: Database, gate: Gate, team: dict[str, str], elsewhere: Connection
 ) -> None:
-    assert not decide_there(elsewhere, ALICE, "messages:send_text")
+    warm = 0 if db.is_sqlite else 1  # on PostgreSQL every decision reads the version
+    assert decide_there(elsewhere, ALICE, "messages:send_text") == (False, 1)
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
-    for _ in range(3):  # warm: decided from the snapshot, the stamp unchanged
-        assert decide_there(elsewhere, ALICE, "messages:send_text", "+15550001111")
+    assert decide_there(elsewhere, ALICE, "messages:send_text", NUMBER) == (True, 1)
+    for _ in range(3):  # from its snapshot: the stamp has not moved
+        assert decide_there(elsewhere, ALICE, "messages:send_text", NUMBER) == (True, warm)
     assert run(gate, ADMIN, "role.revoke", user=ALICE, role="agent").ok
-    assert not decide_there(elsewhere, ALICE, "messages:send_text", "+15550001111")
+    assert decide_there(elsewhere, ALICE, "messages:send_text", NUMBER) == (False, 1)
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
-    assert decide_there(elsewhere, ALICE, "messages:send_text")
+    assert decide_there(elsewhere, ALICE, "messages:send_text") == (True, 1)
 
 
 def test_while_policy_stands_still_a_decision_opens_no_transaction_on_sqlite(
     db: Database, gate: Gate, team: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On PostgreSQL, whose processes may live on other machines, it always reads."""
+    gate.policies.trust_clock = lambda: 0.0
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
     assert gate.decide(ALICE, "messages:send_text").allowed
     opened: list[bool] = []
@@ -89,38 +106,94 @@ def test_while_policy_stands_still_a_decision_opens_no_transaction_on_sqlite(
 
 
 def test_a_change_the_stamp_missed_counts_within_its_trust_period(
-    db: Database, gate: Gate, team: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    db: Database, gate: Gate, team: dict[str, str]
 ) -> None:
-    """A writer that died between its commit and its bump, or SQL typed by hand: the
+    """A writer killed between its commit and its bump, or SQL typed by hand: the
     snapshot is read again once it is TRUST_S old."""
     if not db.is_sqlite:
         pytest.skip("PostgreSQL reads the version for every decision: nothing to miss")
+    now = [0.0]
+    gate.policies.trust_clock = lambda: now[0]
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
     assert gate.decide(ALICE, "messages:send_text").allowed
     with db.engine.begin() as conn:  # by hand: no gate, no stamp
         conn.execute(update(Grant).where(Grant.user_id == ALICE).values(revoked_at=utcnow()))
         conn.execute(text("UPDATE policy_state SET version = version + 1"))
+    now[0] = TRUST_S * 0.9
     assert gate.decide(ALICE, "messages:send_text").allowed  # not seen yet
-    later = loading.time.monotonic() + TRUST_S
-    monkeypatch.setattr(loading.time, "monotonic", lambda: later)
+    now[0] = TRUST_S
     assert not gate.decide(ALICE, "messages:send_text").allowed
 
 
-def _bump(path: str, times: int) -> None:
+def test_every_spelling_of_one_database_shares_one_stamp(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "wa.db"
+    real.parent.mkdir()
+    (tmp_path / "link.db").symlink_to(real)
+    expected = str(real.resolve()) + ".policy-stamp"
+    for spelling in (
+        str(real),
+        str(tmp_path / "link.db"),
+        f"file:{real}?uri=true",
+        f"file:{tmp_path / 'data' / '..' / 'data' / 'wa.db'}",
+    ):
+        assert stamp_path(spelling) == expected, spelling
+    assert stamp_path("") is None and stamp_path(":memory:") is None
+    assert stamp_path("file:shared?mode=memory&cache=shared") is None
+
+
+def test_a_change_through_a_symlinked_path_is_seen_through_the_real_one(
+    db_url: str, tmp_path: Path, gate: Gate, team: dict[str, str]
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("a SQLite file's spellings")
+    link = tmp_path / "spelled-otherwise.db"
+    link.symlink_to(db_url.removeprefix("sqlite:///"))
+    other_db = Database(f"sqlite:///{link}")
+    try:
+        reader = build_gate(other_db)
+        reader.policies.trust_clock = lambda: 0.0
+        assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+        assert reader.decide(ALICE, "messages:send_text").allowed
+        assert run(gate, ADMIN, "role.revoke", user=ALICE, role="agent").ok
+        assert not reader.decide(ALICE, "messages:send_text").allowed
+    finally:
+        other_db.dispose()
+
+
+def test_a_policy_change_that_cannot_be_announced_is_not_made(
+    db: Database, gate: Gate, team: dict[str, str]
+) -> None:
+    """Changing policy unannounced would leave other processes deciding on the old one."""
+    stamp = db.policy_stamp
+    if not isinstance(stamp, Stamp):
+        pytest.skip("only a SQLite file has a stamp file")
+    Path(stamp.path).unlink()
+    Path(stamp.path).mkdir()  # cannot be opened as a file any more
+    stamp.close()
+    outcome = run(gate, ADMIN, "role.assign", user=ALICE, role="agent")
+    assert not outcome.ok
+    assert live_grants(db, ALICE) == []
+    Path(stamp.path).rmdir()
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+
+
+def _bump(path: str, times: int, start: Any) -> None:
     stamp = Stamp(path)
+    start.wait(JOIN_S)  # all at once: bumps that never overlap prove nothing
     for _ in range(times):
         stamp.bump()
     stamp.close()
 
 
-def test_bumps_from_several_processes_are_never_lost(tmp_path: Any) -> None:
+def test_bumps_from_several_processes_are_never_lost(tmp_path: Path) -> None:
     """Two bumps from the same value would leave one change unseen by a reader between."""
     path = str(tmp_path / "db.policy-stamp")
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_bump, args=(path, 300)) for _ in range(3)]
+    start = ctx.Barrier(3)
+    workers = [ctx.Process(target=_bump, args=(path, 3000, start)) for _ in range(3)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(JOIN_S)
         assert worker.exitcode == 0
-    assert Stamp(path).read() == 900
+    assert Stamp(path).read() == 9000

@@ -120,9 +120,11 @@ class Gate(Stages):
         with self.db.transaction(write=False) as txn:
             canonical = resolve_scope(txn.session, scope) if scope != "*" else scope
             policy = self.policies.refresh(txn)
+        if stamp is not None:
+            stamp.recheck()  # at least once a TRUST_S: is it still the file on disk?
             if seen is not None:
                 self.policies.trust(seen, policy)
-            return policy.decide(user, permission, canonical)
+        return policy.decide(user, permission, canonical)
 
     def knows(self, user: str) -> bool:
         """Whether `user` is registered: a read a surface needs before asking Slack about

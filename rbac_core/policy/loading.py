@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -108,18 +108,20 @@ class PolicyCache:
         self.full_reloads = 0  # counted for tests and benchmarks
         self.partial_reloads = 0
         self._trusted: tuple[int, Policy, float] | None = None
+        self.trust_clock: Callable[[], float] = time.monotonic
+        """Times a snapshot's trust (store/stamp.py TRUST_S); tests stop it."""
 
     def trusted(self, stamp: int) -> Policy | None:
         """The snapshot last read while the policy stamp said `stamp`, if it still says so
         and that read is under TRUST_S old (store/stamp.py); else None: read the version."""
         found = self._trusted
-        if found is None or found[0] != stamp or time.monotonic() - found[2] >= TRUST_S:
+        if found is None or found[0] != stamp or self.trust_clock() - found[2] >= TRUST_S:
             return None
         return found[1]
 
     def trust(self, stamp: int, policy: Policy) -> None:
         """`policy` was read after the stamp said `stamp`: fresh for as long as it says so."""
-        self._trusted = (stamp, policy, time.monotonic())
+        self._trusted = (stamp, policy, self.trust_clock())
 
     def refresh(self, txn: Txn, version: int | None = None) -> Policy:
         """The snapshot for `version`, read from `txn` unless the caller just read it.

@@ -7,7 +7,6 @@ precompiled statements in `statements.py`.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -30,10 +29,8 @@ from .dialects import (
     normalize_url,
     query_only_sqlite,
 )
-from .stamp import Stamp
+from .stamp import LocalStamp, Stamp, stamp_path
 from .transaction import Txn
-
-log = logging.getLogger(__name__)
 
 _IDLE_MAX = 8  # kept connections per engine and process, about one per serving thread
 
@@ -70,13 +67,11 @@ class Database:
             self._begin = begin_postgresql
             self.writer_lock = None
         # Whether policy moved, for the price of a memory load (stamp.py): SQLite only,
-        # whose processes share one machine; in memory, this process is the only one.
-        self.policy_stamp: Stamp | None = None
+        # whose processes share one machine.
+        self.policy_stamp: Stamp | LocalStamp | None = None
         if self.is_sqlite:
-            try:
-                self.policy_stamp = Stamp(None if in_memory else f"{path}.policy-stamp")
-            except OSError as exc:  # a read-only directory: every decision reads the version
-                log.warning("no policy stamp beside the database (%s): decisions read it", exc)
+            where = stamp_path(path or "")
+            self.policy_stamp = LocalStamp() if where is None else Stamp(where)
         # Connections to a SQLite file that a finished transaction left clean are kept
         # checked out for the next one: SQLAlchemy's checkout and checkin (events, a
         # reset by rollback) cost a tenth of a `/wa-role show`. Not on PostgreSQL,

@@ -15,19 +15,27 @@ it reads the version. So a decision that starts after a revocation returned
 sees the bumped counter and reads the version; one that raced with it may see
 the old counter, as it could have read the old version.
 
-What it cannot see: a writer that died between its commit and its bump, or a
-change made by hand in SQL. Readers therefore read the version anyway once
-their last read is `TRUST_S` old. PostgreSQL, whose processes may run on many
-machines, has no stamp: its readers read the version every time.
+The file is named after the database file itself (symlinks and `file:` URIs
+resolved), so every spelling of one database shares one counter. A writer that
+cannot reach the file refuses to commit its change (`ensure`), rather than
+change policy unannounced. What it cannot see: a writer killed between its
+commit and its bump, a change made by hand in SQL, or a stamp file deleted while
+processes run. Readers therefore read the version anyway once their last read
+is `TRUST_S` old, and check then that their file is still the one on disk.
+PostgreSQL, whose processes may run on many machines, has no stamp here.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import mmap
 import os
 import struct
 import threading
+from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger(__name__)
 
 _FORMAT = struct.Struct("<Q")
 
@@ -36,62 +44,115 @@ TRUST_S = 1.0
 
 
 class Stamp:
-    """A 64-bit counter in `path` (created if missing), or in this process alone (None)."""
+    """A 64-bit counter in the file `path` (created if missing)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str) -> None:
         self.path = path
         self._mutex = threading.Lock()
-        self._local = 0
         self._map: mmap.mmap | None = None
-        self._fd: int | None = None
-        self._pid = os.getpid()
-        if path is not None:
+        self._inode: tuple[int, int] | None = None
+        try:
             self._open()
+        except OSError as exc:  # tried again by every read and before every change
+            log.warning("the policy stamp %s cannot be opened yet: %s", path, exc)
 
     def _open(self) -> None:
-        assert self.path is not None
-        # Inherited across a fork: this process's copy of the descriptor. The old mapping is
-        # left to go when the last reader of it lets go (closing it under one would fail).
-        if self._fd is not None:
-            os.close(self._fd)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        if os.fstat(fd).st_size < _FORMAT.size:
-            os.ftruncate(fd, _FORMAT.size)  # zeros: a counter that starts at 0
-        self._fd, self._map = fd, mmap.mmap(fd, _FORMAT.size)
-        self._pid = os.getpid()
+        try:
+            if os.fstat(fd).st_size < _FORMAT.size:
+                os.ftruncate(fd, _FORMAT.size)  # zeros: a counter that starts at 0
+            mapped = mmap.mmap(fd, _FORMAT.size)  # keeps the file open itself
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        # A mapping replaced here is left to go when its last reader lets go of it.
+        self._map, self._inode = mapped, (info.st_dev, info.st_ino)
 
-    def read(self) -> int:
+    def read(self) -> int | None:
+        """The counter, or None when the file cannot be reached (read the version)."""
         found = self._map
         if found is None:
-            if self.path is None:
-                return self._local
-            with self._mutex:  # closed (the database disposed, then used again): reopen
-                if self._map is None:
-                    self._open()
+            try:
+                self.ensure()
+            except OSError:
+                return None
             found = self._map
             assert found is not None
         return int(_FORMAT.unpack_from(found)[0])
 
-    def bump(self) -> None:
-        """Move the counter on. Writers take the file's lock, so no bump is lost to another
-        (two bumps from the same value would leave one change unseen)."""
+    def ensure(self) -> None:
+        """Open the file if it is not; raises OSError if it cannot be."""
         with self._mutex:
-            if self.path is None:
-                self._local += 1
-                return
-            if self._map is None or self._pid != os.getpid():
-                self._open()  # closed, or after a fork: flock locks belong to an open file
-            mapped, fd = self._map, self._fd
-            assert mapped is not None and fd is not None
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if self._map is None:
+                self._open()
+
+    def recheck(self) -> None:
+        """Reopen the file if the one on disk is not the one mapped (deleted, replaced)."""
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            info = None
+        with self._mutex:
+            if info is None or (info.st_dev, info.st_ino) != self._inode:
+                try:
+                    self._open()
+                except OSError as exc:
+                    self._map = None
+                    log.warning("the policy stamp %s cannot be reopened: %s", self.path, exc)
+
+    def bump(self) -> None:
+        """Move the counter on, under the file's lock: two bumps from one value would leave
+        a change unseen by a reader that read between them."""
+        with self._mutex:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                info = os.fstat(fd)
+                if self._map is None or (info.st_dev, info.st_ino) != self._inode:
+                    self._open()
+                mapped = self._map
+                assert mapped is not None
                 _FORMAT.pack_into(mapped, 0, (_FORMAT.unpack_from(mapped)[0] + 1) % 2**64)
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)  # and with it the lock
 
     def close(self) -> None:
-        if self._map is not None and self._pid == os.getpid():
-            self._map.close()
-            assert self._fd is not None
-            os.close(self._fd)
-        self._map, self._fd = None, None
+        with self._mutex:
+            self._map = None  # unmapped when no reader holds it any more
+
+
+class LocalStamp:
+    """The stamp of databases that live in this process's memory: one counter for all of
+    them, as two `Database` objects may share one in-memory database."""
+
+    _value = 0
+    _mutex = threading.Lock()
+
+    def read(self) -> int | None:
+        return LocalStamp._value
+
+    def ensure(self) -> None:
+        pass
+
+    def recheck(self) -> None:
+        pass
+
+    def bump(self) -> None:
+        with LocalStamp._mutex:
+            LocalStamp._value += 1
+
+    def close(self) -> None:
+        pass
+
+
+def stamp_path(database: str) -> str | None:
+    """Where the stamp of the SQLite database `database` (a URL's database part) lives:
+    beside the real file, whatever spelling named it; None for one in memory."""
+    if database.startswith("file:"):
+        parts = urlsplit(database)
+        if "mode=memory" in parts.query:
+            return None
+        database = unquote(parts.path)
+    if database in ("", ":memory:"):
+        return None
+    return os.path.realpath(database) + ".policy-stamp"

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
-from .stamp import Stamp
+from .stamp import LocalStamp, Stamp
 from .statements import Sql
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,10 @@ class Txn:
     """
 
     def __init__(
-        self, engine: Engine, pooled: PoolProxiedConnection, policy_stamp: Stamp | None = None
+        self,
+        engine: Engine,
+        pooled: PoolProxiedConnection,
+        policy_stamp: Stamp | LocalStamp | None = None,
     ) -> None:
         self._engine = engine
         self._policy_stamp = policy_stamp
@@ -65,6 +68,7 @@ class Txn:
         (stamp.py), before the caller hears it is done."""
         stamp = self._policy_stamp
         if stamp is not None:
+            stamp.ensure()  # unreachable: raise, and the change is not made unannounced
             self.after_commit(stamp.bump)
 
     def _run_after_commit(self) -> None:
