@@ -1,16 +1,19 @@
 """The gate's decision path beside pycasbin and cedarpy: one scenario, one run, ratios.
 
 What a surface pays to learn whether someone may do something is not the cached
-`Policy.decide` (a memo hit, a few hundred ns) but `Gate.decide`: a read-only
-transaction that reads the policy version, so a grant revoked by another
-process is refused by the very next decision, then the decision. This puts,
+`Policy.decide` (a memo hit, a few hundred ns) but `Gate.decide`: a look at the
+policy stamp (store/stamp.py, store/listened_stamp.py), and a read of the policy
+version whenever it moved, so a grant revoked by another process is refused by
+the very next decision; then the decision. This puts,
 on one scenario (1,000 people, 25 roles in a DAG, the 38 permissions of the
 catalogue, 10 numbers; decisions.build_workload) and in one run:
 
 - wa-access: the cached decision; the first decision of a process after
   another one changed a grant (version read, partial reload, decision); the
   gate's decision path (`Gate.decide`, on SQLite and with --pg on PostgreSQL);
-  a whole read-only gate call with its audit entry (`role.show`);
+  a whole read-only gate call with its audit entry (`role.show`); on PostgreSQL,
+  how long a change takes to reach a process on another machine (a notification
+  from its commit to the listener counting it, over loopback);
 - pycasbin's `FastEnforcer` (RBAC with domains: a grant's scope is its domain,
   each role's permissions flattened through its parents) and cedarpy (a
   pre-parsed `PolicySet` and `Entities`: the fastest way either library offers);
@@ -42,6 +45,7 @@ from rbac_core.policy.catalogue import CATALOGUE
 from rbac_core.policy.versions import bump_policy_version
 from rbac_core.principals import principal_for
 from rbac_core.store import migrate, txn_of
+from rbac_core.store.listened_stamp import NOTIFY, ListenedStamp, listener_for
 from rbac_core.store.models import Grant, Role, RoleParent, RolePermission, User
 from rbac_core.values import WILDCARD
 from tests.helpers import throwaway_schema
@@ -238,6 +242,11 @@ def gate_figures(db: Database, workload: Workload, rounds: int) -> dict[str, lis
     a change made by another gate (another process's, as far as the cache can tell)."""
     reader = build_gate(db)
     queries = list(workload.queries)
+    deadline = time.monotonic() + 30
+    while db.policy_stamp.read() is None:  # PostgreSQL: until the listener is up
+        if time.monotonic() > deadline:
+            raise RuntimeError("the policy stamp never became readable")
+        time.sleep(0.01)
     for query in queries:  # every answer cached, as in a process that has run a while
         reader.decide(*query)
     figures = {"gate decide": timed_each(reader.decide, queries)}
@@ -260,7 +269,31 @@ def gate_figures(db: Database, workload: Workload, rounds: int) -> dict[str, lis
         if not refused:
             raise RuntimeError(f"a revoked grant still allowed ({user}, {perm}, {scope})")
     figures["first decision after a change"] = firsts
+    if not db.is_sqlite:
+        figures["change heard on another machine"] = heard_from_elsewhere(db, rounds)
     return figures
+
+
+def heard_from_elsewhere(db: Database, rounds: int) -> list[float]:
+    """ns from the commit of a notification signed by another machine to this process's
+    listener counting it: how stale a process elsewhere may be (listened_stamp.py)."""
+    stamp = db.policy_stamp
+    assert isinstance(stamp, ListenedStamp)
+    listener = listener_for(db.engine)
+    out: list[float] = []
+    with db.engine.connect() as conn:
+        for _ in range(rounds):
+            before = listener.heard
+            change = conn.begin()
+            conn.exec_driver_sql(NOTIFY, ("elsewhere",))
+            start = time.perf_counter_ns()
+            change.commit()
+            while listener.heard == before:
+                if time.perf_counter_ns() - start > 5e9:
+                    raise RuntimeError("a notification was never heard")
+                time.sleep(0.00002)  # lets the listener's thread have the interpreter
+            out.append(time.perf_counter_ns() - start)
+    return out
 
 
 def hinging(gate: Gate, workload: Workload) -> list[tuple[str, str, str, int]]:

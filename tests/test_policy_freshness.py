@@ -1,13 +1,16 @@
 """A decision is fresh: a change committed by any process counts from the very next decision.
 
-On SQLite a gate learns that policy has not moved from a counter the processes of the
-machine share (rbac_core/store/stamp.py) instead of a transaction; these tests hold it to
-the promise a transaction kept, across real processes, and bound what it cannot see.
+A gate learns that policy has not moved from a counter the processes of the machine
+share (rbac_core/store/stamp.py) instead of a transaction, and on PostgreSQL from a
+LISTEN for other machines' changes (listened_stamp.py); these tests hold it to the
+promise a transaction kept, across real processes, and bound what it cannot see.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -18,6 +21,7 @@ from sqlalchemy import text, update
 
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import utcnow
+from rbac_core.store.listened_stamp import APPLICATION, ListenedStamp
 from rbac_core.store.models import Grant
 from rbac_core.store.stamp import TRUST_S, Stamp, stamp_path
 
@@ -28,10 +32,22 @@ JOIN_S = 60
 NUMBER = "+15550001111"
 
 
-def _decider(url: str, conn: Connection) -> None:
+def listening(db: Database) -> None:
+    """Wait until the database's policy stamp can tell (PostgreSQL's listener is up)."""
+    deadline = time.monotonic() + JOIN_S
+    while db.policy_stamp.read() is None:
+        assert time.monotonic() < deadline, "the policy stamp never became readable"
+        time.sleep(0.01)
+
+
+def _decider(url: str, conn: Connection, runtime_dir: str | None = None) -> None:
     """Another process: a gate of its own, deciding on demand; it answers whether the
-    decision allowed, and how many transactions it opened to decide."""
+    decision allowed, and how many transactions it opened to decide. With `runtime_dir`
+    it keeps its stamps elsewhere, as a process on another machine would."""
+    if runtime_dir is not None:
+        os.environ["XDG_RUNTIME_DIR"] = runtime_dir
     db = Database(url)
+    listening(db)
     gate = build_gate(db)
     gate.policies.trust_clock = lambda: 0.0  # trust never runs out: only the stamp can tell
     opened = [0]
@@ -50,16 +66,29 @@ def _decider(url: str, conn: Connection) -> None:
         db.dispose()
 
 
-@pytest.fixture
-def elsewhere(db_url: str) -> Iterator[Connection]:
+def _another_process(db_url: str, runtime_dir: str | None = None) -> Iterator[Connection]:
     ctx = multiprocessing.get_context("spawn")
     mine, theirs = ctx.Pipe()
-    process = ctx.Process(target=_decider, args=(db_url, theirs), daemon=True)
+    process = ctx.Process(target=_decider, args=(db_url, theirs, runtime_dir), daemon=True)
     process.start()
     yield mine
     mine.send(None)
     process.join(JOIN_S)
     assert process.exitcode == 0
+
+
+@pytest.fixture
+def elsewhere(db_url: str) -> Iterator[Connection]:
+    yield from _another_process(db_url)
+
+
+@pytest.fixture
+def on_another_machine(db_url: str, tmp_path: Path) -> Iterator[Connection]:
+    """A process that shares no stamp file with this one: only PostgreSQL can tell it."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("a SQLite database is only ever used from one machine")
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    yield from _another_process(db_url, str(tmp_path / "elsewhere"))
 
 
 def decide_there(conn: Connection, *asked: str) -> tuple[bool, int]:
@@ -73,7 +102,7 @@ def decide_there(conn: Connection, *asked: str) -> tuple[bool, int]:
 def test_a_grant_revoked_here_is_refused_by_the_next_decision_in_another_process(
     db: Database, gate: Gate, team: dict[str, str], elsewhere: Connection
 ) -> None:
-    warm = 0 if db.is_sqlite else 1  # on PostgreSQL every decision reads the version
+    warm = 0  # while the stamp stands still: no transaction
     assert decide_there(elsewhere, ALICE, "messages:send_text") == (False, 1)
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
     assert decide_there(elsewhere, ALICE, "messages:send_text", NUMBER) == (True, 1)
@@ -85,10 +114,10 @@ def test_a_grant_revoked_here_is_refused_by_the_next_decision_in_another_process
     assert decide_there(elsewhere, ALICE, "messages:send_text") == (True, 1)
 
 
-def test_while_policy_stands_still_a_decision_opens_no_transaction_on_sqlite(
+def test_while_policy_stands_still_a_decision_opens_no_transaction(
     db: Database, gate: Gate, team: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On PostgreSQL, whose processes may live on other machines, it always reads."""
+    listening(db)
     gate.policies.trust_clock = lambda: 0.0
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
     assert gate.decide(ALICE, "messages:send_text").allowed
@@ -102,7 +131,7 @@ def test_while_policy_stands_still_a_decision_opens_no_transaction_on_sqlite(
     monkeypatch.setattr(db, "transaction", counting)
     assert gate.decide(ALICE, "messages:send_text", "+1 555 000 1111").allowed
     assert not gate.decide(ALICE, "templates:approve").allowed
-    assert opened == ([] if db.is_sqlite else [False, False])
+    assert opened == []
 
 
 def test_a_change_the_stamp_missed_counts_within_its_trust_period(
@@ -110,8 +139,7 @@ def test_a_change_the_stamp_missed_counts_within_its_trust_period(
 ) -> None:
     """A writer killed between its commit and its bump, or SQL typed by hand: the
     snapshot is read again once it is TRUST_S old."""
-    if not db.is_sqlite:
-        pytest.skip("PostgreSQL reads the version for every decision: nothing to miss")
+    listening(db)
     now = [0.0]
     gate.policies.trust_clock = lambda: now[0]
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
@@ -166,7 +194,7 @@ def test_a_policy_change_that_cannot_be_announced_is_not_made(
     """Changing policy unannounced would leave other processes deciding on the old one."""
     stamp = db.policy_stamp
     if not isinstance(stamp, Stamp):
-        pytest.skip("only a SQLite file has a stamp file")
+        pytest.skip("a SQLite file's stamp; PostgreSQL's is the test below")
     Path(stamp.path).unlink()
     Path(stamp.path).mkdir()  # cannot be opened as a file any more
     stamp.close()
@@ -175,6 +203,97 @@ def test_a_policy_change_that_cannot_be_announced_is_not_made(
     assert live_grants(db, ALICE) == []
     Path(stamp.path).rmdir()
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+
+
+def test_a_stamp_directory_others_may_write_in_refuses_changes_on_postgresql(
+    db_url: str, team: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may write the counter may set it back and hide a change from this machine."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's stamps live in a runtime directory")
+    shared = tmp_path / f"wa-access-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    other = Database(db_url)
+    try:
+        gate = build_gate(other)
+        assert other.policy_stamp.read() is None  # cannot tell: every decision reads
+        assert not run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+        assert live_grants(other, ALICE) == []
+        shared.chmod(0o700)
+        assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    finally:
+        other.dispose()
+
+
+def test_every_spelling_of_a_postgresql_database_shares_one_stamp(db_url: str) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL URLs")
+    spellings = [db_url, db_url.replace("127.0.0.1", "localhost", 1)]
+    assert spellings[0] != spellings[1], "the test database is not on 127.0.0.1"
+    paths = set()
+    for url in spellings:
+        spelled = Database(url)
+        try:
+            stamp = spelled.policy_stamp
+            assert isinstance(stamp, ListenedStamp)
+            stamp.ensure()
+            paths.add(stamp.path)
+        finally:
+            spelled.dispose()
+    assert len(paths) == 1 and None not in paths
+
+
+def test_a_process_on_another_machine_hears_of_a_revocation_from_postgresql(
+    db: Database, gate: Gate, team: dict[str, str], on_another_machine: Connection
+) -> None:
+    """No shared stamp and a trust that never runs out: only NOTIFY can tell it."""
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    assert decide_there(on_another_machine, ALICE, "messages:send_text") == (True, 1)
+    assert decide_there(on_another_machine, ALICE, "messages:send_text") == (True, 0)
+    assert run(gate, ADMIN, "role.revoke", user=ALICE, role="agent").ok
+    deadline = time.monotonic() + 5.0
+    while decide_there(on_another_machine, ALICE, "messages:send_text")[0]:
+        assert time.monotonic() < deadline, "the other machine never heard of the revocation"
+        time.sleep(0.001)
+
+
+def _listening_backends(db: Database) -> list[int]:
+    with db.engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": APPLICATION},
+        )
+        return [int(pid) for (pid,) in found]
+
+
+def test_what_was_said_while_the_listener_was_away_is_not_trusted(
+    db: Database, gate: Gate, team: dict[str, str]
+) -> None:
+    """Notifications sent while the listening connection is down are lost: coming back
+    counts as hearing a change, and meanwhile every decision reads the version."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's listener")
+    stamp = db.policy_stamp
+    assert isinstance(stamp, ListenedStamp)
+    listening(db)
+    gate.policies.trust_clock = lambda: 0.0
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    assert gate.decide(ALICE, "messages:send_text").allowed
+    with db.engine.begin() as conn:  # the listener's connection goes away...
+        for pid in _listening_backends(db):
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    deadline = time.monotonic() + JOIN_S
+    while stamp.read() is not None:
+        assert time.monotonic() < deadline, "the listener never noticed"
+        time.sleep(0.001)
+    with db.engine.begin() as conn:  # ...and a change is made that nobody hears of
+        conn.execute(update(Grant).where(Grant.user_id == ALICE).values(revoked_at=utcnow()))
+        conn.execute(text("UPDATE policy_state SET version = version + 1"))
+    assert not gate.decide(ALICE, "messages:send_text").allowed  # meanwhile: read
+    listening(db)  # back: reconnecting moved the stamp, the old snapshot is not trusted
+    assert not gate.decide(ALICE, "messages:send_text").allowed
 
 
 def _bump(path: str, times: int, start: Any) -> None:

@@ -106,12 +106,14 @@ class Gate(Stages):
         `scope` may be `*`, an E.164 number in any common spelling, or a
         registered Graph phone-number id; a malformed one raises MalformedNumber.
 
-        Fresh: a change committed by any process before this call began counts. On
-        SQLite an unchanged policy stamp says so without a transaction (store/stamp.py);
-        on PostgreSQL, or when the stamp moved, the version is read.
+        Fresh: a change committed by any process of this machine before this call
+        began counts; one committed elsewhere, once its notification arrived. While
+        the policy stamp stands still the snapshot answers without a transaction
+        (store/stamp.py, store/listened_stamp.py); when it moved, or cannot tell,
+        the version is read.
         """
         stamp = self.db.policy_stamp
-        seen = None if stamp is None else stamp.read()  # before the version, never after
+        seen = stamp.read()  # before the version, never after
         if seen is not None:
             policy = self.policies.trusted(seen)
             canonical = scope_without_lookup(scope) if policy is not None else None
@@ -120,10 +122,9 @@ class Gate(Stages):
         with self.db.transaction(write=False) as txn:
             canonical = resolve_scope(txn.session, scope) if scope != "*" else scope
             policy = self.policies.refresh(txn)
-        if stamp is not None:
-            stamp.recheck()  # at least once a TRUST_S: is it still the file on disk?
-            if seen is not None:
-                self.policies.trust(seen, policy)
+        stamp.recheck()  # at least once a TRUST_S: is it still the file on disk?
+        if seen is not None:
+            self.policies.trust(seen, policy)
         return policy.decide(user, permission, canonical)
 
     def knows(self, user: str) -> bool:

@@ -29,7 +29,8 @@ from .dialects import (
     normalize_url,
     query_only_sqlite,
 )
-from .stamp import LocalStamp, Stamp, stamp_path
+from .listened_stamp import ListenedStamp
+from .stamp import LocalStamp, PolicyStamp, Stamp, stamp_path
 from .transaction import Txn
 
 _IDLE_MAX = 8  # kept connections per engine and process, about one per serving thread
@@ -66,12 +67,14 @@ class Database:
             configure_postgresql(self.engine)
             self._begin = begin_postgresql
             self.writer_lock = None
-        # Whether policy moved, for the price of a memory load (stamp.py): SQLite only,
-        # whose processes share one machine.
-        self.policy_stamp: Stamp | LocalStamp | None = None
+        # Whether policy moved, for the price of a memory load (stamp.py), and on
+        # PostgreSQL a LISTEN for other machines (listened_stamp.py).
+        self.policy_stamp: PolicyStamp
         if self.is_sqlite:
             where = stamp_path(path or "")
             self.policy_stamp = LocalStamp() if where is None else Stamp(where)
+        else:
+            self.policy_stamp = ListenedStamp(self.engine)
         # Connections to a SQLite file that a finished transaction left clean are kept
         # checked out for the next one: SQLAlchemy's checkout and checkin (events, a
         # reset by rollback) cost a tenth of a `/wa-role show`. Not on PostgreSQL,
@@ -244,5 +247,4 @@ class Database:
                         kept.close()
         self.engine.dispose()
         self._reader.engine.dispose()
-        if self.policy_stamp is not None:
-            self.policy_stamp.close()
+        self.policy_stamp.close()

@@ -22,7 +22,8 @@ change policy unannounced. What it cannot see: a writer killed between its
 commit and its bump, a change made by hand in SQL, or a stamp file deleted while
 processes run. Readers therefore read the version anyway once their last read
 is `TRUST_S` old, and check then that their file is still the one on disk.
-PostgreSQL, whose processes may run on many machines, has no stamp here.
+PostgreSQL, whose processes may run on many machines, adds a LISTEN to it
+(listened_stamp.py).
 """
 
 from __future__ import annotations
@@ -31,16 +32,44 @@ import fcntl
 import logging
 import mmap
 import os
+import secrets
 import struct
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
 _FORMAT = struct.Struct("<Q")
+_SIZE = 16
+"""The counter, then the file's random name (`origin`), zero until first asked for."""
 
 TRUST_S = 1.0
 """How long a reader trusts an unchanged stamp before reading the version anyway."""
+
+
+class PolicyStamp(Protocol):
+    """What a gate and a writer need of a database's "policy changed" signal."""
+
+    def read(self) -> int | None:
+        """Moves whenever policy may have changed; None: read the version anyway."""
+
+    def ensure(self) -> None:
+        """Before a change commits: raises OSError if it could not be announced."""
+
+    def bump(self) -> None:
+        """After a change committed, before its writer hears it is done."""
+
+    def recheck(self) -> None:
+        """Now and then, after reading the version: is the signal still the right one?"""
+
+    def origin(self) -> str:
+        """Signs this process's notifications (PostgreSQL): whoever shares the signal
+        has heard of them already; empty for none."""
+
+    def close(self) -> None: ...
 
 
 class Stamp:
@@ -59,9 +88,9 @@ class Stamp:
     def _open(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < _FORMAT.size:
-                os.ftruncate(fd, _FORMAT.size)  # zeros: a counter that starts at 0
-            mapped = mmap.mmap(fd, _FORMAT.size)  # keeps the file open itself
+            if os.fstat(fd).st_size < _SIZE:
+                os.ftruncate(fd, _SIZE)  # zeros: a counter that starts at 0
+            mapped = mmap.mmap(fd, _SIZE)  # keeps the file open itself
             info = os.fstat(fd)
         finally:
             os.close(fd)
@@ -103,6 +132,26 @@ class Stamp:
     def bump(self) -> None:
         """Move the counter on, under the file's lock: two bumps from one value would leave
         a change unseen by a reader that read between them."""
+        with self._locked() as mapped:
+            _FORMAT.pack_into(mapped, 0, (_FORMAT.unpack_from(mapped)[0] + 1) % 2**64)
+
+    def origin(self) -> str:
+        """A random name the file was given once: whoever shares the file shares it, so a
+        notification signed with it comes from a writer that bumped this very counter
+        (listened_stamp.py)."""
+        mapped = self._map
+        found = 0 if mapped is None else _FORMAT.unpack_from(mapped, 8)[0]
+        if found == 0:
+            with self._locked() as mapped:
+                found = _FORMAT.unpack_from(mapped, 8)[0]
+                while found == 0:
+                    found = secrets.randbits(64)
+                _FORMAT.pack_into(mapped, 8, found)
+        return f"{found:016x}"
+
+    @contextmanager
+    def _locked(self) -> Iterator[mmap.mmap]:
+        """The mapping of the file on disk, under its lock."""
         with self._mutex:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -112,7 +161,7 @@ class Stamp:
                     self._open()
                 mapped = self._map
                 assert mapped is not None
-                _FORMAT.pack_into(mapped, 0, (_FORMAT.unpack_from(mapped)[0] + 1) % 2**64)
+                yield mapped
             finally:
                 os.close(fd)  # and with it the lock
 
@@ -140,6 +189,9 @@ class LocalStamp:
     def bump(self) -> None:
         with LocalStamp._mutex:
             LocalStamp._value += 1
+
+    def origin(self) -> str:
+        return ""
 
     def close(self) -> None:
         pass

@@ -17,7 +17,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 
-from .stamp import LocalStamp, Stamp
+from .listened_stamp import NOTIFY
+from .stamp import PolicyStamp
 from .statements import Sql
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class Txn:
         self,
         engine: Engine,
         pooled: PoolProxiedConnection,
-        policy_stamp: Stamp | LocalStamp | None = None,
+        policy_stamp: PolicyStamp | None = None,
     ) -> None:
         self._engine = engine
         self._policy_stamp = policy_stamp
@@ -65,11 +66,14 @@ class Txn:
 
     def note_policy_change(self) -> None:
         """This transaction changes policy: once it commits, tell this machine's processes
-        (stamp.py), before the caller hears it is done."""
+        (stamp.py), before the caller hears it is done, and on PostgreSQL the others too
+        (listened_stamp.py: NOTIFY is delivered at commit)."""
         stamp = self._policy_stamp
         if stamp is not None:
             stamp.ensure()  # unreachable: raise, and the change is not made unannounced
             self.after_commit(stamp.bump)
+        if self.dialect_name == "postgresql":
+            self.rows_of_text(NOTIFY, ("" if stamp is None else stamp.origin(),))
 
     def _run_after_commit(self) -> None:
         callbacks, self._after_commit = self._after_commit or [], None
