@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -42,6 +43,7 @@ from rbac_core.clock import utcnow
 from rbac_core.directory import register_number
 from rbac_core.policy import FOREVER, role_closure
 from rbac_core.policy.catalogue import CATALOGUE
+from rbac_core.policy.snapshot import MEMO_LIMIT
 from rbac_core.policy.versions import bump_policy_version
 from rbac_core.principals import principal_for
 from rbac_core.store import migrate, txn_of
@@ -360,6 +362,27 @@ def agreement(
     }
 
 
+def memo_figures(workload: Workload, queries: Sequence[Triple]) -> None:
+    """What the decision memo costs a process: a miss in time, an entry in memory, and a
+    full memo (snapshot.MEMO_LIMIT entries) per process."""
+    fresh = workload.policy()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for query in queries:
+        fresh.decide(*query)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    entries = len({tuple(q) for q in queries})
+    fresh = workload.policy()  # untraced: tracing slows every allocation
+    misses = timed_each(lambda u, p, s: fresh.decide(u, p, s), queries)
+    line("wa-access Policy.decide, not yet memoised", misses)
+    each = grown / max(entries, 1)
+    say(
+        f"  decision memo: {each:,.0f} bytes per decision ({entries:,} decisions, traced); "
+        f"full at {MEMO_LIMIT:,} decisions = {each * MEMO_LIMIT / 2**20:,.1f} MiB per process"
+    )
+
+
 def line(label: str, samples: Sequence[float]) -> None:
     say(
         f"  {label:<56} p50 {fmt_ns(percentile(samples, 50)):>9}   "
@@ -398,6 +421,7 @@ def run(*, quick: bool, seed: int, pg_url: str | None = None) -> None:
     }
     for name, values in samples.items():
         line(name, values)
+    memo_figures(workload, queries)
     rounds = 20 if quick else 100
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="wa-access-engines-") as tmp_name:

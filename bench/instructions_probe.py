@@ -11,10 +11,15 @@ from the environment, as for `wa-access serve`.
 KIND is what answers the requests:
 
 * `bare`: bench.bare_app, the Flask 200 of the throughput benchmark;
-* `bolt`: our Bolt app as configured by bot.slack.app, behind our Flask route,
+* `bolt`: our Bolt app as configured by bot.slack.app, behind our Slack door,
   with one `/wa-role` listener that acknowledges a fixed text (the cost of
   Slack's framework itself);
-* `show`: the whole app, `/wa-role show` through the gate.
+* `show`: the whole app, `/wa-role show` through the gate;
+* `send`: the whole app, `/wa-send NUMBER --template welcome` from an agent: the gate,
+  the conversation and the send queued in the outbox (sending is the background's);
+* `ingest`: the whole app, one signed WhatsApp notification of one text message
+  stored by the webhook door (processing it is the background's);
+* `bare-ingest`: the bare Flask 200 at `/whatsapp/webhook`, with the same bodies.
 """
 
 from __future__ import annotations
@@ -27,21 +32,32 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask
 from slack_bolt import Ack
 
 from bot.app import create_app
 from bot.config import load_settings
 from bot.runtime import build_runtime
-from bot.slack.adapter import SlackEndpoint
 from bot.slack.app import bolt_app, slack_client
+from bot.slack.door import SlackDoor
 from tests.slack_requests import signed_headers, slash_command
 
-from .slack_roundtrip import SHOW_ACTORS
+from .slack_roundtrip import SHOW_ACTORS, TEAM
+from .whatsapp_ingest import requests_of
+
+KINDS = ("bare", "bolt", "show", "send", "ingest", "bare-ingest")
+SEND_TEXT = "+16505551234 --template welcome"
 
 WARMUP = 200
 BOLT_ONLY_ANSWER = "acknowledged by the one listener"
-EXPECTED = {"bare": b"", "bolt": BOLT_ONLY_ANSWER.encode(), "show": b"Grants of"}
+EXPECTED = {
+    "bare": b"",
+    "bolt": BOLT_ONLY_ANSWER.encode(),
+    "show": b"Grants of",
+    "send": b"Queued message",
+    "ingest": b"received",
+    "bare-ingest": b"",
+}
 Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
 
@@ -53,18 +69,13 @@ def bolt_only() -> Flask:
     def answer(ack: Ack) -> None:
         ack(response_type="ephemeral", text=BOLT_ONLY_ANSWER)
 
-    endpoint = SlackEndpoint(app)
     flask = Flask("wa_access_bolt_only")
-
-    @flask.post("/slack/events")
-    def slack_events() -> Response:
-        return endpoint.handle(request)
-
+    flask.wsgi_app = SlackDoor(flask.wsgi_app, app)  # type: ignore[method-assign]
     return flask
 
 
 def build(kind: str) -> Wsgi:
-    if kind == "bare":
+    if kind in ("bare", "bare-ingest"):
         from .bare_app import app as bare
 
         return bare
@@ -73,12 +84,28 @@ def build(kind: str) -> Wsgi:
     return create_app(build_runtime(load_settings(dotenv=None)))
 
 
-def environ(body: str) -> dict[str, Any]:
-    headers = signed_headers(body)
-    raw = body.encode()
+def request_of(kind: str, i: int, response_url: str) -> dict[str, Any]:
+    """Request `i` of `kind`, signed as Slack or Meta sign it."""
+    if kind in ("ingest", "bare-ingest"):
+        headers, raw = requests_of(f"probe{kind}", 1)(i)
+        return environ(raw, headers, "/whatsapp/webhook")
+    if kind == "send":
+        body = slash_command(TEAM[0], SEND_TEXT, response_url, command="/wa-send")
+    else:
+        body = slash_command(SHOW_ACTORS[i % len(SHOW_ACTORS)], "show", response_url)
+    return environ(body.encode(), signed_headers(body), "/slack/events")
+
+
+def environ(raw: bytes, headers: dict[str, str], path: str) -> dict[str, Any]:
+    found = {
+        "HTTP_" + name.upper().replace("-", "_"): value
+        for name, value in headers.items()
+        if name != "Content-Type"
+    }
     return {
+        **found,
         "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/slack/events",
+        "PATH_INFO": path,
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "3000",
         "SERVER_PROTOCOL": "HTTP/1.1",
@@ -90,8 +117,6 @@ def environ(body: str) -> dict[str, Any]:
         "wsgi.run_once": False,
         "CONTENT_LENGTH": str(len(raw)),
         "CONTENT_TYPE": headers["Content-Type"],
-        "HTTP_X_SLACK_SIGNATURE": headers["X-Slack-Signature"],
-        "HTTP_X_SLACK_REQUEST_TIMESTAMP": headers["X-Slack-Request-Timestamp"],
     }
 
 
@@ -113,15 +138,14 @@ def count(on: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions_probe")
-    parser.add_argument("kind", choices=("bare", "bolt", "show"))
+    parser.add_argument("kind", choices=KINDS)
     parser.add_argument("requests", type=int, help="0 measures only switching counting on and off")
     parser.add_argument("--response-url", required=True)
     args = parser.parse_args(argv)
     app = build(args.kind)
-    bodies = [slash_command(actor, "show", args.response_url) for actor in SHOW_ACTORS]
     for i in range(WARMUP):
-        serve(app, environ(bodies[i % len(bodies)]))
-    envs = [environ(bodies[i % len(bodies)]) for i in range(args.requests)]
+        serve(app, request_of(args.kind, i, args.response_url))
+    envs = [request_of(args.kind, WARMUP + i, args.response_url) for i in range(args.requests)]
     answers: list[bytes] = []
     count(True)
     for env in envs:

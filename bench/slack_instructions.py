@@ -1,4 +1,5 @@
-"""What one `/wa-role show` costs, in CPU instructions, next to a bare Flask 200.
+"""What one `/wa-role show`, `/wa-send` and stored webhook cost, in CPU instructions,
+next to a bare Flask 200.
 
 The throughput benchmark (bench.slack_roundtrip) measures the issue's bar, but on
 a small shared machine its windows move by 5 to 10% from one minute to the next,
@@ -25,15 +26,21 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bot.demo.fake_slack import FakeSlack
+from rbac_core import Database
+from rbac_core.directory import register_number
 from tests.slack_requests import SIGNING_SECRET
 
 from .report import say, section
 from .slack_roundtrip import prepare_database
+from .whatsapp_ingest import APP_SECRET, BUSINESS, PHONE_NUMBER_ID, VERIFY_TOKEN
 
 KINDS = (
-    ("bare", "bare Flask 200"),
+    ("bare", "bare Flask 200 at /slack/events"),
     ("bolt", "Bolt, one listener that acknowledges a fixed text"),
     ("show", "full /wa-role show (signature, gate, database read, audit append)"),
+    ("send", "full /wa-send --template (signature, gate, conversation, outbox, audit)"),
+    ("bare-ingest", "bare Flask 200 at /whatsapp/webhook, Meta's bodies"),
+    ("ingest", "one WhatsApp notification stored (signature, envelope, durable insert)"),
 )
 TIMEOUT_S = 900
 
@@ -77,7 +84,7 @@ def count(kind: str, requests: int, env: dict[str, str], tmp: Path, response_url
 
 
 def run(*, quick: bool) -> None:
-    section("4. Slack request cost in instructions (callgrind, in process, SQLite)")
+    section("4. Request cost in instructions (callgrind, in process, SQLite)")
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
     if missing:
         say(f"skipped: {', '.join(missing)} not found (Debian package valgrind)")
@@ -87,6 +94,10 @@ def run(*, quick: bool) -> None:
         tmp = Path(tmp_name)
         url = f"sqlite:///{tmp / 'wa_access.db'}"
         prepare_database(url, 0)
+        db = Database(url)
+        with db.write() as session:
+            register_number(session, BUSINESS, PHONE_NUMBER_ID)
+        db.dispose()
         slack = FakeSlack().start()
         stack.callback(slack.stop)
         env = {
@@ -94,9 +105,12 @@ def run(*, quick: bool) -> None:
             "SLACK_SIGNING_SECRET": SIGNING_SECRET,
             "SLACK_BOT_TOKEN": "xoxb-0000-bench",
             "SLACK_API_URL": slack.url,
+            "WHATSAPP_APP_SECRET": APP_SECRET,
+            "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+            "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
         }
         say(
-            f"{requests} signed /wa-role show requests per kind, each kind in a fresh process, "
+            f"{requests} signed requests per kind, each kind in a fresh process, "
             "counted after 200 warm-up requests (less the cost of switching counting on and "
             "off, measured by a run of none)"
         )
@@ -112,4 +126,10 @@ def run(*, quick: bool) -> None:
         f"(bare / show {bare / show:.2f}x); of show's extra {(show - bare) / 1000:,.0f}k, "
         f"Bolt takes {(bolt - bare) / 1000:,.0f}k and our listener, gate and database "
         f"{(show - bolt) / 1000:,.0f}k"
+    )
+    send, ingest, bare_ingest = counts["send"], counts["ingest"], counts["bare-ingest"]
+    say(
+        f"/wa-send costs {send / bare:.2f}x the bare 200 (bare / send {bare / send:.2f}x); "
+        f"a stored notification {ingest / bare_ingest:.2f}x the bare 200 at its path "
+        f"(bare / ingest {bare_ingest / ingest:.2f}x)"
     )

@@ -1,4 +1,5 @@
-"""The Flask application factory: one blueprint per surface, errors as JSON app-wide."""
+"""The Flask application factory: the surfaces' doors in front, operations as a blueprint,
+errors as JSON app-wide."""
 
 from __future__ import annotations
 
@@ -37,14 +38,14 @@ def create_app(runtime: Runtime) -> Flask:
             settings.whatsapp_app_secret,
             settings.whatsapp_verify_token,
         )
+    if settings.slack_signing_secret and settings.slack_bot_token:
+        from .slack.app import build_slack_app
+        from .slack.door import SlackDoor
+
+        app.wsgi_app = SlackDoor(app.wsgi_app, build_slack_app(runtime))  # type: ignore[method-assign]
     install_request_logging(app)
     install_metrics(app)
     app.register_blueprint(ops_routes(runtime))
-
-    if runtime.settings.slack_signing_secret and runtime.settings.slack_bot_token:
-        from .slack.routes import slack_routes
-
-        app.register_blueprint(slack_routes(runtime))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:

@@ -38,7 +38,7 @@ from rbac_core.clock import utcnow
 from rbac_core.directory import ensure_user, register_number
 from rbac_core.errors import UnknownPermission
 from rbac_core.gate import CONFIRMATION_TTL
-from rbac_core.policy import FOREVER, Decision, GrantSpec, Policy, RoleSpec
+from rbac_core.policy import FOREVER, Decision, GrantSpec, Policy, RoleSpec, snapshot
 from rbac_core.policy.builtin_roles import BUILTIN_ROLES
 from rbac_core.policy.catalogue import PERMISSIONS
 from rbac_core.policy.grant_rules import active_admins
@@ -314,6 +314,23 @@ def test_asking_twice_gives_the_same_answer(world: World) -> None:
         second = policy.decide(user, permission, scope)
         assert second == first
         assert second.valid_until == first.valid_until
+
+
+@PURE
+@given(world=worlds(cycles=True))
+def test_a_memo_held_to_a_few_decisions_stays_that_small_and_answers_alike(
+    world: World,
+) -> None:
+    """A process's memo is bounded (snapshot.MEMO_LIMIT); starting it again loses speed,
+    never correctness."""
+    policy = world.policy(lambda: NOW)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(snapshot, "MEMO_LIMIT", 3)
+        for _ in range(2):
+            for user, permission, scope in world.queries():
+                decision = policy.decide(user, permission, scope)
+                assert decision.allowed == naive_allows(world, user, permission, scope, NOW)
+                assert len(policy._memo) <= 3
 
 
 @PURE

@@ -1,4 +1,4 @@
-"""The one Flask route that hands Slack's requests to Bolt, kept thin.
+"""What hands Slack's requests to Bolt (from bot/slack/door.py), kept thin.
 
 Bolt ships a Flask adapter; this one does the same job with less work per
 request, because `/slack/events` is the hottest path of the app:
@@ -12,8 +12,7 @@ request, because `/slack/events` is the hottest path of the app:
   them could only ask Bolt to skip the listener's acknowledgement;
 * the query string, empty on every request Slack sends here, is parsed only
   when present;
-* the answer is built as one werkzeug `Response` from Bolt's status, body and
-  headers, without Flask's `make_response` guessing what the body is.
+* the answer is Bolt's status, body and headers as they are (bot/slack/door.py).
 
 Nothing here parses or trusts the request: `LeanApp` checks the signature and
 timestamp with Bolt's verifier before the body is parsed (see
@@ -52,7 +51,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Request, Response
 from slack_bolt import App, BoltContext, BoltRequest, BoltResponse, Respond
 from slack_bolt.listener_matcher import ListenerMatcher
 from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
@@ -62,7 +60,7 @@ from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorizatio
 
 from ..logs import note
 from ..refusals import Refusals
-from ..request_body import read_body
+from ..request_body import read_environ_body
 from .shape import ParseSignedBody, ephemeral
 from .signature import SignatureCheck
 
@@ -140,42 +138,37 @@ class UnparsedRequest(BoltRequest):
         return copy
 
 
-def to_bolt_request(request: Request) -> BoltRequest:
-    environ = request.environ
+def to_bolt_request(environ: dict[str, Any]) -> BoltRequest:
     headers: dict[str, str | Sequence[str]] = {
         name: [environ[key]] for name, key in _HEADERS if key in environ
     }
-    query = request.query_string
+    query = environ.get("QUERY_STRING")
     # Built with an empty body, so that nothing is parsed yet: `LeanApp` checks the
     # signature over the raw bytes first, then decodes and parses them
-    # (bot/slack/signature.py, bot/slack/shape.py). read_body refuses a body over the
-    # cap, however framed.
+    # (bot/slack/signature.py, bot/slack/shape.py). read_environ_body refuses a body
+    # over the cap, however framed.
     return UnparsedRequest(
         body="",
-        query=query.decode("utf-8", "replace") if query else None,
+        # PEP 3333 hands the query over as latin-1: its bytes, read as UTF-8.
+        query=str(query).encode("latin-1", "replace").decode("utf-8", "replace") if query else None,
         headers=headers,
-        raw_bytes=read_body(request),
+        raw_bytes=read_environ_body(environ),
     )
 
 
-def to_response(answer: BoltResponse) -> Response:
-    headers = [(name, value) for name, values in answer.headers.items() for value in values]
-    return Response(answer.body, status=answer.status, headers=headers)
-
-
 class SlackEndpoint:
-    """POST /slack/events: every command, interaction and event, through one Bolt app."""
+    """Every command, interaction and event, through one Bolt app."""
 
     def __init__(self, app: App) -> None:
         self.app = app
 
-    def handle(self, request: Request) -> Response:
-        req = to_bolt_request(request)
+    def handle(self, environ: dict[str, Any]) -> BoltResponse:
+        req = to_bolt_request(environ)
         answer = self.app.dispatch(req)
         actor = req.context.get("user_id")  # only set once the request proved signed
         if isinstance(actor, str):
             note(actor=actor)
-        return to_response(answer)
+        return answer
 
 
 class BodyMatcher(ListenerMatcher):

@@ -8,49 +8,30 @@ waits on the database's other work or retries because we were slow. Refusals
 are counted by reason (bot/refusals.py) and answered with JSON, never the body.
 
 Why not a Flask blueprint: Meta delivers one POST per event, by the thousand a
-second, and this route needs none of what Flask gives a request (a context,
-routing, sessions, response objects); those cost about as much CPU as the
-route's own work (`python -m bench --only whatsapp-ingest`). The door sits
-inside the app's middleware (request ids, the access log, `/metrics`), in front
-of Flask, and hands every other path to Flask untouched.
+second (`python -m bench --only whatsapp-ingest`); see bot/wsgi_door.py.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
-import logging
 import re
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
-
-from werkzeug.exceptions import HTTPException
 
 from ..json_body import Unreadable
 from ..logs import ROUTE_KEY
 from ..refusals import Refusals
 from ..request_body import read_environ_body
+from ..wsgi_door import Answer, StartResponse, Wsgi, failure, is_path, not_allowed, send
+from ..wsgi_door import json_answer as _json
 from .webhook import SIGNATURE_HEADER, envelope_problem, parse_notification, signature_refusal
-
-log = logging.getLogger(__name__)
 
 PATH = "/whatsapp/webhook"
 SOURCE = "whatsapp"
 _CHALLENGE = re.compile(r"[A-Za-z0-9._-]{1,256}")
 """Meta's challenge is a short number: nothing else is echoed back."""
 _SIGNATURE_KEY = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
-
-StartResponse = Callable[..., Any]
-Wsgi = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-Answer = tuple[int, bytes, str]
-"""(status, body, content type)"""
-
-
-def _json(code: int, **fields: str) -> Answer:
-    # As Flask's jsonify writes it, so a client sees one style whichever route answered.
-    return code, json.dumps(fields, separators=(",", ":")).encode() + b"\n", "application/json"
 
 
 _RECEIVED = _json(200, status="received")
@@ -68,32 +49,17 @@ class WebhookDoor:
         self.refusals = Refusals(SOURCE)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        # Leading slashes collapse, as Werkzeug's routing does: a callback URL registered
-        # as `https://host/` + `/whatsapp/webhook` keeps being delivered.
-        if "/" + str(environ.get("PATH_INFO", "")).lstrip("/") != PATH:
+        if not is_path(environ, PATH):
             return self.app(environ, start_response)
         environ[ROUTE_KEY] = PATH
-        method = environ.get("REQUEST_METHOD")
+        method = str(environ.get("REQUEST_METHOD"))
+        if method not in ("POST", "GET", "HEAD"):
+            return not_allowed(start_response, method, "GET, HEAD, POST", _ALLOWED)
         try:
-            if method == "POST":
-                status, body, kind = self.receive(environ)
-            elif method in ("GET", "HEAD"):
-                status, body, kind = self.verify(environ)
-            else:
-                status, body, kind = _json(405, error="method_not_allowed", message=_ALLOWED)
-        except HTTPException as exc:  # read_environ_body: too large, unframed, cut short
-            error = exc.name.lower().replace(" ", "_")  # as bot/app.py's handler names it
-            status, body, kind = _json(exc.code or 400, error=error, message=str(exc.description))
-        except Exception:  # the database away: a 5xx, so Meta delivers the body again later
-            log.exception("unhandled error")
-            status, body, kind = _json(500, error="internal_error", message="something went wrong")
-        headers = [("Content-Type", kind), ("Content-Length", str(len(body)))]
-        if status == 405:
-            headers.append(("Allow", "GET, HEAD, POST"))
-        if kind.startswith("text/"):
-            headers.append(("X-Content-Type-Options", "nosniff"))
-        start_response(f"{status} {HTTPStatus(status).phrase.upper()}", headers)
-        return [b""] if method == "HEAD" else [body]
+            answer = self.receive(environ) if method == "POST" else self.verify(environ)
+        except Exception as exc:  # the database away: a 5xx, so Meta delivers the body again
+            answer = failure(exc)
+        return send(start_response, answer, head=method == "HEAD")
 
     def verify(self, environ: dict[str, Any]) -> Answer:
         # The first value of each name, blank or not, as Flask's request.args gives it.
