@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from .errors import UnknownNumber, UnknownUser
+from .store import Sql, Txn
 from .store.models import Number, User
 from .values import WILDCARD, is_phone_number_id, parse_e164, parse_user_id
 
@@ -87,17 +88,47 @@ def resolve_scope(session: Session, value: object, *, registered: bool = False) 
         text = str(value).strip()
         number = session.scalar(select(Number.e164).where(Number.phone_number_id == text))
         if number is None:
-            raise UnknownNumber(
-                f"'{text}' is not a registered phone-number id; "
-                "give the number in E.164 form, e.g. +15550001111"
-            )
+            raise _unknown_id(text)
         return number
     if scope != WILDCARD and registered and session.get(Number, scope) is None:
-        raise UnknownNumber(
-            f"{scope} is not a registered WhatsApp number: an operator adds it with "
-            f"`wa-access number add {scope} --id PHONE_NUMBER_ID`"
-        )
+        raise _unregistered(scope)
     return scope
+
+
+_BY_ID = Sql(select(Number.e164).where(Number.phone_number_id == bindparam("id")))
+_NUMBER = Sql(select(Number.e164).where(Number.e164 == bindparam("e164")))
+
+
+def registered_number(txn: Txn, value: object) -> str:
+    """A registered business number given as E.164 (any common spelling) or by its
+    phone-number id; UnknownNumber otherwise. `resolve_scope(registered=True)` for one
+    number, on precompiled statements (the hot path of `/wa-send`)."""
+    scope = scope_without_lookup(value)
+    if scope is None:
+        text = str(value).strip()
+        row = txn.first(_BY_ID, {"id": text})
+        if row is None:
+            raise _unknown_id(text)
+        return str(row[0])
+    if scope == WILDCARD:
+        raise UnknownNumber("* means every number: name one, in E.164 or by its phone-number id.")
+    if txn.first(_NUMBER, {"e164": scope}) is None:
+        raise _unregistered(scope)
+    return scope
+
+
+def _unknown_id(text: str) -> UnknownNumber:
+    return UnknownNumber(
+        f"'{text}' is not a registered phone-number id; "
+        "give the number in E.164 form, e.g. +15550001111"
+    )
+
+
+def _unregistered(scope: str) -> UnknownNumber:
+    return UnknownNumber(
+        f"{scope} is not a registered WhatsApp number: an operator adds it with "
+        f"`wa-access number add {scope} --id PHONE_NUMBER_ID`"
+    )
 
 
 def scope_without_lookup(value: object) -> str | None:

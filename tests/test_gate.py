@@ -142,6 +142,60 @@ def test_a_failing_action_writes_nothing_but_its_audit_entry(
     assert (last.action, last.outcome) == ("test.explodes", "error")
 
 
+class _ExplodesAfterWriting(Action[NoParams]):
+    """Writes a grant through `how`, then fails; with `session_first` the ORM session is
+    open before the action runs (its savepoint is the session's, else SQL's own)."""
+
+    name = "test.explodes"
+    params_type = NoParams
+
+    def __init__(self, how: str, session_first: bool) -> None:
+        self.how, self.session_first = how, session_first
+
+    def prepare(self, ctx: Context, params: NoParams) -> Prepared:
+        if self.session_first:
+            ctx.session.get(Grant, 1)
+        return Prepared(params.as_dict(), "roles:assign", "*", "user:U0ALICE01", "explode")
+
+    def execute(self, ctx: Context, prepared: Prepared) -> Result:
+        self.ran_with_session = ctx.txn._session is not None
+        values = {"u": ALICE, "by": ctx.actor}
+        if self.how == "sql":
+            ctx.txn.run_text(
+                "INSERT INTO grants (user_id, role, scope, granted_by, granted_at) VALUES "
+                + (
+                    "(?, 'agent', '*', ?, CURRENT_TIMESTAMP)"
+                    if ctx.txn.dialect_name == "sqlite"
+                    else "(%s, 'agent', '*', %s, now())"
+                ),
+                [values["u"], values["by"]],
+            )
+        else:
+            ctx.session.add(
+                Grant(
+                    user_id=ALICE, role="agent", scope="*", granted_by=ctx.actor, granted_at=ctx.now
+                )
+            )
+            ctx.session.flush()
+        raise RuntimeError("disk on fire")
+
+
+@pytest.mark.parametrize("how", ["sql", "orm"])
+@pytest.mark.parametrize("session_first", [False, True])
+def test_a_failing_action_is_undone_however_it_wrote_and_the_call_goes_on(
+    db: Database, clock: ManualClock, how: str, session_first: bool
+) -> None:
+    explodes = _ExplodesAfterWriting(how, session_first)
+    gate = Gate(db, {**ROLE_ACTIONS, "test.explodes": explodes}, clock=clock)
+    gate.policy()  # loaded: the call itself needs no ORM session unless the action asks
+    assert gate.submit(ADMIN, "cli", "test.explodes", {}).status == "failed"
+    assert explodes.ran_with_session == session_first
+    assert live_grants(db, ALICE) == []
+    last = audit_rows(db)[-1]
+    assert (last.action, last.outcome) == ("test.explodes", "error")
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="analyst").ok  # nothing left open
+
+
 class _BadQuery(Action[NoParams]):
     """A read-only action whose query the database refuses: a column's range overflowed,
     say. PostgreSQL then refuses every later statement of the transaction."""

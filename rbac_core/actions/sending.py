@@ -16,18 +16,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 
-from ..directory import resolve_scope
+from ..directory import registered_number
 from ..errors import Forbidden, InvalidInput, UnknownNumber
 from ..gate import Action, Context, Data, Params, Prepared, Result, wire
 from ..messaging import people
 from ..messaging.events import Contact
 from ..messaging.intake import SEND
 from ..outbox import Notice
+from ..store import Sql
+from ..store.inserts import insert_rows
 from ..store.models import Conversation, ConversationMessage, Customer, Number
+from ..store.statements import utc
 from ..values import clean_text, format_moment, masked_phone, parse_e164
 
 TEXT_MAX = 4096
@@ -36,6 +39,39 @@ TEMPLATE_NAME = re.compile(r"[a-z][a-z0-9_]{0,511}")
 LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2,3})?")
 PARAMS_MAX, PARAM_MAX = 20, 1024
 BAD_PARAM = re.compile(r"[\n\t]| {5}")
+
+
+# Every `/wa-send` reads these: precompiled (store/statements.py), as through the ORM
+# they cost most of the command.
+_N = cast(Table, Number.__table__).c
+_SENDER_COLUMNS = (_N.e164, _N.phone_number_id, _N.paused_at, _N.paused_reason)
+_SENDER = Sql(select(*_SENDER_COLUMNS).where(_N.e164 == bindparam("e164")))
+_SENDERS = Sql(
+    select(*_SENDER_COLUMNS).where(_N.phone_number_id.is_not(None)).order_by(_N.e164).limit(2)
+)
+_C = cast(Table, Customer.__table__).c
+_CUSTOMER = Sql(select(_C.id).where(_C.wa_id == bindparam("wa_id")).order_by(_C.id.desc()).limit(1))
+_V = cast(Table, Conversation.__table__).c
+_CONVERSATION = Sql(
+    select(_V.id, _V.last_customer_at).where(
+        _V.number == bindparam("number"), _V.customer_id == bindparam("customer")
+    )
+)
+_MESSAGES = cast(Table, ConversationMessage.__table__)
+
+
+@dataclass(frozen=True)
+class Sender:
+    """A business number as a send needs it."""
+
+    e164: str
+    phone_number_id: str | None
+    paused_at: datetime | None
+    paused_reason: str | None
+
+    @classmethod
+    def of(cls, row: tuple[Any, ...]) -> Sender:
+        return cls(str(row[0]), row[1], utc(row[2]), row[3])
 
 
 class WindowClosed(Forbidden):
@@ -95,12 +131,12 @@ class SendAction(Action[SendParams]):
             canonical.update(_template(params))
             permission, what = "messages:send_template", f"send template {params.template}"
         found = _conversation(ctx, number.e164, to)
-        target = f"conversation:C-{found.id}" if found else f"customer:{masked_phone(to)}"
+        target = f"conversation:C-{found[0]}" if found else f"customer:{masked_phone(to)}"
         return Prepared(canonical, permission, number.e164, target, f"{what} to {masked_phone(to)}")
 
     def check_rules(self, ctx: Context, prepared: Prepared) -> None:
         p = prepared.params
-        number = ctx.session.get(Number, p["from"])
+        number = _sender(ctx, p["from"])
         if number is not None and number.paused_at is not None:
             raise NumberPaused(
                 f"Sending from {number.e164} is paused since {format_moment(number.paused_at)} "
@@ -112,26 +148,30 @@ class SendAction(Action[SendParams]):
 
     def execute(self, ctx: Context, prepared: Prepared) -> Result:
         p = prepared.params
-        number = ctx.session.get(Number, p["from"])
+        number = _sender(ctx, p["from"])
         assert number is not None and number.phone_number_id is not None
         customer = _customer(ctx, p["to"])
-        conversation = people.conversation_for(ctx.session, number.e164, customer, ctx.now)
-        body = p.get("text") or _template_line(p)
-        message = ConversationMessage(
-            conversation_id=conversation,
-            direction="out",
-            kind="text" if "text" in p else "template",
-            text=body,
-            sender=ctx.actor,
-            sent_at=ctx.now,
-            received_at=ctx.now,
-            status="queued",
-            status_rank=0,
+        found = ctx.txn.first(_CONVERSATION, {"number": number.e164, "customer": customer})
+        conversation = (
+            int(found[0])
+            if found is not None
+            else people.conversation_for(ctx.session, number.e164, customer, ctx.now)
         )
-        ctx.session.add(message)
-        ctx.session.flush()
+        row = {
+            "conversation_id": conversation,
+            "direction": "out",
+            "kind": "text" if "text" in p else "template",
+            "text": p.get("text") or _template_line(p),
+            "sender": ctx.actor,
+            "sent_at": ctx.now,
+            "received_at": ctx.now,
+            "status": "queued",
+            "status_rank": 0,
+        }
+        [message_id] = insert_rows(ctx.txn, _MESSAGES, [row], returning="id")
+        message = int(message_id)
         send = {
-            "message": message.id,
+            "message": message,
             "conversation": conversation,
             "sender": ctx.actor,
             "from": number.e164,
@@ -141,23 +181,25 @@ class SendAction(Action[SendParams]):
         }
         shown = masked_phone(p["to"])
         return Result(
-            f"Queued message {message.id} to {shown} (conversation C-{conversation}) from "
+            f"Queued message {message} to {shown} (conversation C-{conversation}) from "
             f"{number.e164}; you will hear here if it fails.",
-            data=SendData(message.id, f"C-{conversation}", shown, "queued"),
-            details={"message": message.id, "conversation": f"C-{conversation}"},
+            data=SendData(message, f"C-{conversation}", shown, "queued"),
+            details={"message": message, "conversation": f"C-{conversation}"},
             notices=(Notice(SEND, destination(number.phone_number_id, conversation), send),),
         )
 
 
-def _business_number(ctx: Context, given: str | None) -> Number:
+def _sender(ctx: Context, e164: str) -> Sender | None:
+    row = ctx.txn.first(_SENDER, {"e164": e164})
+    return None if row is None else Sender.of(row)
+
+
+def _business_number(ctx: Context, given: str | None) -> Sender:
     """The number to send from: the one named, else the only one that can send."""
     if given:
-        e164 = resolve_scope(ctx.session, given, registered=True)
-        number = ctx.session.get(Number, e164)
+        number = _sender(ctx, registered_number(ctx.txn, given))
     else:
-        senders = ctx.session.scalars(
-            select(Number).where(Number.phone_number_id.is_not(None)).limit(2)
-        ).all()
+        senders = [Sender.of(row) for row in ctx.txn.rows(_SENDERS)]
         if len(senders) != 1:
             raise InvalidInput(
                 "Say which business number to send from with --from (E.164 or its phone-number id)."
@@ -207,20 +249,17 @@ def _template_line(p: Any) -> str:
 
 def _customer_of(ctx: Context, to: str) -> int | None:
     """The customer with this number (the latest, if Meta named two), if any wrote."""
-    query = select(Customer.id).where(Customer.wa_id == to.lstrip("+"))
-    found = ctx.session.scalars(query.order_by(Customer.id.desc()).limit(1)).first()
-    return None if found is None else int(found)
+    row = ctx.txn.first(_CUSTOMER, {"wa_id": to.lstrip("+")})
+    return None if row is None else int(row[0])
 
 
-def _conversation(ctx: Context, number: str, to: str) -> Conversation | None:
+def _conversation(ctx: Context, number: str, to: str) -> tuple[int, datetime | None] | None:
+    """(id, when the customer last wrote) of the conversation with this customer."""
     customer = _customer_of(ctx, to)
     if customer is None:
         return None
-    return ctx.session.scalars(
-        select(Conversation).where(
-            Conversation.number == number, Conversation.customer_id == customer
-        )
-    ).first()
+    row = ctx.txn.first(_CONVERSATION, {"number": number, "customer": customer})
+    return None if row is None else (int(row[0]), utc(row[1]))
 
 
 def _customer(ctx: Context, to: str) -> int:
@@ -235,7 +274,7 @@ def _customer(ctx: Context, to: str) -> int:
 
 def _require_open_window(ctx: Context, number: str, to: str) -> None:
     conversation = _conversation(ctx, number, to)
-    last: datetime | None = conversation.last_customer_at if conversation else None
+    last = conversation[1] if conversation else None
     if people.window_open(last, ctx.now):
         return
     since = (

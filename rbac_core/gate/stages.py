@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 from .. import outbox
@@ -154,28 +155,21 @@ class Stages:
         """Run the action in a savepoint (none for a read-only one), with what must be
         written with it: the policy version bump, and its notices in the outbox."""
         ctx, handler = call.ctx, call.handler
-        savepoint = None if handler.read_only else ctx.session.begin_nested()
         try:
-            result = handler.execute(ctx, prepared)
-            if handler.mutates_policy:
-                bump_policy_version(ctx.txn, result.policy_users)
-            if result.notices:
-                if handler.read_only:
-                    raise ValueError(f"{call.name} is read-only and cannot send notices")
-                outbox.enqueue(ctx.txn, result.notices, ctx.now)
-            if savepoint is not None:
-                ctx.session.flush()
-                savepoint.commit()
+            with nullcontext() if handler.read_only else ctx.txn.savepoint():
+                result = handler.execute(ctx, prepared)
+                if handler.mutates_policy:
+                    bump_policy_version(ctx.txn, result.policy_users)
+                if result.notices:
+                    if handler.read_only:
+                        raise ValueError(f"{call.name} is read-only and cannot send notices")
+                    outbox.enqueue(ctx.txn, result.notices, ctx.now)
             return result
         except RbacError as exc:
-            if savepoint is not None:
-                savepoint.rollback()
             raise call.stop(
                 "refused", exc.message, prepared.target, "failed", code=exc.code, decision=decision
             ) from None
         except Exception:
-            if savepoint is not None:
-                savepoint.rollback()
             log.exception("action %s failed", call.name)
             raise call.stop(
                 "failed",

@@ -40,6 +40,7 @@ from sqlalchemy import Table
 
 from .. import signals
 from ..store import Txn
+from ..store.inserts import insert_rows
 from ..store.leases import retry_delay
 from ..store.models import OutboxMessage
 
@@ -123,7 +124,7 @@ def enqueue(txn: Txn, notices: Sequence[Notice], now: datetime) -> None:
         }
         for notice in notices
     ]
-    txn.session.execute(_ROWS.insert(), rows)
+    insert_rows(txn, _ROWS, rows)
     if signals.outbox_queued.listeners:
         txn.after_commit(lambda: signals.outbox_queued.send(len(rows)))
 

@@ -8,7 +8,8 @@ the hot path of every request (policy version, audit append, `/wa-role show`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -149,6 +150,50 @@ class Txn:
         cursor = self._execute(text_, params, many=False)
         try:
             return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """What runs inside is undone alone if it raises; the transaction goes on.
+
+        Through the ORM session's `begin_nested` if a session is open. Otherwise SQL's
+        own SAVEPOINT, so an action that needs no ORM never pays for a session (it was
+        most of a `/wa-send`). If such an action opens one inside and then fails, the
+        session is dropped with what it held: it knew rows the rollback undid.
+        """
+        if self._session is not None:
+            nested = self._session.begin_nested()
+            # The session emits SAVEPOINT only when it next touches its connection: now,
+            # or a fast statement that runs before any ORM work would not be undone.
+            self._session.connection()
+            try:
+                yield
+                self._session.flush()
+            except BaseException:
+                nested.rollback()
+                raise
+            nested.commit()
+            return
+        self.run_text("SAVEPOINT wa_action", ())
+        try:
+            yield
+            if self._session is not None:
+                self._session.flush()
+        except BaseException:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+            self.run_text("ROLLBACK TO SAVEPOINT wa_action", ())
+            self.run_text("RELEASE SAVEPOINT wa_action", ())
+            raise
+        self.run_text("RELEASE SAVEPOINT wa_action", ())
+
+    def run_text(self, text_: str, params: Sequence[Any]) -> int:
+        """A write the caller wrote for this dialect (as `rows_of_text`); rows touched."""
+        cursor = self._execute(text_, params, many=False)
+        try:
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 
