@@ -134,3 +134,10 @@ class PendingActionError(RbacError):
     """A confirmation that cannot be honoured: expired, used, or not yours."""
 
     code = "pending_action"
+
+
+class PolicyNotAnnounced(RbacError):
+    """Policy cannot change now: the other processes of this machine could not be told
+    (store/stamp.py), and would go on deciding on the old policy."""
+
+    code = "policy_stamp_unavailable"

@@ -170,6 +170,17 @@ class _ExplodesAfterWriting(Action[NoParams]):
                 ),
                 [values["u"], values["by"]],
             )
+        elif self.how == "broken-orm":  # the database refuses the flush: no such person
+            ctx.session.add(
+                Grant(
+                    user_id="U0NOBODY1",
+                    role="agent",
+                    scope="*",
+                    granted_by=ctx.actor,
+                    granted_at=ctx.now,
+                )
+            )
+            ctx.session.flush()
         else:
             ctx.session.add(
                 Grant(
@@ -180,7 +191,7 @@ class _ExplodesAfterWriting(Action[NoParams]):
         raise RuntimeError("disk on fire")
 
 
-@pytest.mark.parametrize("how", ["sql", "orm"])
+@pytest.mark.parametrize("how", ["sql", "orm", "broken-orm"])
 @pytest.mark.parametrize("session_first", [False, True])
 def test_a_failing_action_is_undone_however_it_wrote_and_the_call_goes_on(
     db: Database, clock: ManualClock, how: str, session_first: bool

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -21,7 +22,7 @@ from sqlalchemy import text, update
 
 from rbac_core import Database, Gate, build_gate
 from rbac_core.clock import utcnow
-from rbac_core.store.listened_stamp import APPLICATION, ListenedStamp
+from rbac_core.store.listened_stamp import APPLICATION, STAMP_DIR_ENV, ListenedStamp
 from rbac_core.store.models import Grant
 from rbac_core.store.stamp import TRUST_S, Stamp, stamp_path
 
@@ -40,12 +41,12 @@ def listening(db: Database) -> None:
         time.sleep(0.01)
 
 
-def _decider(url: str, conn: Connection, runtime_dir: str | None = None) -> None:
+def _decider(url: str, conn: Connection, stamp_dir: str | None = None) -> None:
     """Another process: a gate of its own, deciding on demand; it answers whether the
-    decision allowed, and how many transactions it opened to decide. With `runtime_dir`
+    decision allowed, and how many transactions it opened to decide. With `stamp_dir`
     it keeps its stamps elsewhere, as a process on another machine would."""
-    if runtime_dir is not None:
-        os.environ["XDG_RUNTIME_DIR"] = runtime_dir
+    if stamp_dir is not None:
+        os.environ[STAMP_DIR_ENV] = stamp_dir
     db = Database(url)
     listening(db)
     gate = build_gate(db)
@@ -66,10 +67,10 @@ def _decider(url: str, conn: Connection, runtime_dir: str | None = None) -> None
         db.dispose()
 
 
-def _another_process(db_url: str, runtime_dir: str | None = None) -> Iterator[Connection]:
+def _another_process(db_url: str, stamp_dir: str | None = None) -> Iterator[Connection]:
     ctx = multiprocessing.get_context("spawn")
     mine, theirs = ctx.Pipe()
-    process = ctx.Process(target=_decider, args=(db_url, theirs, runtime_dir), daemon=True)
+    process = ctx.Process(target=_decider, args=(db_url, theirs, stamp_dir), daemon=True)
     process.start()
     yield mine
     mine.send(None)
@@ -87,7 +88,7 @@ def on_another_machine(db_url: str, tmp_path: Path) -> Iterator[Connection]:
     """A process that shares no stamp file with this one: only PostgreSQL can tell it."""
     if db_url.startswith("sqlite"):
         pytest.skip("a SQLite database is only ever used from one machine")
-    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)  # its own WA_STAMP_DIR
     yield from _another_process(db_url, str(tmp_path / "elsewhere"))
 
 
@@ -199,7 +200,8 @@ def test_a_policy_change_that_cannot_be_announced_is_not_made(
     Path(stamp.path).mkdir()  # cannot be opened as a file any more
     stamp.close()
     outcome = run(gate, ADMIN, "role.assign", user=ALICE, role="agent")
-    assert not outcome.ok
+    assert (outcome.ok, outcome.error_code) == (False, "policy_stamp_unavailable")
+    assert "policy stamp" in outcome.message
     assert live_grants(db, ALICE) == []
     Path(stamp.path).rmdir()
     assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
@@ -210,21 +212,34 @@ def test_a_stamp_directory_others_may_write_in_refuses_changes_on_postgresql(
 ) -> None:
     """Whoever may write the counter may set it back and hide a change from this machine."""
     if db_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's stamps live in a runtime directory")
-    shared = tmp_path / f"wa-access-{os.getuid()}"
+        pytest.skip("PostgreSQL's stamps live in WA_STAMP_DIR")
+    shared = tmp_path / "stamps"
     shared.mkdir()
     shared.chmod(0o777)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setenv(STAMP_DIR_ENV, str(shared))
     other = Database(db_url)
     try:
         gate = build_gate(other)
+        with pytest.raises(OSError, match="only it may write"):
+            other.policy_stamp.check()  # what `wa-access serve` refuses to start on
         assert other.policy_stamp.read() is None  # cannot tell: every decision reads
-        assert not run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+        outcome = run(gate, ADMIN, "role.assign", user=ALICE, role="agent")
+        assert (outcome.ok, outcome.error_code) == (False, "policy_stamp_unavailable")
         assert live_grants(other, ALICE) == []
         shared.chmod(0o700)
         assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
     finally:
         other.dispose()
+
+
+def test_a_copy_of_a_stamp_file_is_another_stamp(tmp_path: Path) -> None:
+    """A cloned machine or a restored backup must not pass for this machine: its
+    notifications would be ignored as ones this machine had seen already."""
+    original = Stamp(str(tmp_path / "a.stamp"))
+    name = original.origin()
+    assert name == Stamp(original.path).origin()  # every process sharing the file agrees
+    shutil.copy(original.path, tmp_path / "copy.stamp")
+    assert Stamp(str(tmp_path / "copy.stamp")).origin() != name
 
 
 def test_every_spelling_of_a_postgresql_database_shares_one_stamp(db_url: str) -> None:
@@ -316,3 +331,39 @@ def test_bumps_from_several_processes_are_never_lost(tmp_path: Path) -> None:
         worker.join(JOIN_S)
         assert worker.exitcode == 0
     assert Stamp(path).read() == 9000
+
+
+def test_a_process_forked_after_a_change_does_not_trust_its_parents_old_snapshot(
+    db: Database, gate: Gate, team: dict[str, str]
+) -> None:
+    """The child's listener is new: were its count to start where the parent's did, the
+    child's first stamp could equal the one the parent trusted before hearing a change."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's listener (a SQLite child shares its parent's stamp file)")
+    assert run(gate, ADMIN, "role.assign", user=ALICE, role="agent").ok
+    listening(db)
+    gate.policies.trust_clock = lambda: 0.0
+    assert gate.decide(ALICE, "messages:send_text").allowed  # read, then trusted
+    stamp = db.policy_stamp
+    assert isinstance(stamp, ListenedStamp)
+    before = stamp.read()
+    with db.engine.begin() as conn:  # another machine revokes: only its NOTIFY tells us
+        conn.execute(update(Grant).where(Grant.user_id == ALICE).values(revoked_at=utcnow()))
+        conn.execute(text("UPDATE policy_state SET version = version + 1"))
+        conn.execute(text("SELECT pg_notify('wa_access_policy', 'another-machine')"))
+    deadline = time.monotonic() + JOIN_S
+    while stamp.read() == before:
+        assert time.monotonic() < deadline, "the notification never came"
+        time.sleep(0.001)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 if it refused, 1 if it allowed
+        allowed = True
+        try:
+            db.engine.dispose(close=False)
+            listening(db)
+            allowed = gate.decide(ALICE, "messages:send_text").allowed
+        finally:
+            os._exit(1 if allowed else 0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child decided on its parent's old policy"
+    assert not gate.decide(ALICE, "messages:send_text").allowed

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from ..config import SERVE_REQUIRES, Settings
 from ..logs import configure_logging
+from ..runtime import Runtime
 from . import CliError, _runtime
 
 
@@ -23,6 +24,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from ..server import serve
 
     runtime = _runtime(SERVE_REQUIRES)
+    _require_policy_stamp(runtime)
     configure_logging(runtime.settings)  # the master's lines; each worker configures its own
     _say_what_will_not_work(runtime.settings)
     runtime.db.dispose()  # each gunicorn worker opens its own connections
@@ -41,6 +43,7 @@ def cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     from ..polling import serve_pollers
 
     runtime = _runtime(("SLACK_BOT_TOKEN",))
+    _require_policy_stamp(runtime)
     configure_logging(runtime.settings)
     workers = background_workers(runtime)
     if args.once:
@@ -64,6 +67,7 @@ def cmd_scheduler(args: argparse.Namespace, out: TextIO) -> int:
     from ..slack.app import slack_client
 
     runtime = _runtime(("SLACK_BOT_TOKEN", "WA_AUDIT_CHANNEL"))
+    _require_policy_stamp(runtime)
     configure_logging(runtime.settings)
     if args.metrics_port is not None:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve's files, not this process's
@@ -75,6 +79,16 @@ def cmd_scheduler(args: argparse.Namespace, out: TextIO) -> int:
             raise CliError(f"cannot serve metrics on port {args.metrics_port}: {exc}") from None
     build_scheduler(runtime, slack_client(runtime.settings)).serve()
     return 0
+
+
+def _require_policy_stamp(runtime: Runtime) -> None:
+    """Every policy change would be refused: say so now, not at the first one."""
+    try:
+        runtime.db.policy_stamp.check()
+    except OSError as exc:
+        raise CliError(
+            f"policy changes could not be announced to this machine's other processes: {exc}"
+        ) from None
 
 
 def _say_what_will_not_work(settings: Settings) -> None:

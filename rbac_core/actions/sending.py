@@ -196,6 +196,11 @@ def _sender(ctx: Context, e164: str) -> Sender | None:
 
 def _business_number(ctx: Context, given: str | None) -> Sender:
     """The number to send from: the one named, else the only one that can send."""
+    if given and not given.strip():
+        raise InvalidInput(
+            "--from is empty: name the business number to send from (E.164 or its "
+            "phone-number id), or leave --from out."
+        )
     if given:
         number = _sender(ctx, registered_number(ctx.txn, given))
     else:

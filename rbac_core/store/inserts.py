@@ -104,10 +104,12 @@ def insert_rows(
     txn: Txn, table: Table, rows: Sequence[Mapping[str, Any]], returning: str | None = None
 ) -> list[Any]:
     """Insert `rows` (all with the same columns) with one multi-row statement per 200;
-    the `returning` column of each, in order, if asked. Values go through each column's
-    own bind processing, as the ORM's would; SQLAlchemy's per-execution work (an insert
-    compiled and cached, a result proxy, events) cost more than the insert itself on a
-    `/wa-send`."""
+    with `returning`, of one row only, that row's column (neither database promises the
+    order RETURNING gives a multi-row insert's). Values go through each column's own bind
+    processing, as the ORM's would; SQLAlchemy's per-execution work (an insert compiled
+    and cached, a result proxy, events) cost more than the insert itself on a `/wa-send`."""
+    if returning is not None and len(rows) != 1:
+        raise ValueError("insert_rows returns a column of one row only")
     if not rows:
         return []
     columns = tuple(rows[0])
@@ -149,7 +151,11 @@ def _shape(
     """The fixed parts of an insert-or-ignore and its columns' bind processors, made once:
     the webhook door writes one per request."""
     quote = dialect.identifier_preparer.quote
-    binders = [table.c[column].type.bind_processor(dialect) for column in columns]
+    # The dialect's own processors, as the ORM binds: on SQLite a timestamp is then text
+    # with its microseconds always written, so it compares with ORM-written ones.
+    binders = [
+        table.c[column].type.dialect_impl(dialect).bind_processor(dialect) for column in columns
+    ]
     names = ", ".join(quote(c) for c in columns)
     tail = (
         f" ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO NOTHING "

@@ -6,11 +6,14 @@ machine, so a mapped counter tells them (stamp.py). PostgreSQL's may not, so its
 signal has two halves, and a decision trusts its snapshot only while both stand
 still:
 
-- **This machine: the same mapped counter,** in a per-user directory
-  (`XDG_RUNTIME_DIR`, else the temporary directory) and named after the database
-  itself (the cluster's system identifier, the database's oid and the schema), so
-  every spelling of its URL shares one. A writer bumps it after its commit and
-  before its call returns, so the very next decision of any process here sees it.
+- **This machine: the same mapped counter,** in one directory every process of
+  the deployment shares (`stamp_directory`: `WA_STAMP_DIR`, else a per-user one in
+  /dev/shm, which services and login sessions see alike) and named after the
+  database itself (the cluster's system identifier, the database's oid and the
+  schema), so every spelling of its URL shares one. A writer bumps it after its
+  commit and before its call returns, so the very next decision of any process
+  sharing the directory sees it. Processes that do not share it (another user,
+  another WA_STAMP_DIR) are as good as on another machine.
   Its notifications are signed with the file's random name (`Stamp.origin`): the
   processes sharing that file have seen the bump and ignore them.
 - **Other machines: `NOTIFY`,** sent inside the transaction that bumps the version
@@ -26,7 +29,8 @@ returns None and every decision reads the version, as before. Reconnecting
 counts as hearing something, since notifications sent meanwhile were lost. And
 as on SQLite, a reader reads the version anyway once its last read is
 `TRUST_S` old, which bounds whatever this cannot see (a connection that died
-without the thread noticing yet).
+without the thread noticing yet, or a pooler such as PgBouncer in transaction mode,
+behind which LISTEN hears nothing: point this process's DATABASE_URL at the server).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
+import stat
 import tempfile
 import threading
 import time
@@ -66,15 +72,25 @@ Connect = Callable[[], Any]
 """Opens a new autocommit psycopg connection to the database."""
 
 
+STAMP_DIR_ENV = "WA_STAMP_DIR"
+
+
 def stamp_directory() -> str:
-    """This user's directory for stamps, made private; OSError if it is anyone else's
-    or others may write in it (they could set a counter back and hide a change)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    where = os.path.join(base, f"wa-access-{os.getuid()}")
-    os.makedirs(where, mode=0o700, exist_ok=True)
+    """Where this deployment's processes keep their stamps: `WA_STAMP_DIR` if set, else
+    `wa-access-<uid>` in /dev/shm (or the temporary directory without one), made
+    private. OSError if it is anyone else's or others may write in it: they could set
+    a counter back and hide a change."""
+    where = os.environ.get(STAMP_DIR_ENV)
+    if not where:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        where = os.path.join(base, f"wa-access-{os.getuid()}")
+        os.makedirs(where, mode=0o700, exist_ok=True)
     info = os.lstat(where)
-    if info.st_uid != os.getuid() or info.st_mode & 0o022 or not os.path.isdir(where):
-        raise OSError(f"{where} must be a directory of this user's that only it may write")
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise OSError(
+            f"{where} must be a directory of this user's that only it may write "
+            f"(set {STAMP_DIR_ENV} to one)"
+        )
     return where
 
 
@@ -88,7 +104,9 @@ class Listener:
 
     def __init__(self, connect: Connect) -> None:
         self._connect = connect
-        self.heard = 0
+        # Random, not 0: a listener made after a fork must never repeat the counts of
+        # the parent's, whose snapshot the child inherited with its trust.
+        self.heard = secrets.randbits(64)
         self.healthy = False
         self.identity: str | None = None
         self.ignored: set[str] = set()
@@ -113,13 +131,13 @@ class Listener:
                     while True:
                         for notice in conn.notifies(timeout=PING_S):
                             if notice.payload not in self.ignored:
-                                self.heard += 1
+                                self.heard = (self.heard + 1) % 2**64
                         conn.execute("SELECT 1")  # a connection gone quietly is found out
             except Exception as exc:  # logged, and tried again: the thread must outlive it
                 log.warning("listening for policy changes failed, reconnecting: %s", exc)
             finally:
                 self.healthy = False
-                self.heard += 1
+                self.heard = (self.heard + 1) % 2**64
                 self._ready.set()  # whoever waits for the identity stops waiting
             time.sleep(pause)
             pause = min(pause * 2, PING_S)
@@ -129,13 +147,22 @@ class Listener:
             row = conn.execute(_IDENTITY).fetchone()
             self.identity = hashlib.sha256("/".join(row).encode()).hexdigest()[:32]
         conn.execute(f"LISTEN {CHANNEL}")
-        self.heard += 1  # whatever was sent before this LISTEN went unheard
+        self.heard = (self.heard + 1) % 2**64  # whatever was sent before this went unheard
         self.healthy = True
         self._ready.set()
 
 
 _listeners: dict[tuple[int, str], Listener] = {}
 _listeners_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A lock another thread held at the fork stays held in the child for good."""
+    global _listeners_lock
+    _listeners_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def listener_for(engine: Engine) -> Listener:
@@ -175,6 +202,10 @@ class ListenedStamp:
         listener, file = self._listener, self._file
         if listener is not None and file is not None and self._pid == os.getpid():
             return listener, file
+        if self._pid != os.getpid():
+            # Just forked (or first use): the child has one thread, and a mutex held by
+            # another of the parent's would never be released.
+            self._mutex = threading.Lock()
         with self._mutex:
             if self._pid != os.getpid():
                 self._listener, self._file, self._pid = (
@@ -231,6 +262,10 @@ class ListenedStamp:
         """This machine's stamp file, once the database has been named."""
         file = self._file
         return file.path if file is not None and self._pid == os.getpid() else None
+
+    def check(self) -> None:
+        """For a process starting: OSError if this machine's stamps cannot be kept."""
+        stamp_directory()
 
     def recheck(self) -> None:
         file = self._file

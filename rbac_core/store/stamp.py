@@ -29,10 +29,12 @@ PostgreSQL, whose processes may run on many machines, adds a LISTEN to it
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import mmap
 import os
 import secrets
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -69,6 +71,9 @@ class PolicyStamp(Protocol):
         """Signs this process's notifications (PostgreSQL): whoever shares the signal
         has heard of them already; empty for none."""
 
+    def check(self) -> None:
+        """For a process starting: raises OSError if changes could not be announced."""
+
     def close(self) -> None: ...
 
 
@@ -80,6 +85,7 @@ class Stamp:
         self._mutex = threading.Lock()
         self._map: mmap.mmap | None = None
         self._inode: tuple[int, int] | None = None
+        self._origin: tuple[tuple[int, int] | None, str] | None = None
         try:
             self._open()
         except OSError as exc:  # tried again by every read and before every change
@@ -136,9 +142,14 @@ class Stamp:
             _FORMAT.pack_into(mapped, 0, (_FORMAT.unpack_from(mapped)[0] + 1) % 2**64)
 
     def origin(self) -> str:
-        """A random name the file was given once: whoever shares the file shares it, so a
+        """This file's name among all stamps: whoever shares the file shares it, so a
         notification signed with it comes from a writer that bumped this very counter
-        (listened_stamp.py)."""
+        (listened_stamp.py). A random number the file was given once, with the machine's
+        boot and host and the file's inode: a copy of the file (a cloned machine, a
+        restored backup, a directory shared over the network) is another file."""
+        known = self._origin
+        if known is not None and known[0] == self._inode:
+            return known[1]
         mapped = self._map
         found = 0 if mapped is None else _FORMAT.unpack_from(mapped, 8)[0]
         if found == 0:
@@ -147,7 +158,13 @@ class Stamp:
                 while found == 0:
                     found = secrets.randbits(64)
                 _FORMAT.pack_into(mapped, 8, found)
-        return f"{found:016x}"
+        where = f"{found:016x}/{_boot_id()}/{socket.gethostname()}/{self._inode}"
+        name = hashlib.sha256(where.encode()).hexdigest()[:32]
+        self._origin = (self._inode, name)
+        return name
+
+    def check(self) -> None:
+        self.ensure()
 
     @contextmanager
     def _locked(self) -> Iterator[mmap.mmap]:
@@ -193,8 +210,19 @@ class LocalStamp:
     def origin(self) -> str:
         return ""
 
+    def check(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as found:
+            return found.read().strip()
+    except OSError:
+        return ""
 
 
 def stamp_path(database: str) -> str | None:

@@ -15,14 +15,22 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import PoolProxiedConnection
 
+from ..errors import PolicyNotAnnounced
 from .listened_stamp import NOTIFY
 from .stamp import PolicyStamp
 from .statements import Sql
 
 log = logging.getLogger(__name__)
+
+_IDLE = 0
+"""psycopg's `TransactionStatus.IDLE`: no transaction open on the connection."""
+
+
+class TransactionEnded(RuntimeError):
+    """A statement was asked of a transaction that is no longer open."""
 
 
 class Txn:
@@ -54,6 +62,16 @@ class Txn:
         self._raw = raw
         self._dialect = engine.dialect
         self._after_commit: list[Callable[[], None]] | None = None
+        self._in_sql_savepoint = False
+        self._session_savepoint: SessionTransaction | None = None
+        # SQLite's transaction began with an explicit BEGIN; psycopg opens one at the
+        # first statement, so there only a transaction that has run one can be over.
+        self._began = self._dialect.name == "sqlite"
+        self._ended = (
+            (lambda: not raw.in_transaction)
+            if self._began
+            else (lambda: raw.info.transaction_status == _IDLE)
+        )
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this transaction has committed; never if it rolls back.
@@ -71,7 +89,13 @@ class Txn:
         (listened_stamp.py: NOTIFY is delivered at commit)."""
         stamp = self._policy_stamp
         if stamp is not None:
-            stamp.ensure()  # unreachable: raise, and the change is not made unannounced
+            try:
+                stamp.ensure()
+            except OSError as exc:  # the change is not made unannounced
+                raise PolicyNotAnnounced(
+                    "Policy changes are refused on this machine until its policy stamp "
+                    f"can be written ({exc}); an operator fixes that (see WA_STAMP_DIR)."
+                ) from exc
             self.after_commit(stamp.bump)
         if self.dialect_name == "postgresql":
             self.rows_of_text(NOTIFY, ("" if stamp is None else stamp.origin(),))
@@ -112,8 +136,14 @@ class Txn:
     @property
     def session(self) -> Session:
         if self._session is None:
-            self._session = Session(bind=self.conn, expire_on_commit=False)
-            self._session.info["wa_txn"] = self
+            session = Session(bind=self.conn, expire_on_commit=False)
+            session.info["wa_txn"] = self
+            if self._in_sql_savepoint:
+                # Inside `savepoint`'s SQL SAVEPOINT, which the session cannot see: a
+                # failed flush would otherwise roll the whole transaction back.
+                self._session_savepoint = session.begin_nested()
+                session.connection()
+            self._session = session
         return self._session
 
     def _cursor(self, sql: Sql, params: Mapping[str, Any]) -> Any:
@@ -123,6 +153,11 @@ class Txn:
     def _execute(self, text_: str, bound: Any, *, many: bool) -> Any:
         if self._session is not None:
             self._session.flush()  # fast statements must see the ORM's pending writes
+        if self._began and self._ended():
+            # Something rolled the transaction back under us: a statement now would run
+            # (and on SQLite commit) on its own, half of what the caller meant to write.
+            raise TransactionEnded("the transaction ended before its last statement")
+        self._began = True
         cursor = self._raw.cursor()
         try:
             if many:
@@ -159,8 +194,8 @@ class Txn:
 
         Through the ORM session's `begin_nested` if a session is open. Otherwise SQL's
         own SAVEPOINT, so an action that needs no ORM never pays for a session (it was
-        most of a `/wa-send`). If such an action opens one inside and then fails, the
-        session is dropped with what it held: it knew rows the rollback undid.
+        most of a `/wa-send`); a session opened inside it opens a savepoint of its own
+        at once (`session`), so a failed flush undoes only that, never the transaction.
         """
         if self._session is not None:
             nested = self._session.begin_nested()
@@ -176,17 +211,25 @@ class Txn:
             nested.commit()
             return
         self.run_text("SAVEPOINT wa_action", ())
+        self._in_sql_savepoint = True
         try:
             yield
-            if self._session is not None:
-                self._session.flush()
+            if self._session_savepoint is not None:
+                session = self._session
+                assert session is not None
+                session.flush()
+                self._session_savepoint.commit()
         except BaseException:
             if self._session is not None:
-                self._session.close()
+                if self._session_savepoint is not None and self._session_savepoint.is_active:
+                    self._session_savepoint.rollback()
+                self._session.close()  # it knew rows the rollback below undoes
                 self._session = None
             self.run_text("ROLLBACK TO SAVEPOINT wa_action", ())
             self.run_text("RELEASE SAVEPOINT wa_action", ())
             raise
+        finally:
+            self._in_sql_savepoint, self._session_savepoint = False, None
         self.run_text("RELEASE SAVEPOINT wa_action", ())
 
     def run_text(self, text_: str, params: Sequence[Any]) -> int:
