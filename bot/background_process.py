@@ -44,7 +44,11 @@ GATHER_WAKES_S = 0.01
 """The relay reads the pipe at most this often: under load one read then takes a burst of
 commits' bytes, where a read per byte cost the background process about a tenth of its
 CPU. Pollers of webhooks linger ten times longer than this anyway (intake_worker.py)."""
-_WAKING = {b"w": signals.webhook_received, b"o": signals.outbox_queued}
+_WAKING = {
+    b"w": signals.webhook_received,
+    b"o": signals.outbox_queued,
+    b"s": signals.sends_queued,
+}
 """What a web worker's commit says through the pipe: the byte names the signal, so only the
 pollers waiting for that kind of work wake (a stored webhook must not send the outbox
 worker to the database)."""

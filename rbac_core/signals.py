@@ -51,7 +51,12 @@ job_finished = Signal(
 )
 
 outbox_queued = Signal(
-    "outbox_queued", "(count: int) notices written to the outbox, sent after their commit"
+    "outbox_queued",
+    "(count: int) notices for the general worker written to the outbox, after their commit",
+)
+sends_queued = Signal(
+    "sends_queued",
+    "(count: int) WhatsApp sends written to the outbox, sent after their commit",
 )
 outbox_delivered = Signal(
     "outbox_delivered",
@@ -75,6 +80,7 @@ ALL = (
     policy_reloaded,
     job_finished,
     outbox_queued,
+    sends_queued,
     outbox_delivered,
     webhook_received,
     webhook_processed,

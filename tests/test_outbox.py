@@ -14,7 +14,8 @@ from sqlalchemy import select
 from bot.config import Settings
 from bot.demo.fake_slack import FakeSlack
 from bot.outbox_worker import OutboxWorker, build_worker, slack_deliverer
-from rbac_core import Database, Gate, ManualClock, build_gate
+from rbac_core import Database, Gate, ManualClock, build_gate, signals
+from rbac_core.clock import utcnow
 from rbac_core.gate import Action, Context, NoParams, Prepared, Result
 from rbac_core.outbox import AUDIT_CHANNEL, MAX_ATTEMPTS, Notice, Outbox, enqueue, person
 from rbac_core.store.models import OutboxMessage
@@ -133,6 +134,34 @@ def test_a_notice_that_cannot_be_written_undoes_its_action(
 
 
 # -- delivered ------------------------------------------------------------------------
+
+
+def test_each_kind_of_notice_wakes_only_its_own_workers(db: Database) -> None:
+    """A WhatsApp send wakes the sender; a Slack notice the general worker; once committed."""
+    heard: list[tuple[str, int]] = []
+
+    def general(count: int) -> None:
+        heard.append(("general", count))
+
+    def sender(count: int) -> None:
+        heard.append(("sender", count))
+
+    signals.outbox_queued.connect(general)
+    signals.sends_queued.connect(sender)
+    send = Notice("whatsapp.send", "whatsapp:106540352242922:C1", {"message": 1})
+    told = Notice("role.changed", AUDIT_CHANNEL, {"user": ALICE})
+    try:
+        with db.transaction(write=True) as txn:
+            enqueue(txn, [send, send, told], utcnow())
+            assert heard == []  # not before the commit
+        assert sorted(heard) == [("general", 1), ("sender", 2)]
+        heard.clear()
+        with db.transaction(write=True) as txn:
+            enqueue(txn, [send], utcnow())
+        assert heard == [("sender", 1)]
+    finally:
+        signals.outbox_queued.disconnect(general)
+        signals.sends_queued.disconnect(sender)
 
 
 def test_a_worker_posts_each_notice_and_marks_it_done(

@@ -112,12 +112,18 @@ def test_a_web_workers_commit_wakes_only_the_pollers_waiting_for_that_kind_of_wo
     once, and sends no outbox worker to the database."""
     background = BackgroundProcess(Settings())
     intake, outbox = Waiting(signals.webhook_received), Waiting(signals.outbox_queued)
-    relay = threading.Thread(target=background._relay_wakes, args=([intake, outbox],), daemon=True)
+    sender = Waiting(signals.sends_queued)
+    relay = threading.Thread(
+        target=background._relay_wakes, args=([intake, outbox, sender],), daemon=True
+    )
     relay.start()
     background.wake_on_commits()  # as each web worker does
     try:
         signals.webhook_received.send("whatsapp", True)
         assert intake.woken.wait(10)
+        assert not outbox.woken.is_set() and not sender.woken.is_set()
+        signals.sends_queued.send(1)  # a /wa-send: the sender, never the Slack worker
+        assert sender.woken.wait(10)
         assert not outbox.woken.is_set()
         signals.outbox_queued.send(1)
         assert outbox.woken.wait(10)

@@ -79,7 +79,7 @@ class WhatsAppSender(Poller):
         owner: str | None = None,
         poll: float = 1.0,
     ) -> None:
-        super().__init__(poll, (signals.outbox_queued,))
+        super().__init__(poll, (signals.sends_queued,))
         self.db = db
         self.graph = graph
         self.default_rate = default_rate
@@ -122,7 +122,7 @@ class WhatsAppSender(Poller):
                 free += 1
                 lanes.notify()
 
-        signals.outbox_queued.connect(self.wake)
+        signals.sends_queued.connect(self.wake)
         try:
             while not done():
                 with lanes:
@@ -143,7 +143,7 @@ class WhatsAppSender(Poller):
                 while free < self.threads:
                     lanes.wait(0.5)
         finally:
-            signals.outbox_queued.disconnect(self.wake)
+            signals.sends_queued.disconnect(self.wake)
         return handled
 
     def _claim(self, limit: int) -> list[Delivery]:

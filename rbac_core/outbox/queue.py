@@ -38,6 +38,7 @@ from ..store.inserts import insert_new
 from ..store.models import OutboxMessage, OutboxPace
 from ..store.models.bookkeeping import LIVE_OUTBOX_ROWS
 from . import (
+    DEDICATED,
     DONE,
     ERROR_MAX,
     GIVEN_UP,
@@ -49,9 +50,6 @@ from . import (
     retry_delay,
 )
 
-DEDICATED = ("whatsapp:",)
-"""Destination prefixes with a sender of their own (WhatsApp sends, bot/whatsapp/sender.py):
-the general worker leaves them alone."""
 LEASE = timedelta(seconds=60)
 """How long a claimed row is held. The worker renews it before each post that
 might not finish in time, so a live worker never loses a row it is posting."""
