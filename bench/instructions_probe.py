@@ -6,7 +6,9 @@ counting off, every request is built and signed beforehand, and counting is
 switched on (`callgrind_control -i on`) only around the N WSGI calls. Switching
 it off again is counted too (Python starting `callgrind_control`): a run with
 N = 0 measures that, and bench.slack_instructions takes it off. Settings come
-from the environment, as for `wa-access serve`.
+from the environment, as for `wa-access serve`, and logging is configured as
+each of serve's workers configures it (its lines go to /dev/null here), so a
+request's log line is counted.
 
 KIND is what answers the requests:
 
@@ -37,6 +39,7 @@ from slack_bolt import Ack
 
 from bot.app import create_app
 from bot.config import load_settings
+from bot.logs import configure_logging
 from bot.runtime import build_runtime
 from bot.slack.app import bolt_app, slack_client
 from bot.slack.door import SlackDoor
@@ -142,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("requests", type=int, help="0 measures only switching counting on and off")
     parser.add_argument("--response-url", required=True)
     args = parser.parse_args(argv)
+    configure_logging(load_settings(dotenv=None), stream=open(os.devnull, "w"))  # noqa: SIM115
     app = build(args.kind)
     for i in range(WARMUP):
         serve(app, request_of(args.kind, i, args.response_url))

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 from flask import Request
 from werkzeug.exceptions import ClientDisconnected, LengthRequired, RequestEntityTooLarge
-from werkzeug.wsgi import LimitedStream, get_content_length
+from werkzeug.wsgi import get_content_length
 
 # 4 MiB is far above any Slack payload (a message of 50 blocks, percent-encoded)
 # and above the 3 MB a WhatsApp webhook batch may reach.
@@ -73,12 +73,22 @@ def _bound_reads(environ: dict[str, object]) -> None:
 
 
 def _read_exactly(stream: BinaryIO, length: int) -> bytes:
+    """`length` bytes, or ClientDisconnected: a server's stream may return fewer at a time."""
     try:
-        return LimitedStream(stream, length).readall()
+        body = stream.read(length)
+        if len(body) < length:  # the rest comes in pieces: gathered without copying it all
+            gathered = bytearray(body)
+            while len(gathered) < length:
+                more = stream.read(length - len(gathered))
+                if not more:
+                    raise ClientDisconnected()
+                gathered += more
+            body = bytes(gathered)
     except ClientDisconnected:
         raise
-    except Exception as exc:  # the server's own framing errors: the body is malformed
+    except Exception as exc:  # a timeout, or the server's own framing errors
         raise ClientDisconnected() from exc
+    return body
 
 
 def _read_terminated(stream: BinaryIO, limit: int) -> bytes:

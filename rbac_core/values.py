@@ -184,7 +184,8 @@ def format_moment(moment: datetime | float | None) -> str:
         return "never"
     if not isinstance(moment, datetime):
         moment = datetime.fromtimestamp(moment, UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    m = moment.astimezone(UTC)  # written out: strftime cost a /wa-role show 1% per date
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d} {m.hour:02d}:{m.minute:02d} UTC"
 
 
 # A scheduled period's name in `job_runs`.

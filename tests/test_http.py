@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 from flask import Flask, request
 from flask.testing import FlaskClient
+from werkzeug.exceptions import ClientDisconnected
 
 from bot.app import MAX_BODY_BYTES, create_app
 from bot.background_process import PROCESS_NAME
 from bot.config import Settings
 from bot.demo.fake_slack import FakeSlack
-from bot.request_body import READ_TIMEOUT_S, read_body
+from bot.request_body import READ_TIMEOUT_S, read_body, read_environ_body
 from bot.runtime import build_runtime
 from rbac_core import Database
 
@@ -330,6 +331,30 @@ def test_read_body_takes_up_to_the_limit_however_the_body_is_framed(
     assert answer.status_code == status
     if status == 200:
         assert answer.get_json() == {"length": size}
+
+
+class Trickle(io.RawIOBase):
+    """A server's input stream that hands over at most `piece` bytes a read."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece = data, piece
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.piece if size < 0 else min(size, self.piece)
+        out, self.data = self.data[:size], self.data[size:]
+        return out
+
+
+def test_a_body_that_arrives_in_pieces_is_read_whole_and_one_cut_short_is_a_400() -> None:
+    body = bytes(range(256)) * 64
+    environ = {"wsgi.input": Trickle(body, 1000), "CONTENT_LENGTH": str(len(body))}
+    assert read_environ_body(environ) == body
+    cut = {"wsgi.input": Trickle(body[:-1], 1000), "CONTENT_LENGTH": str(len(body))}
+    with pytest.raises(ClientDisconnected):
+        read_environ_body(cut)
 
 
 def test_read_body_refuses_chunks_a_server_does_not_delimit_and_short_bodies() -> None:

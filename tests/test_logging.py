@@ -7,8 +7,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,7 +21,7 @@ from flask.testing import FlaskClient
 from bot.app import create_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.demo.fake_slack import FakeSlack
-from bot.logs import configure_logging
+from bot.logs import _PHONE, Redactor, _mask_phone, _timestamp, configure_logging
 from bot.runtime import build_runtime
 from bot.slack.app import build_slack_app
 from rbac_core import ManualClock
@@ -218,3 +220,74 @@ def test_a_secret_is_masked_however_it_is_escaped_and_numbers_however_they_are_s
     assert "Zx9" not in text  # no part of it is left, escaped or not
     for number in ("1111", "2222", "3333", "4444"):
         assert f"000{number}" not in text and f"000 {number}" not in text
+
+
+def test_masking_only_lines_that_could_hold_a_secret_masks_exactly_what_the_patterns_do() -> None:
+    """The redactor skips its patterns on a line without any of their literals; over
+    lines mixing secrets, tokens, response URLs and numbers with plain words, it must
+    mask exactly what running every pattern on every line masks."""
+    secrets = ["Zx9\"q\\T'0-secret-with-quotes", "plain-signing-secret-0123"]
+    redact = Redactor(secrets)
+
+    def everything(text: str) -> str:  # the patterns, run whatever the line holds
+        return _PHONE.sub(_mask_phone, redact._secret.sub("[redacted]", text))
+
+    pieces = [
+        *secrets,
+        json.dumps(secrets[0])[1:-1],
+        repr(secrets[0])[1:-1],
+        quote(secrets[1], safe=""),
+        "xoxb-1234-abcd",
+        "xapp-1-A0-zz",
+        "xox",
+        "xoxb",
+        "https://hooks.slack.com/commands/T0/1/abc",
+        "hooks.slack.com",
+        "+15550001111",
+        "%2B15550002222",
+        "+1 555 000 3333",
+        "plain",
+        "words",
+        " ",
+        "=",
+        "secret",
+        "Zx9",
+    ]
+    rng = random.Random(20261205)
+    for _ in range(3000):
+        line = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert redact(line) == everything(line), line
+
+
+def test_a_lines_time_is_what_datetime_writes_across_second_boundaries() -> None:
+    """The time up to the second is reused within a second: the milliseconds must still
+    round as datetime rounds them, up to the next second included."""
+    rng = random.Random(7)
+    for _ in range(20000):
+        whole = rng.randint(1_700_000_000, 1_900_000_000)
+        created = whole + rng.choice(
+            [0.0, 0.0000004, 0.123, 0.9995, 0.9999994, 0.9999996, rng.random()]
+        )
+        record = logging.LogRecord("t", logging.INFO, "", 0, "m", None, None)
+        record.created = created
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert _timestamp(record) == expected.replace("+00:00", "Z"), created
+
+
+def test_a_response_url_is_masked_as_sent_percent_encoded_or_json_escaped() -> None:
+    """A form body carries it percent-encoded, an interactivity payload JSON-escaped."""
+    url = "https://hooks.slack.com/commands/T0001/1234/SeCrEtPaRt"
+    redact = Redactor([])
+    for spelling in (url, quote(url, safe=""), json.dumps(url)[1:-1].replace("/", "\\/")):
+        masked = redact(f"response_url={spelling}&trigger_id=1 and more")
+        assert "SeCrEtPaRt" not in masked and "[redacted]" in masked, spelling
+
+
+def test_a_stack_asked_for_is_still_logged_on_the_request_logger_and_others(
+    logs_to: Callable[[Settings], io.StringIO],
+) -> None:
+    """The request's own line skips finding its caller; a stack asked for is not skipped."""
+    out = logs_to(Settings())
+    logging.getLogger("wa_access.http").warning("with a stack", stack_info=True)
+    logging.getLogger("wa_access.other").warning("with a stack too", stack_info=True)
+    assert out.getvalue().count("Stack (most recent call last):") == 2

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from slack_bolt import App, BoltRequest, BoltResponse
+from slack_bolt import Ack, App, BoltRequest, BoltResponse
+from slack_bolt.kwargs_injection import build_required_kwargs
 
 from bot.app import MAX_BODY_BYTES, create_app
 from bot.config import Settings
 from bot.demo.fake_slack import FakeSlack
 from bot.runtime import build_runtime
-from bot.slack.adapter import BodyMatcher, LeanApp
+from bot.slack.adapter import BodyMatcher, LeanApp, LeanListener
 from bot.slack.app import build_slack_app
 from handlers.slack.access import APPROVE_ACTION, DENY_ACTION, REQUEST_BUTTON, REQUEST_VIEW
 from handlers.slack.audit import OLDER_ACTION
@@ -461,6 +462,62 @@ def test_every_listener_matches_exactly_what_bolts_own_matchers_match(
         assert ours == bolts, body
         matched.update(i for i, hit in enumerate(ours) if hit)
     assert matched == set(range(len(lean._listeners)))  # the sample reaches every listener
+
+
+def test_every_listener_gets_exactly_the_arguments_bolt_would_give_it(
+    slack_settings: Settings, slack: FakeSlack
+) -> None:
+    """LeanListener builds only the arguments a listener names; each must be the very
+    object Bolt's own injection passes, for every kind of payload that reaches it."""
+    app = build_slack_app(build_runtime(slack_settings))
+    assert all(type(listener) is LeanListener for listener in app._listeners)
+    compared = 0
+    for body in every_kind_of_payload(slack.response_url()):
+        request = _bolt_request(body)
+        app._init_context(request)
+        response = BoltResponse(status=200)
+        for listener in app._listeners:
+            if not listener.matches(req=request, resp=response):
+                continue
+            passed: dict[str, Any] = {}
+            names, function = list(listener.arg_names), listener.ack_function
+            listener.ack_function = lambda _into=passed, **kwargs: _into.update(kwargs)
+            try:
+                listener.run_ack_function(request=request, response=response)
+            finally:
+                listener.ack_function = function
+            bolts = build_required_kwargs(
+                logger=listener.logger,
+                required_arg_names=names,
+                request=request,
+                response=response,
+                this_func=function,
+            )
+            assert passed.keys() == bolts.keys() == set(names), body
+            for name, value in bolts.items():
+                assert passed[name] is value or passed[name] == value, (name, body)
+            compared += 1
+    assert compared >= len(app._listeners)
+
+
+def test_a_listener_naming_an_argument_lean_does_not_build_gets_bolts_own(
+    slack_settings: Settings, slack: FakeSlack
+) -> None:
+    app = build_slack_app(build_runtime(slack_settings))
+    seen: dict[str, Any] = {}
+
+    @app.command("/wa-lean-test")
+    def answer(ack: Ack, payload: dict[str, Any], next: Any, logger: Any) -> None:
+        seen.update(payload=payload, logger=logger)
+        ack("ok")
+
+    listener = app._listeners[-1]
+    assert type(listener) is LeanListener
+    request = _bolt_request(slash_command(ADMIN, "x", slack.response_url(), "/wa-lean-test"))
+    app._init_context(request)
+    listener.run_ack_function(request=request, response=BoltResponse(status=200))
+    assert seen["payload"]["command"] == "/wa-lean-test"
+    assert seen["logger"] is listener.logger
 
 
 @pytest.fixture

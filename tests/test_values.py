@@ -1,6 +1,7 @@
 """What counts as a number, a duration, a user id and a role name."""
 
-from datetime import timedelta
+import random
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -14,6 +15,7 @@ from rbac_core.errors import (
 from rbac_core.policy.catalogue import PERMISSIONS, check_permission
 from rbac_core.values import (
     format_duration,
+    format_moment,
     parse_duration,
     parse_e164,
     parse_role_name,
@@ -85,3 +87,14 @@ def test_the_catalogue_is_closed_and_suggests_near_misses() -> None:
     assert check_permission("roles:assign") == "roles:assign"
     with pytest.raises(UnknownPermission, match="roles:assign"):
         check_permission("roles:asign")
+
+
+def test_a_moment_is_written_in_utc_to_the_minute_whatever_its_zone() -> None:
+    rng = random.Random(20261205)
+    for _ in range(5000):
+        moment = datetime.fromtimestamp(rng.uniform(0, 4e9), UTC)
+        zoned = moment.astimezone(timezone(timedelta(minutes=15 * rng.randint(-48, 56))))
+        expected = moment.strftime("%Y-%m-%d %H:%M UTC")
+        assert format_moment(zoned) == expected
+        assert format_moment(moment.timestamp()) == expected
+    assert format_moment(None) == "never"

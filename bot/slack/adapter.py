@@ -37,12 +37,18 @@ they were 8.9% of a whole `/wa-role show`, 1,707k of its instructions against
   respond, payload views...) to pass one, `body`. Bolt checks listeners in
   order until one matches, so a Home-tab event paid that for every listener
   registered before it. `LeanApp` calls those matchers with the body alone.
+  The listener that matched is called the same way: `LeanListener` builds
+  only the arguments its function names (`ack`, `command`, `body`...), the
+  same objects Bolt would pass, where Bolt built all thirty for every call
+  (5% of a `/wa-role show`); a name it does not know goes through Bolt's own
+  injection.
 
-Both override internals of `slack_bolt.App` (`_init_context`,
-`_register_listener`). tests/test_slack_roles.py compares the context and,
-for a sample of every kind of payload this app handles, the matching with
-Bolt's own, and sends requests through to check the shared client is never
-changed, so an upgrade of Bolt that breaks either assumption fails there.
+They override internals of `slack_bolt.App` (`_init_context`,
+`_register_listener`) and `CustomListener.run_ack_function`.
+tests/test_slack_roles.py compares the context, the arguments each listener
+gets and, for a sample of every kind of payload this app handles, the matching
+with Bolt's own, and sends requests through to check the shared client is
+never changed, so an upgrade of Bolt that breaks an assumption fails there.
 """
 
 from __future__ import annotations
@@ -52,11 +58,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from slack_bolt import App, BoltContext, BoltRequest, BoltResponse, Respond
+from slack_bolt.listener import CustomListener
 from slack_bolt.listener_matcher import ListenerMatcher
 from slack_bolt.listener_matcher.builtins import BuiltinListenerMatcher
 from slack_bolt.logger import get_bolt_app_logger, get_bolt_logger
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_bolt.middleware import AttachingFunctionToken, MultiTeamsAuthorization, SslCheck
+from slack_bolt.request.payload_utils import to_action, to_command, to_event, to_view
 
 from ..logs import note
 from ..refusals import Refusals
@@ -181,6 +189,35 @@ class BodyMatcher(ListenerMatcher):
         return bool(self.func(req.body))
 
 
+_Argument = Callable[[BoltRequest, BoltResponse], Any]
+# What Bolt's keyword injection passes for each name our listeners use
+# (slack_bolt.kwargs_injection.build_required_kwargs), one at a time.
+_ARGUMENTS: dict[str, _Argument] = {
+    "ack": lambda req, resp: req.context.ack,
+    "body": lambda req, resp: req.body,
+    "command": lambda req, resp: to_command(req.body),
+    "view": lambda req, resp: to_view(req.body),
+    "action": lambda req, resp: to_action(req.body),
+    "event": lambda req, resp: to_event(req.body),
+    "respond": lambda req, resp: req.context.respond,
+    "say": lambda req, resp: req.context.say,
+    "client": lambda req, resp: req.context.client,
+    "context": lambda req, resp: req.context,
+    "request": lambda req, resp: req,
+    "response": lambda req, resp: resp,
+}
+
+
+class LeanListener(CustomListener):
+    """Bolt's listener, passing its function only the arguments it names (see above)."""
+
+    def run_ack_function(self, *, request: BoltRequest, response: BoltResponse) -> Any:
+        names = self.arg_names
+        if not all(name in _ARGUMENTS for name in names):
+            return super().run_ack_function(request=request, response=response)
+        return self.ack_function(**{name: _ARGUMENTS[name](request, response) for name in names})
+
+
 class _DropMessage(logging.Filter):
     """Drops one exact message: silencing Bolt's logger whole would hide real warnings."""
 
@@ -263,4 +300,8 @@ class LeanApp(App):
             "body"
         ]:
             primary_matcher = BodyMatcher(primary_matcher.func)  # type: ignore[arg-type]
-        return super()._register_listener(functions, primary_matcher, *args, **kwargs)
+        registered = super()._register_listener(functions, primary_matcher, *args, **kwargs)
+        listener = self._listeners[-1]
+        if type(listener) is CustomListener:
+            listener.__class__ = LeanListener  # the same object; LeanListener adds no state
+        return registered

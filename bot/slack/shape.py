@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote_plus, unquote_to_bytes, urlsplit
 
 from slack_bolt import BoltRequest, BoltResponse
 from slack_bolt.middleware import Middleware
@@ -190,11 +190,20 @@ def parse_form(raw: str) -> dict[str, str]:
             continue
         name, _, value = pair.partition("=")
         if "%" in name or "+" in name:
-            name = unquote_plus(name)
+            name = _unquote_plus(name)
         if "%" in value or "+" in value:
-            value = unquote_plus(value)
+            value = _unquote_plus(value)
         fields[name] = value
     return fields
+
+
+def _unquote_plus(text: str) -> str:
+    """`unquote_plus`; ASCII text (a response_url, a command's name) decoded in one step,
+    where the standard library first splits it into ASCII and other runs."""
+    if not text.isascii():
+        return unquote_plus(text)
+    text = text.replace("+", " ")
+    return unquote_to_bytes(text).decode("utf-8", "replace") if "%" in text else text
 
 
 def parse_slack_body(raw: str, content_type: str | None) -> tuple[Any, bool]:
