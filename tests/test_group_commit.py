@@ -143,8 +143,10 @@ def test_an_interrupted_batch_answers_every_caller_and_commits_nothing(db: Datab
     }
     results = _queue_behind(commit, Held(), calls)
 
-    outcomes = sorted(type(results[name]).__name__ for name in calls)
-    assert outcomes == ["RuntimeError", "RuntimeError", "SystemExit"]
+    # The calls queued behind the held one joined its transaction, so the held call's
+    # thread ran `leaves`: SystemExit goes on there, every other caller gets an error.
+    assert isinstance(results["held"], SystemExit)
+    assert [type(results[name]).__name__ for name in calls] == ["RuntimeError"] * 3
     assert _users(db, "U0GROUPG7", "U0GROUPH8") == 0
 
 
@@ -171,8 +173,8 @@ def test_a_transaction_that_cannot_commit_fails_every_caller_at_once() -> None:
     commit = GroupCommit(failing)  # type: ignore[arg-type]
     results = _queue_behind(commit, Held(), {name: (lambda txn: "ok") for name in "abc"})
 
-    assert all(isinstance(results[name], OperationalError) for name in "abc")
-    assert failing.attempts == 2  # the held call alone, then one shared attempt
+    assert all(isinstance(results[name], OperationalError) for name in ("held", *"abc"))
+    assert failing.attempts == 1  # the calls queued meanwhile joined the held one's attempt
 
 
 def test_a_read_only_call_inside_a_transaction_never_waits_for_its_turn(
@@ -215,6 +217,46 @@ def test_a_read_only_call_inside_a_transaction_never_waits_for_its_turn(
         assert "inside another" in str(nested_answer[0])
     else:
         assert isinstance(nested_answer[0], Outcome) and nested_answer[0].status == "done"
+
+
+class HeldSeeing(Held):
+    """A held first call that also notes the transaction it ran in."""
+
+    def __init__(self, seen: list[Txn]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def work(self, txn: Txn) -> str:
+        self.seen.append(txn)
+        return super().work(txn)
+
+
+def test_calls_that_queue_while_a_transaction_runs_join_it_before_it_commits(
+    db: Database,
+) -> None:
+    commit = GroupCommit(db)
+    seen: list[Txn] = []
+    names = ("U0JOINA01", "U0JOINB02")
+    results = _queue_behind(commit, HeldSeeing(seen), {n: _register(n, seen) for n in names})
+
+    assert results == {"held": "held", **{n: n for n in names}}
+    assert len(seen) == 3 and seen[0] is seen[1] is seen[2]  # the held call's transaction
+    assert _users(db, *names) == 2
+
+
+def test_no_more_calls_than_the_limit_share_a_transaction(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(GroupCommit, "MAX_CALLS", 2)
+    commit = GroupCommit(db)
+    seen: list[Txn] = []
+    names = ("U0LIMITA1", "U0LIMITB2", "U0LIMITC3")
+    results = _queue_behind(commit, HeldSeeing(seen), {n: _register(n, seen) for n in names})
+
+    assert results == {"held": "held", **{n: n for n in names}}
+    held, first, second, third = seen
+    assert held is first and second is third and first is not second
+    assert _users(db, *names) == 3
 
 
 def test_a_call_alone_runs_in_a_transaction_of_its_own(db: Database) -> None:

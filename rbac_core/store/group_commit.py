@@ -76,6 +76,18 @@ class Combiner(Generic[T, R]):
             raise RuntimeError("a combined call was neither answered nor failed")
         return call.value  # type: ignore[return-value]
 
+    def more(self, batch: list[Pending[T, R]], limit: int) -> bool:
+        """Move calls queued since `batch` was taken onto its end, up to `limit` calls in
+        all; whether any came. Only for `run`, while it holds the turn: what it adds is
+        answered, failed and marked done with the rest of the batch."""
+        room = limit - len(batch)
+        if room <= 0:
+            return False
+        with self._queue_lock:
+            taken, self._queued = self._queued[:room], self._queued[room:]
+        batch.extend(taken)
+        return bool(taken)
+
     def _run_batch(self, batch: list[Pending[T, R]]) -> None:
         try:
             self._run(batch)
