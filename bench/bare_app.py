@@ -31,16 +31,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pin-workers", action="store_true", help="as `wa-access serve`'s")
     args = parser.parse_args(argv)
 
     from bot import server
     from bot.config import Settings
+    from bot.logs import configure_logging
+
+    configure_logging(Settings())  # the master's lines, as `wa-access serve` has them
 
     # serve() builds each worker's app as create_app(build_runtime(settings)):
     # swap both, and everything else (the gunicorn options) stays bot.server's. A bare
     # 200 has no outbox to deliver, so no worker thread runs beside it.
     vars(server).update(build_runtime=lambda settings: None, create_app=lambda runtime: app)
-    server.serve(Settings(), host=args.host, port=args.port, workers=args.workers, background=False)
+    server.serve(
+        Settings(),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        background=False,
+        pinning=server.CpuPinning.of_this_process() if args.pin_workers else None,
+    )
     return 0
 
 

@@ -37,7 +37,7 @@ from rbac_core.store import migrate
 from rbac_core.store.models import ConversationMessage, InboundWebhook
 from tests.helpers import throwaway_schema
 
-from .http_load import Make, Server, Window, gunicorn, load, window_line
+from .http_load import WORKERS, Make, Server, Window, gunicorn, load, window_line
 from .report import fmt_count, fmt_ns, say, section, verdict
 
 PATH = "/whatsapp/webhook"
@@ -198,7 +198,11 @@ def run_on(label: str, url: str, sizes: Sizes, tmp: Path) -> tuple[bool, bool]:
         app = stack.enter_context(gunicorn("wa-access", serve_argv, env, tmp, ("GET", "/healthz")))
         db = Database(url)
         stack.callback(db.dispose)
-        say(f"{label}: warm-up {sizes.warmup_seconds:.1f} s per server")
+        say(
+            f"{label}: both servers through bot.server.serve, {WORKERS} workers each, each "
+            f"kept to a CPU of its own (--pin-workers); warm-up {sizes.warmup_seconds:.1f} s "
+            "per server"
+        )
         tag = f"w{int(time.time())}"
         load(bare, requests_of(tag + "wb", 1), bare_answered, sizes.warmup_seconds, 10**6, PATH)
         load(app, requests_of(tag + "wa", 1), received, sizes.warmup_seconds, 10**6, PATH)

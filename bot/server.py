@@ -14,13 +14,14 @@ else a new private one, removed when the master exits.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .logs import configure_logging
 from .runtime import build_runtime
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # as bot/metrics.py, which must not be imported here
+log = logging.getLogger("wa_access.server")
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -104,6 +106,75 @@ class _RootLogger(Logger):  # type: ignore[misc]
         self.error_log.propagate = True
 
 
+class PinningUnavailable(RuntimeError):
+    """This system does not let a process choose the CPUs it runs on."""
+
+
+class CpuPinning:
+    """`serve --pin-workers`: each web worker keeps to one CPU, the one fewest live workers use.
+
+    A worker runs Python on one CPU at a time whatever it is allowed (the GIL),
+    but left free its threads and the server's processes wander between CPUs,
+    and each move, and each GIL handoff to a thread on another CPU, is paid in
+    cold caches. On the benchmark's two CPUs (`python -m bench --only slack`)
+    keeping each worker to a CPU of its own served a `/wa-role show` a quarter
+    faster, a bare Flask 200 a few percent. Off by default: it is for a host or
+    a cpuset the server has to itself. Where CPUs are shared by quota instead
+    (most containers), every replica would crowd onto the same first CPUs.
+
+    The CPUs are those the master may use; the background process and the
+    master stay free to move. A worker replaced after dying takes the CPU it
+    left, the least used then.
+    """
+
+    def __init__(self, cpus: Iterable[int]) -> None:
+        self.cpus = sorted(cpus)
+        if not self.cpus:
+            raise ValueError("no CPU to pin workers to")
+
+    @classmethod
+    def of_this_process(cls) -> CpuPinning:
+        get = getattr(os, "sched_getaffinity", None)
+        if get is None or not hasattr(os, "sched_setaffinity"):
+            raise PinningUnavailable(
+                "--pin-workers needs a system that lets a process choose its CPUs (Linux)"
+            )
+        return cls(get(0))
+
+    def choose(self, taken: Iterable[int | None]) -> int:
+        """The CPU fewest of `taken` (the live workers' CPUs) use; the first such in order."""
+        load = dict.fromkeys(self.cpus, 0)
+        for cpu in taken:
+            if cpu in load:
+                load[cpu] += 1
+        return min(self.cpus, key=lambda cpu: load[cpu])
+
+    def pre_fork(self, arbiter: Any, worker: Any) -> None:
+        """In the master, before the fork: the CPU of the worker about to start, among
+        those the master may still use (a cpuset can shrink while the server runs)."""
+        live = (getattr(w, _CPU, None) for w in arbiter.WORKERS.values())
+        now = set(os.sched_getaffinity(0))  # type: ignore[attr-defined,unused-ignore]
+        usable = CpuPinning(now & set(self.cpus)) if now & set(self.cpus) else self
+        setattr(worker, _CPU, usable.choose(live))
+
+    def post_fork(self, arbiter: Any, worker: Any) -> None:
+        """In the new worker, before any thread of it exists: they all inherit its CPU.
+
+        A CPU that cannot be had (gone offline since) leaves the worker unpinned: an
+        error here would make gunicorn halt the whole server as a worker that cannot boot.
+        """
+        cpu = getattr(worker, _CPU)
+        try:
+            os.sched_setaffinity(0, {cpu})  # type: ignore[attr-defined,unused-ignore]
+        except OSError as exc:
+            log.warning("web worker %d runs on any CPU: CPU %d refused (%s)", os.getpid(), cpu, exc)
+            return
+        log.info("web worker %d keeps to CPU %d", os.getpid(), cpu)
+
+
+_CPU = "wa_access_cpu"  # the attribute of gunicorn's Worker object holding its CPU
+
+
 # prometheus_client's multiprocess files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
 _PROMETHEUS_FILE = re.compile(r"(counter|gauge_[a-z]+|histogram|summary)_[0-9]+\.db")
 
@@ -142,11 +213,17 @@ def _worker_exited(server: Any, worker: Any) -> None:
 
 
 def serve(
-    settings: Settings, *, host: str, port: int, workers: int, background: bool = True
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    background: bool = True,
+    pinning: CpuPinning | None = None,
 ) -> None:
     """Run gunicorn until it stops; the caller has configured logging (bot/logs.py)."""
     metrics_dir, made_here = prepare_metrics_dir()
-    options = {
+    options: dict[str, Any] = {
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": 4,
@@ -156,6 +233,8 @@ def serve(
         "child_exit": _worker_exited,
         "timeout": 30,
     }
+    if pinning is not None:
+        options.update(pre_fork=pinning.pre_fork, post_fork=pinning.post_fork)
     master = os.getpid()
     try:
         _Gunicorn(settings, options, background=background).run()

@@ -21,8 +21,12 @@ from . import CliError, _runtime
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from ..server import serve
+    from ..server import CpuPinning, PinningUnavailable, serve
 
+    try:
+        pinning = CpuPinning.of_this_process() if args.pin_workers else None
+    except PinningUnavailable as exc:
+        raise CliError(str(exc)) from None
     runtime = _runtime(SERVE_REQUIRES)
     _require_policy_stamp(runtime)
     configure_logging(runtime.settings)  # the master's lines; each worker configures its own
@@ -34,6 +38,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         port=args.port,
         workers=args.workers,
         background=args.background,
+        pinning=pinning,
     )
     return 0
 
@@ -141,6 +146,13 @@ def add_commands(sub: Any) -> None:
         dest="background",
         action="store_false",
         help="do not process webhooks or deliver the outbox here (run `wa-access worker`)",
+    )
+    serve.add_argument(
+        "--pin-workers",
+        action="store_true",
+        help="keep each web worker on one CPU of those this process may use: faster on a "
+        "host or cpuset of its own; leave it off where CPUs are shared by quota (most "
+        "containers)",
     )
     serve.set_defaults(func=cmd_serve)
 
