@@ -12,7 +12,10 @@ measured alike, so:
 
 * both servers go through `bot.server.serve` (the real app via `wa-access serve`,
   the baseline via `python -m bench.bare_app`), so worker class, workers and
-  threads are the same by construction;
+  threads are the same by construction, and both keep each worker to a CPU of
+  its own (`--pin-workers`, the setting for a host the server has to itself);
+  show is then measured again with workers free to move, the default, and that
+  ratio is printed beside the bar's;
 * both get the same signed slash-command POST from the same client, in rounds
   that alternate which goes first, and the medians of the rounds are reported;
 * the database is a migrated SQLite file in a temporary directory, and Slack's

@@ -153,9 +153,9 @@ class CpuPinning:
         """In the master, before the fork: the CPU of the worker about to start, among
         those the master may still use (a cpuset can shrink while the server runs)."""
         live = (getattr(w, _CPU, None) for w in arbiter.WORKERS.values())
-        now = set(os.sched_getaffinity(0))  # type: ignore[attr-defined,unused-ignore]
-        usable = CpuPinning(now & set(self.cpus)) if now & set(self.cpus) else self
-        setattr(worker, _CPU, usable.choose(live))
+        now = os.sched_getaffinity(0)  # type: ignore[attr-defined,unused-ignore]
+        usable = now.intersection(self.cpus) or self.cpus
+        setattr(worker, _CPU, CpuPinning(usable).choose(live))
 
     def post_fork(self, arbiter: Any, worker: Any) -> None:
         """In the new worker, before any thread of it exists: they all inherit its CPU.
